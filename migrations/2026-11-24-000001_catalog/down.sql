@@ -1,0 +1,2 @@
+DROP TABLE mouvements;
+DROP TABLE produits;

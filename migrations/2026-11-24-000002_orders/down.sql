@@ -1,0 +1,3 @@
+DROP TABLE outbox;
+DROP TABLE commandes_produits;
+DROP TABLE commandes;

@@ -1,0 +1,201 @@
+//! Starting and stopping one mode: bind first (so tests can use port 0 and
+//! read the port back), start the background threads, serve, and on
+//! shutdown stop in order — HTTP requests first, then the relay's batch and
+//! the consumers' messages in hand — within the grace period.
+
+use crate::db::{migrate, Database};
+use crate::health::Health;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+use anyhow::Context;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Orders,
+    Products,
+    Worker,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Orders => "orders",
+            Mode::Products => "products",
+            Mode::Worker => "worker",
+        }
+    }
+}
+
+/// A running mode.
+pub struct Application {
+    mode: Mode,
+    addr: SocketAddr,
+    server: actix_web::dev::Server,
+    shutdown: Shutdown,
+    background: Background,
+    grace: Duration,
+}
+
+/// Background threads, each reporting on `done` when it returns.
+struct Background {
+    threads: Vec<JoinHandle<()>>,
+    done_tx: crossbeam_channel::Sender<()>,
+    done: crossbeam_channel::Receiver<()>,
+}
+
+impl Background {
+    fn new() -> Self {
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        Background {
+            threads: Vec::new(),
+            done_tx,
+            done,
+        }
+    }
+
+    fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+        let done = self.done_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                // Reports even if `f` panics.
+                struct Report(crossbeam_channel::Sender<()>);
+                impl Drop for Report {
+                    fn drop(&mut self) {
+                        let _ = self.0.send(());
+                    }
+                }
+                let _report = Report(done);
+                f()
+            })
+            .with_context(|| format!("cannot start thread {name}"))?;
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Waits for every thread until `deadline`; false if some did not finish.
+    fn join(self, deadline: Instant) -> bool {
+        for _ in 0..self.threads.len() {
+            if self.done.recv_deadline(deadline).is_err() {
+                for thread in self.threads.iter().filter(|t| !t.is_finished()) {
+                    log::warn!(
+                        "{} did not finish within the grace period",
+                        thread.thread().name().unwrap_or("a background thread")
+                    );
+                }
+                return false;
+            }
+        }
+        for thread in self.threads {
+            if thread.join().is_err() {
+                log::error!("a background thread panicked");
+            }
+        }
+        true
+    }
+}
+
+impl Application {
+    /// Binds `bind` (port 0 picks a free port) and starts everything the
+    /// mode runs; serving begins with [`run_until_stopped`](Self::run_until_stopped).
+    pub fn build(mode: Mode, settings: &Settings, bind: SocketAddr) -> anyhow::Result<Self> {
+        let listener =
+            TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+        let addr = listener.local_addr()?;
+        let shutdown = Shutdown::new();
+        let health = Health::new(mode != Mode::Products);
+        let metrics = Arc::new(Metrics::default());
+        let pool_settings = match mode {
+            // The worker's pool only answers /readyz; consumers hold their own connections.
+            Mode::Worker => crate::settings::DatabaseSettings {
+                pool_size: 2,
+                ..settings.database.clone()
+            },
+            _ => settings.database.clone(),
+        };
+        let application = format!("ordersys-{}", mode.name());
+        let db = Database::new(&pool_settings, &application, health.database.clone());
+        let mut background = Background::new();
+
+        background.spawn("migrate", {
+            let (settings, db, shutdown) = (settings.clone(), db.clone(), shutdown.clone());
+            move || {
+                if migrate::prepare_with_retry(&settings, &application, db.health(), &shutdown) {
+                    db.mark_ready();
+                }
+            }
+        })?;
+
+        let state = AppState {
+            mode: mode.name(),
+            db,
+            health,
+            metrics,
+            outbox: None,
+        };
+        let api = match mode {
+            Mode::Orders => crate::orders::API,
+            Mode::Products => crate::products::API,
+            Mode::Worker => crate::worker::API,
+        };
+        let server = http::server(listener, settings, state, api)?;
+        log::info!("ordersys {} listening on http://{addr}", mode.name());
+        Ok(Application {
+            mode,
+            addr,
+            server,
+            shutdown,
+            background,
+            grace: settings.grace_period(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Triggers this application's shutdown (SIGTERM does the same in `main`).
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown is triggered, then stops gracefully.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            mode,
+            server,
+            shutdown,
+            background,
+            grace,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut serving = tokio::spawn(server);
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            ended = &mut serving => {
+                shutdown.trigger();
+                ended.context("HTTP server task failed")?.context("HTTP server failed")?;
+            }
+        }
+        let deadline = Instant::now() + grace;
+        log::info!(
+            "ordersys {} stopping: finishing in-flight work (up to {grace:?})",
+            mode.name()
+        );
+        handle.stop(true).await;
+        let joined = tokio::task::spawn_blocking(move || background.join(deadline))
+            .await
+            .unwrap_or(false);
+        if joined {
+            log::info!("ordersys {} stopped", mode.name());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The r2d2 pool of diesel connections, tuned for a service: no ping on
+//! every checkout (a broken connection is detected by the error it gives and
+//! discarded), a short wait for a free connection (then 503), and quiet
+//! logging: the pool's connection errors update the database's health,
+//! which logs once per change of state.
+
+use super::DbFailure;
+use crate::health::Dependency;
+use crate::settings::DatabaseSettings;
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::R2D2Connection;
+use diesel::{Connection, ConnectionError, PgConnection};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The database cannot serve this request now (down, pool exhausted, or
+/// migrations not applied yet).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbUnavailable(pub String);
+
+/// Opens one connection, named after the process mode in `pg_stat_activity`.
+pub fn connect(
+    settings: &DatabaseSettings,
+    application: &str,
+) -> Result<PgConnection, ConnectionError> {
+    PgConnection::establish(&connection_url(settings, application))
+}
+
+/// Adds `connect_timeout` and `application_name` unless the URL sets them.
+fn connection_url(settings: &DatabaseSettings, application: &str) -> String {
+    let Ok(mut url) = url::Url::parse(&settings.url) else {
+        return settings.url.clone();
+    };
+    let present: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    {
+        let mut query = url.query_pairs_mut();
+        if !present.iter().any(|k| k == "connect_timeout") {
+            // libpq counts whole seconds and treats values below 2 as 2.
+            let secs = settings.connect_timeout_ms.div_ceil(1000).max(2);
+            query.append_pair("connect_timeout", &secs.to_string());
+        }
+        if !present.iter().any(|k| k == "application_name") {
+            query.append_pair("application_name", application);
+        }
+    }
+    url.to_string()
+}
+
+/// A pooled connection and whether it was seen to break.
+pub struct PooledPg {
+    conn: PgConnection,
+    broken: bool,
+}
+
+struct Manager {
+    url: String,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PooledPg;
+    type Error = ConnectionError;
+
+    fn connect(&self) -> Result<PooledPg, ConnectionError> {
+        PgConnection::establish(&self.url).map(|conn| PooledPg {
+            conn,
+            broken: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut PooledPg) -> Result<(), ConnectionError> {
+        conn.conn
+            .batch_execute("SELECT 1")
+            .map_err(ConnectionError::CouldntSetupConfiguration)
+    }
+
+    fn has_broken(&self, conn: &mut PooledPg) -> bool {
+        conn.broken || conn.conn.is_broken()
+    }
+}
+
+/// Routes the pool's background connection errors to the health state.
+#[derive(Debug)]
+struct HealthErrorHandler(Arc<Dependency>);
+
+impl r2d2::HandleError<ConnectionError> for HealthErrorHandler {
+    fn handle_error(&self, error: ConnectionError) {
+        self.0.set_down(&error);
+    }
+}
+
+/// The pool and the process's view of the database.
+#[derive(Clone)]
+pub struct Database {
+    pool: r2d2::Pool<Manager>,
+    ready: Arc<AtomicBool>,
+    health: Arc<Dependency>,
+}
+
+impl Database {
+    /// Builds the pool without connecting: a database that is down at start
+    /// is retried in the background, and requests get 503 meanwhile.
+    pub fn new(settings: &DatabaseSettings, application: &str, health: Arc<Dependency>) -> Self {
+        let pool = r2d2::Pool::builder()
+            .max_size(settings.pool_size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_millis(settings.pool_timeout_ms))
+            .test_on_check_out(false)
+            .error_handler(Box::new(HealthErrorHandler(health.clone())))
+            .build_unchecked(Manager {
+                url: connection_url(settings, application),
+            });
+        Database {
+            pool,
+            ready: Arc::new(AtomicBool::new(false)),
+            health,
+        }
+    }
+
+    /// Called once migrations are applied: requests are served from then on.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn health(&self) -> &Arc<Dependency> {
+        &self.health
+    }
+
+    /// Runs `f` on a pooled connection on the blocking thread pool.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: DbFailure + Send + 'static,
+    {
+        if !self.is_ready() {
+            return Err(
+                DbUnavailable("database not ready yet (connecting or migrating)".into()).into(),
+            );
+        }
+        let db = self.clone();
+        match tokio::task::spawn_blocking(move || db.run_blocking(f)).await {
+            Ok(result) => result,
+            Err(join) => Err(DbUnavailable(format!("database task failed: {join}")).into()),
+        }
+    }
+
+    /// The blocking half of [`run`](Self::run), for code already on a blocking thread.
+    pub fn run_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E>,
+        E: DbFailure,
+    {
+        let mut pooled = self.pool.get().map_err(|e| {
+            DbUnavailable(format!(
+                "no database connection available within the pool timeout: {e}"
+            ))
+        })?;
+        let result = f(&mut pooled.conn);
+        match &result {
+            Err(e) if e.is_connection_error() => {
+                pooled.broken = true;
+                self.health.set_down(&"a query lost its connection");
+            }
+            _ => self.health.set_up(),
+        }
+        result
+    }
+
+    /// A live round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), DbUnavailable> {
+        let db = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut pooled = db.pool.get().map_err(|e| DbUnavailable(e.to_string()))?;
+            let result = pooled.conn.batch_execute("SELECT 1");
+            if result.is_err() {
+                pooled.broken = true;
+            }
+            result.map_err(|e| DbUnavailable(e.to_string()))
+        })
+        .await
+        .map_err(|e| DbUnavailable(e.to_string()))?;
+        match &outcome {
+            Ok(()) => self.health.set_up(),
+            Err(e) => self.health.set_down(e),
+        }
+        outcome
+    }
+}

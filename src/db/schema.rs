@@ -1,0 +1,76 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    commandes (id) {
+        id -> Int8,
+        #[max_length = 16]
+        statut -> Varchar,
+        timestamp -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    commandes_produits (id) {
+        id -> Int8,
+        commande_id -> Int8,
+        produit_id -> Int8,
+        quantite -> Int4,
+        prix_unitaire -> Numeric,
+        #[max_length = 16]
+        statut_stock -> Varchar,
+        version -> Int8,
+        modifiee_le -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    mouvements (id) {
+        id -> Int8,
+        produit_id -> Int8,
+        ligne_id -> Nullable<Int8>,
+        commande_id -> Nullable<Int8>,
+        message_id -> Nullable<Uuid>,
+        #[max_length = 16]
+        action -> Varchar,
+        delta -> Int4,
+        quantite_en_stock -> Int4,
+        occurred_at -> Nullable<Timestamptz>,
+        applique_le -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        message_id -> Uuid,
+        #[max_length = 255]
+        exchange -> Varchar,
+        #[max_length = 255]
+        routing_key -> Varchar,
+        payload -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    produits (id) {
+        id -> Int8,
+        #[max_length = 200]
+        nom -> Varchar,
+        description -> Nullable<Text>,
+        prix -> Numeric,
+        quantite_en_stock -> Int4,
+    }
+}
+
+diesel::joinable!(commandes_produits -> commandes (commande_id));
+diesel::joinable!(commandes_produits -> produits (produit_id));
+diesel::joinable!(mouvements -> produits (produit_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    commandes,
+    commandes_produits,
+    mouvements,
+    outbox,
+    produits,
+);

@@ -1,0 +1,81 @@
+//! `/healthz` (the process is alive), `/readyz` (its dependencies answer)
+//! and `/metrics`, served by every mode.
+
+use super::error::ApiError;
+use super::responses::PlainText;
+use super::AppState;
+use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
+use serde::Serialize;
+
+/// Liveness and readiness.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct Status {
+    /// `ok` (liveness) or `ready` (readiness).
+    pub status: String,
+    /// Each dependency checked, with `up` or why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The process is alive.
+///
+/// Always 200 while the process runs; says nothing about its dependencies.
+#[api_v2_operation(tags(Health))]
+async fn healthz() -> Result<web::Json<Status>, ApiError> {
+    Ok(web::Json(Status {
+        status: "ok".into(),
+        checks: None,
+    }))
+}
+
+/// The process can do its work.
+///
+/// 200 when PostgreSQL (and, for `orders` and `worker`, RabbitMQ) answer and
+/// migrations are applied; otherwise 503 naming what is down.
+#[api_v2_operation(tags(Health))]
+async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiError> {
+    let mut checks = std::collections::BTreeMap::new();
+    let mut down = Vec::new();
+    let database = if !state.db.is_ready() {
+        "down: not migrated yet".to_owned()
+    } else {
+        match state.db.ping().await {
+            Ok(()) => "up".to_owned(),
+            Err(e) => format!("down: {e}"),
+        }
+    };
+    if database != "up" {
+        down.push(format!("database ({database})"));
+    }
+    checks.insert("database".to_owned(), database);
+    if let Some(broker) = &state.health.broker {
+        let status = if broker.is_up() { "up" } else { "down" };
+        if !broker.is_up() {
+            down.push("broker".to_owned());
+        }
+        checks.insert("broker".to_owned(), status.to_owned());
+    }
+    if down.is_empty() {
+        Ok(web::Json(Status {
+            status: "ready".into(),
+            checks: Some(checks),
+        }))
+    } else {
+        Err(ApiError::Unavailable(format!(
+            "not ready: {} down",
+            down.join(", ")
+        )))
+    }
+}
+
+/// Counters in the Prometheus text format.
+#[api_v2_operation(tags(Health), produces = "text/plain")]
+async fn metrics(state: web::Data<AppState>) -> Result<PlainText, ApiError> {
+    Ok(PlainText(state.metrics.render(state.mode)))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").route(web::get().to(healthz)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .service(web::resource("/metrics").route(web::get().to(metrics)));
+}

@@ -1,0 +1,182 @@
+//! What the two HTTP services (and the worker's health port) share: server
+//! setup, the problem+json error type, extractors, health, and the OpenAPI
+//! document with Swagger UI.
+//!
+//! Handlers are thin: extract, convert the input into domain values, call a
+//! plain query function through [`crate::db::Database::run`], map the result.
+
+pub mod docs;
+pub mod error;
+pub mod extract;
+mod health;
+pub mod input;
+mod openapi;
+pub mod responses;
+
+use crate::db::Database;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::outbox::Waker;
+use crate::settings::Settings;
+use actix_web::body::EitherBody;
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Logger};
+use actix_web::{HttpServer, ResponseError};
+use error::ApiError;
+use paperclip::actix::OpenApiExt;
+use paperclip::v2::models::{DefaultApiRaw, Info};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+/// Everything a handler may need, shared by all workers of one server.
+#[derive(Clone)]
+pub struct AppState {
+    pub mode: &'static str,
+    pub db: Database,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the outbox relay after a commit that wrote messages (orders only).
+    pub outbox: Option<Waker>,
+}
+
+/// One HTTP API: its routes and how its OpenAPI document introduces it.
+pub struct Api {
+    pub title: &'static str,
+    pub description: &'static str,
+    pub routes: fn(&mut paperclip::actix::web::ServiceConfig),
+}
+
+/// Builds the server on an already bound listener (port 0 in tests) and
+/// returns it unstarted-to-await. Signals are not handled here: the caller
+/// owns shutdown.
+pub fn server(
+    listener: TcpListener,
+    settings: &Settings,
+    state: AppState,
+    api: Api,
+) -> std::io::Result<Server> {
+    let spec = DefaultApiRaw {
+        info: Info {
+            title: api.title.into(),
+            description: Some(api.description.into()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let http = settings.http.clone();
+    let limit = extract::BodyLimit(http.max_body_bytes);
+    let routes = api.routes;
+    let data = actix_web::web::Data::new(state);
+    let mut server = HttpServer::new(move || {
+        let metrics = data.metrics.clone();
+        actix_web::App::new()
+            .app_data(data.clone())
+            .app_data(limit)
+            .app_data(actix_web::web::PathConfig::default().error_handler(extract::path_error))
+            .service(docs::guard(&http.docs_path))
+            .wrap_api_with_spec(spec.clone())
+            .configure(routes)
+            .configure(health::routes)
+            // Our refined document, registered first so it shadows
+            // paperclip's own (which is still needed: it tells Swagger UI
+            // where the document is).
+            .with_raw_json_spec_v3(|app, spec| {
+                let body = openapi::refine(spec).to_string();
+                app.service(paperclip::actix::web::resource(&http.openapi_path).route(
+                    paperclip::actix::web::get().to(move || {
+                        let body = body.clone();
+                        async move {
+                            paperclip::actix::HttpResponseWrapper(
+                                actix_web::HttpResponse::Ok()
+                                    .content_type("application/json")
+                                    .body(body),
+                            )
+                        }
+                    }),
+                ))
+            })
+            .with_json_spec_v3_at(&http.openapi_path)
+            .with_swagger_ui_at(&http.docs_path)
+            .build()
+            .default_service(actix_web::web::to(
+                |req: actix_web::HttpRequest| async move {
+                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(
+                        "no route for {} {}",
+                        req.method(),
+                        req.path()
+                    )))
+                },
+            ))
+            .wrap(ErrorHandlers::new().default_handler(as_problem))
+            .wrap_fn(move |req, srv| {
+                let metrics = metrics.clone();
+                let fut = actix_web::dev::Service::call(srv, req);
+                async move {
+                    let res = fut.await?;
+                    metrics.record_response(res.status().as_u16());
+                    Ok(res)
+                }
+            })
+            .wrap(
+                Logger::new("%{method}xi %U %s %Dms")
+                    .custom_request_replace("method", |req| req.method().to_string())
+                    .exclude("/healthz"),
+            )
+    })
+    .disable_signals()
+    .shutdown_timeout(settings.shutdown.grace_secs);
+    if http.workers > 0 {
+        server = server.workers(http.workers);
+    }
+    Ok(server.listen(listener)?.run())
+}
+
+/// Turns error responses that did not come from [`ApiError`] (actix's own
+/// 404/405, for instance) into problem+json too.
+fn as_problem<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_problem = res
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (req, _) = res.into_parts();
+    let error = match status.as_u16() {
+        404 => ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())),
+        405 => {
+            ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path()))
+        }
+        413 => ApiError::PayloadTooLarge {
+            limit: req
+                .app_data::<extract::BodyLimit>()
+                .map(|l| l.0)
+                .unwrap_or_default(),
+        },
+        415 => ApiError::UnsupportedMediaType("unsupported content type".into()),
+        400..=499 => ApiError::BadRequest {
+            detail: status
+                .canonical_reason()
+                .unwrap_or("bad request")
+                .to_owned(),
+            errors: Vec::new(),
+        },
+        503 => ApiError::Unavailable(
+            status
+                .canonical_reason()
+                .unwrap_or("unavailable")
+                .to_owned(),
+        ),
+        _ => ApiError::internal(anyhow::anyhow!(
+            "{status} from {} {}",
+            req.method(),
+            req.path()
+        )),
+    };
+    let response = error.error_response();
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_body(|_, body| EitherBody::right(body)),
+    ))
+}

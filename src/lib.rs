@@ -1,0 +1,39 @@
+//! # ordersys
+//!
+//! An order-management system built as distributed software. One binary
+//! runs in one of three modes:
+//!
+//! - **products** ([`products`]): REST CRUD of the catalog, with stock.
+//! - **orders** ([`orders`]): REST CRUD of orders and their lines. Every
+//!   line change is written, in the same transaction, to an outbox table
+//!   ([`outbox`]); a relay thread publishes it to RabbitMQ with publisher
+//!   confirms.
+//! - **worker** ([`worker`]): consumes the durable work queue
+//!   `product_queue` and applies each change to product stock, exactly once,
+//!   acknowledging only after the database commit.
+//!
+//! The data path of an order line: HTTP request → transaction (line +
+//! outbox row) → relay → broker confirm → `product_queue` → worker →
+//! transaction (stock + dedupe record + line status) → ack.
+//!
+//! Shared by all modes: [`settings`], the diesel schema and migrations
+//! ([`db`]), the wire messages ([`messages`]), the HTTP plumbing ([`http`]).
+
+pub mod app;
+pub mod cli;
+pub mod db;
+pub mod health;
+pub mod http;
+pub mod messages;
+pub mod metrics;
+pub mod money;
+pub mod orders;
+pub mod outbox;
+pub mod probe;
+pub mod products;
+pub mod retry;
+pub mod settings;
+pub mod shutdown;
+pub mod worker;
+
+pub use app::{Application, Mode};

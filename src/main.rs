@@ -1,0 +1,96 @@
+//! The `ordersys` binary: parse the command line, load settings, start
+//! logging, run one mode. Everything else lives in the library.
+
+use clap::Parser;
+use ordersys::cli::{Cli, Command};
+use ordersys::settings::Settings;
+use ordersys::{Application, Mode};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Command::Probe(args) = &cli.command {
+        return match ordersys::probe::get_status(&args.url) {
+            Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("ordersys probe: {} answered {status}", args.url);
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("ordersys probe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("ordersys: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command, settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
+    let (mode, bind) = match command {
+        Command::Migrate => return migrate(&settings),
+        Command::Probe(_) => unreachable!("handled before settings are loaded"),
+        Command::Orders(args) => (
+            Mode::Orders,
+            args.bind.unwrap_or_else(|| default(Command::ORDERS_BIND)),
+        ),
+        Command::Products(args) => (
+            Mode::Products,
+            args.bind.unwrap_or_else(|| default(Command::PRODUCTS_BIND)),
+        ),
+        Command::Worker(args) => {
+            if let Some(replicas) = args.replicas {
+                settings.worker.replicas = replicas.into();
+            }
+            (Mode::Worker, args.bind)
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let app = Application::build(mode, &settings, bind)?;
+        let shutdown = app.shutdown_handle();
+        tokio::spawn(async move {
+            ordersys::shutdown::signal().await;
+            shutdown.trigger();
+        });
+        app.run_until_stopped().await
+    })
+}
+
+fn default(addr: &str) -> SocketAddr {
+    addr.parse().expect("default bind addresses are valid")
+}
+
+fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    use anyhow::Context;
+    ordersys::db::migrate::ensure_database(&settings.database.url)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("cannot create the database")?;
+    let mut conn = ordersys::db::connect(&settings.database, "ordersys-migrate")
+        .context("cannot connect to PostgreSQL")?;
+    let applied = ordersys::db::migrate::run_pending(&mut conn)
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    if applied.is_empty() {
+        log::info!("database schema is up to date");
+    } else {
+        log::info!("applied migrations: {}", applied.join(", "));
+    }
+    Ok(())
+}

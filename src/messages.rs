@@ -1,0 +1,134 @@
+//! The wire contract with RabbitMQ (SPEC §5): names of the topology and the
+//! message bodies. The outbox writer, the relay, the worker and the tests
+//! all use these types; nothing else defines a message.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Direct exchange that receives every order-line change.
+pub const PRODUCT_EXCHANGE: &str = "product_exchange";
+/// Routing key from [`PRODUCT_EXCHANGE`] to [`PRODUCT_QUEUE`].
+pub const PRODUCT_ROUTING_KEY: &str = "product.update";
+/// The durable work queue the stock workers consume.
+pub const PRODUCT_QUEUE: &str = "product_queue";
+/// Dead-letter exchange of [`PRODUCT_QUEUE`].
+pub const DEAD_LETTER_EXCHANGE: &str = "product_dlx";
+/// Where messages that can never succeed end up, with [`ERROR_HEADER`].
+pub const DEAD_LETTER_QUEUE: &str = "product_queue.dlq";
+/// Fanout exchange of stock alerts, and the durable queue bound to it.
+pub const ALERTS_EXCHANGE: &str = "stock_alerts";
+pub const ALERTS_QUEUE: &str = "stock_alerts";
+/// Header naming why a message was dead-lettered.
+pub const ERROR_HEADER: &str = "x-ordersys-error";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "CREATED",
+            Action::Updated => "UPDATED",
+            Action::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One order-line change. The first four fields are the seed system's
+/// format; the rest are ordersys's and are absent from seed-format messages.
+///
+/// `produit_id`/`quantite` are the line's state after the change (for
+/// DELETED: what the line held, to release); `version` orders the changes of
+/// one line, so the worker can apply the newest and ignore older ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StockMessage {
+    pub action: Action,
+    pub produit_id: i64,
+    pub quantite: i32,
+    pub commande_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ligne_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ancien_produit_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ancienne_quantite: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertEvent {
+    /// Stock reached 0.
+    StockEpuise,
+    /// Stock fell below `stock.low_threshold`.
+    StockBas,
+}
+
+/// Published to [`ALERTS_EXCHANGE`] when a product's stock crosses a threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StockAlert {
+    pub event: AlertEvent,
+    pub produit_id: i64,
+    pub quantite_en_stock: i32,
+    pub seuil: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_fields_come_first_and_absent_ones_are_omitted() {
+        let m = StockMessage {
+            action: Action::Created,
+            produit_id: 5,
+            quantite: 12,
+            commande_id: 3,
+            message_id: None,
+            ligne_id: Some(17),
+            version: Some(1),
+            ancien_produit_id: None,
+            ancienne_quantite: None,
+            occurred_at: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"action":"CREATED","produit_id":5,"quantite":12,"commande_id":3,"ligne_id":17,"version":1}"#
+        );
+    }
+
+    #[test]
+    fn seed_format_messages_parse() {
+        let m: StockMessage = serde_json::from_str(
+            r#"{"action": "DELETED", "produit_id": 1, "quantite": 2, "commande_id": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(m.action, Action::Deleted);
+        assert_eq!(m.version, None);
+    }
+
+    #[test]
+    fn alerts_serialize_as_specified() {
+        let a = StockAlert {
+            event: AlertEvent::StockBas,
+            produit_id: 1,
+            quantite_en_stock: 3,
+            seuil: 5,
+        };
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"event":"STOCK_BAS","produit_id":1,"quantite_en_stock":3,"seuil":5}"#
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! Orders and order lines as stored, as sent, and as validated.
+
+use crate::db::schema::commandes_produits;
+use crate::http::error::{ApiError, FieldError};
+use crate::http::input::{Input, Required};
+use crate::money::Money;
+use chrono::{DateTime, Utc};
+use diesel::deserialize::{FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::prelude::*;
+use diesel::serialize::{Output, ToSql};
+use diesel::sql_types::Text;
+use paperclip::actix::Apiv2Schema;
+use paperclip::v2::models::DefaultSchemaRaw;
+use serde::{Deserialize, Serialize};
+
+/// Maps a Rust enum to the VARCHAR column holding its SPEC name.
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses a SPEC name; the error lists the valid ones.
+            pub fn parse(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown value {other:?}, expected one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl ToSql<Text, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
+                <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+            }
+        }
+
+        impl FromSql<Text, Pg> for $name {
+            fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
+                let text = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+                Ok($name::parse(&text)?)
+            }
+        }
+    };
+}
+
+/// The life of an order. `ANNULEE` and `EXPEDIEE` are final.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Apiv2Schema, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    EnAttente,
+    EnCours,
+    Expediee,
+    Annulee,
+}
+
+text_enum!(OrderStatus {
+    EnAttente = "EN_ATTENTE",
+    EnCours = "EN_COURS",
+    Expediee = "EXPEDIEE",
+    Annulee = "ANNULEE",
+});
+
+impl OrderStatus {
+    /// Lines of a closed order can no longer change.
+    pub fn is_closed(self) -> bool {
+        matches!(self, OrderStatus::Expediee | OrderStatus::Annulee)
+    }
+}
+
+/// Where a line stands with the stock worker.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Apiv2Schema, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StockStatus {
+    /// Not yet applied by the worker.
+    EnAttente,
+    /// Its quantity is reserved from the product's stock.
+    Reserve,
+    /// Not enough stock: reserves nothing, re-tried when the line is updated.
+    Rejete,
+    /// Its order was cancelled: its stock was released.
+    Libere,
+}
+
+text_enum!(StockStatus {
+    EnAttente = "EN_ATTENTE",
+    Reserve = "RESERVE",
+    Rejete = "REJETE",
+    Libere = "LIBERE",
+});
+
+/// An order with its lines.
+#[derive(Debug, Clone, Serialize, Deserialize, Apiv2Schema)]
+pub struct Order {
+    pub id: i64,
+    pub statut: OrderStatus,
+    /// Σ quantite × prix_unitaire over its lines, exactly.
+    pub total: Money,
+    /// When the order was created.
+    pub timestamp: DateTime<Utc>,
+    pub lignes: Vec<OrderLine>,
+}
+
+/// An order row, without its lines.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = crate::db::schema::commandes, check_for_backend(diesel::pg::Pg))]
+pub struct OrderRow {
+    pub id: i64,
+    pub statut: OrderStatus,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl OrderRow {
+    pub fn with_lines(self, lignes: Vec<OrderLine>) -> Order {
+        Order {
+            id: self.id,
+            statut: self.statut,
+            total: lignes
+                .iter()
+                .map(|l| l.prix_unitaire.times(l.quantite))
+                .sum(),
+            timestamp: self.timestamp,
+            lignes,
+        }
+    }
+}
+
+/// An order line.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize, Apiv2Schema)]
+#[diesel(table_name = commandes_produits, check_for_backend(diesel::pg::Pg))]
+pub struct OrderLine {
+    pub id: i64,
+    pub commande_id: i64,
+    pub produit_id: i64,
+    /// At least 1.
+    pub quantite: i32,
+    /// The product's price when the line was created (or moved to this product).
+    pub prix_unitaire: Money,
+    pub statut_stock: StockStatus,
+}
+
+/// An order line with its version, for changes.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = commandes_produits, check_for_backend(diesel::pg::Pg))]
+pub struct LineRow {
+    pub id: i64,
+    pub commande_id: i64,
+    pub produit_id: i64,
+    pub quantite: i32,
+    pub prix_unitaire: Money,
+    pub statut_stock: StockStatus,
+    pub version: i64,
+}
+
+impl From<LineRow> for OrderLine {
+    fn from(l: LineRow) -> Self {
+        OrderLine {
+            id: l.id,
+            commande_id: l.commande_id,
+            produit_id: l.produit_id,
+            quantite: l.quantite,
+            prix_unitaire: l.prix_unitaire,
+            statut_stock: l.statut_stock,
+        }
+    }
+}
+
+/// An order status as sent: text, so that an unknown value is a 422 that
+/// lists the valid ones; documented as the enum.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct StatusText(pub String);
+
+impl paperclip::v2::schema::Apiv2Schema for StatusText {
+    fn raw_schema() -> DefaultSchemaRaw {
+        let mut schema = <OrderStatus as paperclip::v2::schema::Apiv2Schema>::raw_schema();
+        schema.name = None;
+        schema
+    }
+}
+
+/// A new order, or changes to one. `status` is accepted for `statut`.
+#[derive(Debug, Default, Deserialize, Apiv2Schema)]
+pub struct OrderInput {
+    /// Default `EN_ATTENTE` at creation; absent in an update keeps it.
+    #[serde(default, alias = "status")]
+    pub statut: Input<StatusText>,
+}
+
+impl OrderInput {
+    /// The status asked for, if any.
+    pub fn status(self) -> Result<Option<OrderStatus>, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let status = self.statut.change("statut", &mut errors).and_then(|text| {
+            match OrderStatus::parse(&text.0) {
+                Ok(status) => Some(status),
+                Err(message) => {
+                    errors.push(FieldError::new("statut", message));
+                    None
+                }
+            }
+        });
+        if errors.is_empty() {
+            Ok(status)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A new line, as sent.
+#[derive(Debug, Default, Deserialize, Apiv2Schema)]
+pub struct LineCreate {
+    #[serde(default)]
+    pub commande_id: Required<i64>,
+    #[serde(default)]
+    pub produit_id: Required<i64>,
+    /// At least 1.
+    #[serde(default)]
+    pub quantite: Required<i32>,
+}
+
+/// A partial update of a line: absent fields keep their value.
+#[derive(Debug, Default, Deserialize, Apiv2Schema)]
+pub struct LineUpdate {
+    /// Moves the line to another (open) order.
+    #[serde(default)]
+    pub commande_id: Input<i64>,
+    /// Changes the product; the price is then taken from the new product.
+    #[serde(default)]
+    pub produit_id: Input<i64>,
+    #[serde(default)]
+    pub quantite: Input<i32>,
+}
+
+/// A valid new line.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLine {
+    pub commande_id: i64,
+    pub produit_id: i64,
+    pub quantite: i32,
+}
+
+/// Valid changes to a line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineChanges {
+    pub commande_id: Option<i64>,
+    pub produit_id: Option<i64>,
+    pub quantite: Option<i32>,
+}
+
+fn check_quantite(quantite: i32, errors: &mut Vec<FieldError>) {
+    if quantite < 1 {
+        errors.push(FieldError::new("quantite", "must be at least 1"));
+    }
+}
+
+impl TryFrom<LineCreate> for NewLine {
+    type Error = Vec<FieldError>;
+
+    fn try_from(input: LineCreate) -> Result<Self, Self::Error> {
+        let mut errors = Vec::new();
+        let commande_id = input.commande_id.require("commande_id", &mut errors);
+        let produit_id = input.produit_id.require("produit_id", &mut errors);
+        let quantite = input.quantite.require("quantite", &mut errors);
+        if let Some(q) = quantite {
+            check_quantite(q, &mut errors);
+        }
+        match (commande_id, produit_id, quantite) {
+            (Some(commande_id), Some(produit_id), Some(quantite)) if errors.is_empty() => {
+                Ok(NewLine {
+                    commande_id,
+                    produit_id,
+                    quantite,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+impl TryFrom<LineUpdate> for LineChanges {
+    type Error = Vec<FieldError>;
+
+    fn try_from(input: LineUpdate) -> Result<Self, Self::Error> {
+        let mut errors = Vec::new();
+        let changes = LineChanges {
+            commande_id: input.commande_id.change("commande_id", &mut errors),
+            produit_id: input.produit_id.change("produit_id", &mut errors),
+            quantite: input.quantite.change("quantite", &mut errors),
+        };
+        if let Some(q) = changes.quantite {
+            check_quantite(q, &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(changes)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Why an order or line operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("{0} {1} does not exist")]
+    NotFound(&'static str, i64),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+}
+
+impl From<OrderError> for ApiError {
+    fn from(error: OrderError) -> Self {
+        match error {
+            OrderError::NotFound(what, id) => ApiError::not_found(what, id),
+            OrderError::Conflict(detail) => ApiError::Conflict(detail),
+            OrderError::Invalid(errors) => ApiError::invalid(errors),
+            OrderError::Database(e) => ApiError::from(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_their_spec_names() {
+        for status in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(status.as_str()), Ok(*status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for status in StockStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert!(OrderStatus::parse("LIVREE")
+            .unwrap_err()
+            .contains("EN_ATTENTE, EN_COURS"));
+    }
+
+    #[test]
+    fn order_input_accepts_the_status_alias_and_reports_unknown_values() {
+        let input: OrderInput = serde_json::from_str(r#"{"status": "EN_COURS"}"#).unwrap();
+        assert_eq!(input.status().unwrap(), Some(OrderStatus::EnCours));
+        let input: OrderInput = serde_json::from_str("{}").unwrap();
+        assert_eq!(input.status().unwrap(), None);
+        let input: OrderInput = serde_json::from_str(r#"{"statut": "PERDUE"}"#).unwrap();
+        assert_eq!(input.status().unwrap_err()[0].field, "statut");
+    }
+
+    #[test]
+    fn totals_are_exact_money() {
+        let line = |q, p: &str| OrderLine {
+            id: 1,
+            commande_id: 1,
+            produit_id: 1,
+            quantite: q,
+            prix_unitaire: p.parse().unwrap(),
+            statut_stock: StockStatus::EnAttente,
+        };
+        let order = OrderRow {
+            id: 1,
+            statut: OrderStatus::EnAttente,
+            timestamp: Utc::now(),
+        }
+        .with_lines(vec![line(3, "0.10"), line(2, "19.99")]);
+        assert_eq!(order.total.to_string(), "40.28");
+    }
+
+    #[test]
+    fn lines_validate_all_fields_at_once() {
+        let errors =
+            NewLine::try_from(serde_json::from_str::<LineCreate>(r#"{"quantite": 0}"#).unwrap())
+                .unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["commande_id", "produit_id", "quantite"]);
+    }
+}

@@ -1,0 +1,259 @@
+//! HTTP handlers of the orders service. Each canonical path has the seed's
+//! `/api/v1/...` alias with identical behaviour.
+
+use super::model::{
+    LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine, OrderStatus,
+};
+use super::queries;
+use crate::http::error::{ApiError, FieldError};
+use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::input::{Page, Pagination};
+use crate::http::responses::Created;
+use crate::http::{Api, AppState};
+use paperclip::actix::{api_v2_operation, web, NoContent};
+
+pub const API: Api = Api {
+    title: "ordersys orders",
+    description: "Orders and their lines. Every line change is carried to the stock worker \
+                  through a transactional outbox and RabbitMQ; a line's `statut_stock` says \
+                  whether its stock is reserved yet.",
+    routes,
+};
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    for base in ["/commandes", "/api/v1/commandes"] {
+        cfg.service(
+            web::resource(base)
+                .route(web::post().to(create_order))
+                .route(web::get().to(list_orders)),
+        )
+        .service(
+            web::resource(&format!("{base}/statut/{{statut}}"))
+                .route(web::get().to(list_orders_by_status)),
+        )
+        .service(
+            web::resource(&format!("{base}/{{id}}"))
+                .route(web::get().to(get_order))
+                .route(web::put().to(update_order))
+                .route(web::delete().to(delete_order)),
+        );
+    }
+    for base in ["/commandes-produits", "/api/v1/commandes_produits"] {
+        cfg.service(
+            web::resource(base)
+                .route(web::post().to(create_line))
+                .route(web::get().to(list_lines)),
+        )
+        .service(
+            web::resource(&format!("{base}/{{id}}"))
+                .route(web::get().to(get_line))
+                .route(web::put().to(update_line))
+                .route(web::delete().to(delete_line)),
+        );
+    }
+}
+
+fn page(query: Pagination) -> Result<Page, ApiError> {
+    Page::try_from(query).map_err(ApiError::invalid)
+}
+
+fn wake_relay(state: &AppState, wrote: bool) {
+    if let (true, Some(outbox)) = (wrote, &state.outbox) {
+        outbox.wake();
+    }
+}
+
+/// Create an order.
+///
+/// `statut` defaults to `EN_ATTENTE`; `status` is accepted as an alias.
+#[api_v2_operation(tags(Orders))]
+async fn create_order(
+    state: web::Data<AppState>,
+    body: ApiJson<OrderInput>,
+) -> Result<Created<Order>, ApiError> {
+    let statut = body
+        .0
+        .status()
+        .map_err(ApiError::invalid)?
+        .unwrap_or(OrderStatus::EnAttente);
+    let order = state
+        .db
+        .run(move |conn| queries::create_order(conn, statut).map_err(ApiError::from))
+        .await?;
+    Ok(Created {
+        location: format!("/commandes/{}", order.id),
+        body: order,
+    })
+}
+
+/// List orders with their lines, ordered by id.
+#[api_v2_operation(tags(Orders))]
+async fn list_orders(
+    state: web::Data<AppState>,
+    query: ApiQuery<Pagination>,
+) -> Result<web::Json<Vec<Order>>, ApiError> {
+    let page = page(query.0)?;
+    let orders = state
+        .db
+        .run(move |conn| queries::list_orders(conn, None, page).map_err(ApiError::from))
+        .await?;
+    Ok(web::Json(orders))
+}
+
+/// List the orders with one status, ordered by id.
+#[api_v2_operation(tags(Orders))]
+async fn list_orders_by_status(
+    state: web::Data<AppState>,
+    statut: web::Path<String>,
+    query: ApiQuery<Pagination>,
+) -> Result<web::Json<Vec<Order>>, ApiError> {
+    let statut = OrderStatus::parse(&statut).map_err(|message| ApiError::BadRequest {
+        detail: format!("statut: {message}"),
+        errors: vec![FieldError::new("statut", message)],
+    })?;
+    let page = page(query.0)?;
+    let orders = state
+        .db
+        .run(move |conn| queries::list_orders(conn, Some(statut), page).map_err(ApiError::from))
+        .await?;
+    Ok(web::Json(orders))
+}
+
+/// Get one order with its lines and total.
+#[api_v2_operation(tags(Orders))]
+async fn get_order(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<web::Json<Order>, ApiError> {
+    let id = id.into_inner();
+    state
+        .db
+        .run(move |conn| queries::find_order(conn, id).map_err(ApiError::from))
+        .await?
+        .map(web::Json)
+        .ok_or_else(|| ApiError::not_found("order", id))
+}
+
+/// Change an order's status.
+///
+/// `ANNULEE` releases the stock of every line and is final; so is
+/// `EXPEDIEE`: changing a final status answers 409.
+#[api_v2_operation(tags(Orders))]
+async fn update_order(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    body: ApiJson<OrderInput>,
+) -> Result<web::Json<Order>, ApiError> {
+    let id = id.into_inner();
+    let statut = body.0.status().map_err(ApiError::invalid)?;
+    let (order, wrote) = state
+        .db
+        .run(move |conn| queries::update_order(conn, id, statut).map_err(ApiError::from))
+        .await?;
+    wake_relay(&state, wrote);
+    Ok(web::Json(order))
+}
+
+/// Delete an order and its lines.
+///
+/// Each line's stock is released. A shipped (`EXPEDIEE`) order is kept: 409.
+#[api_v2_operation(tags(Orders))]
+async fn delete_order(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<NoContent, ApiError> {
+    let id = id.into_inner();
+    let wrote = state
+        .db
+        .run(move |conn| queries::delete_order(conn, id).map_err(ApiError::from))
+        .await?;
+    wake_relay(&state, wrote);
+    Ok(NoContent)
+}
+
+/// Add a line to an order.
+///
+/// The order and the product must exist (422); the order must be open
+/// (409). `prix_unitaire` is the product's price now; `statut_stock` is
+/// `EN_ATTENTE` until the worker reserves the stock.
+#[api_v2_operation(tags("Order lines"))]
+async fn create_line(
+    state: web::Data<AppState>,
+    body: ApiJson<LineCreate>,
+) -> Result<Created<OrderLine>, ApiError> {
+    let new = NewLine::try_from(body.0).map_err(ApiError::invalid)?;
+    let line = state
+        .db
+        .run(move |conn| queries::create_line(conn, new).map_err(ApiError::from))
+        .await?;
+    wake_relay(&state, true);
+    Ok(Created {
+        location: format!("/commandes-produits/{}", line.id),
+        body: line,
+    })
+}
+
+/// List order lines, ordered by id.
+#[api_v2_operation(tags("Order lines"))]
+async fn list_lines(
+    state: web::Data<AppState>,
+    query: ApiQuery<Pagination>,
+) -> Result<web::Json<Vec<OrderLine>>, ApiError> {
+    let page = page(query.0)?;
+    let lines = state
+        .db
+        .run(move |conn| queries::list_lines(conn, page).map_err(ApiError::from))
+        .await?;
+    Ok(web::Json(lines))
+}
+
+/// Get one order line.
+#[api_v2_operation(tags("Order lines"))]
+async fn get_line(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<web::Json<OrderLine>, ApiError> {
+    let id = id.into_inner();
+    state
+        .db
+        .run(move |conn| queries::find_line(conn, id).map_err(ApiError::from))
+        .await?
+        .map(web::Json)
+        .ok_or_else(|| ApiError::not_found("order line", id))
+}
+
+/// Change an order line (partial).
+///
+/// Absent fields keep their value. A new `produit_id` takes the new
+/// product's price. The stock is adjusted by the worker (`statut_stock`
+/// goes back to `EN_ATTENTE` until then); a `REJETE` line is re-tried.
+#[api_v2_operation(tags("Order lines"))]
+async fn update_line(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    body: ApiJson<LineUpdate>,
+) -> Result<web::Json<OrderLine>, ApiError> {
+    let id = id.into_inner();
+    let changes = LineChanges::try_from(body.0).map_err(ApiError::invalid)?;
+    let (line, wrote) = state
+        .db
+        .run(move |conn| queries::update_line(conn, id, changes).map_err(ApiError::from))
+        .await?;
+    wake_relay(&state, wrote);
+    Ok(web::Json(line))
+}
+
+/// Delete an order line; its stock is released.
+#[api_v2_operation(tags("Order lines"))]
+async fn delete_line(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<NoContent, ApiError> {
+    let id = id.into_inner();
+    state
+        .db
+        .run(move |conn| queries::delete_line(conn, id).map_err(ApiError::from))
+        .await?;
+    wake_relay(&state, true);
+    Ok(NoContent)
+}

@@ -1,0 +1,327 @@
+//! Typed settings, loaded once at start from the layers of SPEC §3.
+//!
+//! `config/default.toml` is compiled in, so the binary always has every key
+//! and its documented default; `--config FILE`, `ORDERSYS__SECTION__KEY`,
+//! `DATABASE_URL`/`AMQP_URL` and their `*_FILE` variants override it, later
+//! layers winning. Unknown keys and wrong types are errors: a typo in a
+//! deployment must stop the process with a line naming the key, not be
+//! silently ignored.
+
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// The defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub worker: WorkerSettings,
+    pub stock: StockSettings,
+    pub outbox: OutboxSettings,
+    pub retry: RetrySettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: u32,
+    pub pool_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub prefetch: u16,
+    pub heartbeat_secs: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub docs_path: String,
+    pub openapi_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub replicas: usize,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockSettings {
+    pub low_threshold: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    pub batch_size: usize,
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub grace_secs: u64,
+}
+
+/// A configuration problem, phrased as one line that names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(String);
+
+impl SettingsError {
+    fn key(key: &str, problem: impl std::fmt::Display) -> Self {
+        SettingsError(format!("{key}: {problem}"))
+    }
+}
+
+/// Where the process environment comes from; a function so tests can load
+/// settings without touching the real environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Settings {
+    /// Loads every layer from the real process environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(config_file, &vars, &|name| std::env::var(name).ok())
+    }
+
+    /// Loads every layer; `vars` are the environment variables, `lookup`
+    /// reads one of them.
+    pub fn load_from(
+        config_file: Option<&Path>,
+        vars: &[(String, String)],
+        lookup: EnvLookup<'_>,
+    ) -> Result<Settings, SettingsError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = config_file {
+            if !path.is_file() {
+                return Err(SettingsError::key(
+                    "--config",
+                    format!("no such file: {}", path.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let environment: config::Map<String, String> = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("ORDERSYS__"))
+            .cloned()
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("ORDERSYS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(environment)),
+        );
+        for (key, var) in [("database.url", "DATABASE_URL"), ("amqp.url", "AMQP_URL")] {
+            if let Some(value) = lookup(var).filter(|v| !v.is_empty()) {
+                builder = builder
+                    .set_override(key, value)
+                    .map_err(|e| SettingsError::key(var, e))?;
+            }
+            let file_var = format!("{var}_FILE");
+            if let Some(path) = lookup(&file_var).filter(|v| !v.is_empty()) {
+                let value = std::fs::read_to_string(&path).map_err(|e| {
+                    SettingsError::key(&file_var, format!("cannot read {path}: {e}"))
+                })?;
+                builder = builder
+                    .set_override(key, value.trim().to_owned())
+                    .map_err(|e| SettingsError::key(&file_var, e))?;
+            }
+        }
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| SettingsError(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rules the types alone cannot express.
+    fn validate(&self) -> Result<(), SettingsError> {
+        let url_scheme = |key: &str, url: &str, schemes: &[&str]| {
+            let parsed = url::Url::parse(url).map_err(|e| SettingsError::key(key, e))?;
+            if schemes.contains(&parsed.scheme()) {
+                Ok(())
+            } else {
+                Err(SettingsError::key(
+                    key,
+                    format!(
+                        "scheme must be one of {schemes:?}, got {:?}",
+                        parsed.scheme()
+                    ),
+                ))
+            }
+        };
+        url_scheme(
+            "database.url",
+            &self.database.url,
+            &["postgres", "postgresql"],
+        )?;
+        url_scheme("amqp.url", &self.amqp.url, &["amqp"])?;
+        let at_least = |key: &str, value: u64, min: u64| {
+            if value < min {
+                Err(SettingsError::key(
+                    key,
+                    format!("must be at least {min}, got {value}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("database.pool_size", self.database.pool_size.into(), 1)?;
+        at_least("database.pool_timeout_ms", self.database.pool_timeout_ms, 1)?;
+        at_least(
+            "database.connect_timeout_ms",
+            self.database.connect_timeout_ms,
+            1,
+        )?;
+        at_least("amqp.prefetch", self.amqp.prefetch.into(), 1)?;
+        at_least("http.max_body_bytes", self.http.max_body_bytes as u64, 1)?;
+        at_least("worker.replicas", self.worker.replicas as u64, 1)?;
+        at_least("worker.batch_size", self.worker.batch_size as u64, 1)?;
+        at_least("outbox.batch_size", self.outbox.batch_size as u64, 1)?;
+        at_least("outbox.poll_interval_ms", self.outbox.poll_interval_ms, 1)?;
+        at_least("retry.initial_backoff_ms", self.retry.initial_backoff_ms, 1)?;
+        at_least(
+            "retry.max_backoff_ms",
+            self.retry.max_backoff_ms,
+            self.retry.initial_backoff_ms,
+        )?;
+        if self.stock.low_threshold < 0 {
+            return Err(SettingsError::key(
+                "stock.low_threshold",
+                "must not be negative",
+            ));
+        }
+        for (key, path) in [
+            ("http.docs_path", &self.http.docs_path),
+            ("http.openapi_path", &self.http.openapi_path),
+        ] {
+            if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+                return Err(SettingsError::key(
+                    key,
+                    format!("must start with '/' and not end with '/', got {path:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.database.pool_timeout_ms)
+    }
+
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs(self.shutdown.grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        Settings::load_from(None, &vars, &lookup)
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_spec() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.http.max_body_bytes, 65536);
+        assert_eq!(s.stock.low_threshold, 5);
+        assert!(s.database.url.contains("127.0.0.1"));
+        assert!(s.amqp.url.contains("127.0.0.1"));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = load(&[
+            ("ORDERSYS__AMQP__PREFETCH", "50"),
+            ("ORDERSYS__HTTP__MAX_BODY_BYTES", "10"),
+        ])
+        .unwrap();
+        assert_eq!(s.amqp.prefetch, 50);
+        assert_eq!(s.http.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn conventional_urls_win_over_the_prefixed_ones() {
+        let s = load(&[
+            ("ORDERSYS__DATABASE__URL", "postgres://a@h/one"),
+            ("DATABASE_URL", "postgres://b@h/two"),
+            ("AMQP_URL", "amqp://u:p@h:5672/v"),
+        ])
+        .unwrap();
+        assert_eq!(s.database.url, "postgres://b@h/two");
+        assert_eq!(s.amqp.url, "amqp://u:p@h:5672/v");
+    }
+
+    #[test]
+    fn file_variants_read_secrets() {
+        let dir = std::env::temp_dir().join(format!("ordersys-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("db");
+        std::fs::write(&secret, "postgres://secret@db/x\n").unwrap();
+        let s = load(&[("DATABASE_URL_FILE", secret.to_str().unwrap())]).unwrap();
+        assert_eq!(s.database.url, "postgres://secret@db/x");
+        let err = load(&[("AMQP_URL_FILE", "/nonexistent/secret")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("AMQP_URL_FILE: cannot read"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = load(&[("ORDERSYS__AMQP__PREFETCH", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.prefetch"), "{err}");
+        let err = load(&[("ORDERSYS__WORKER__REPLICAS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker.replicas"), "{err}");
+        let err = load(&[("DATABASE_URL", "mysql://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url"), "{err}");
+        let err = load(&[("ORDERSYS__AMQP__PREFECH", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefech"), "{err}");
+    }
+}
