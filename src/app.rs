@@ -109,7 +109,8 @@ impl Application {
             TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();
-        let health = Health::new(mode != Mode::Products);
+        // No mode talks to the broker yet (the relay and the consumers come next).
+        let health = Health::new(false);
         let metrics = Arc::new(Metrics::default());
         let pool_settings = match mode {
             // The worker's pool only answers /readyz; consumers hold their own connections.

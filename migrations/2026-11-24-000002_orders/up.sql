@@ -27,14 +27,19 @@ CREATE TABLE commandes_produits (
 CREATE INDEX commandes_produits_commande_id_idx ON commandes_produits (commande_id);
 CREATE INDEX commandes_produits_produit_id_idx ON commandes_produits (produit_id);
 
--- Messages waiting to be published. A row is deleted once the broker has
--- confirmed it; the relay claims rows with FOR UPDATE SKIP LOCKED.
+-- Messages to publish. The relay claims unsent rows with FOR UPDATE SKIP
+-- LOCKED, publishes them, and sets sent_at once the broker has confirmed;
+-- sent rows are kept for a while (outbox.retention_secs) for inspection.
 CREATE TABLE outbox (
-    id          BIGSERIAL   PRIMARY KEY,
-    message_id  UUID        NOT NULL UNIQUE,
+    id          BIGSERIAL    PRIMARY KEY,
+    message_id  UUID         NOT NULL UNIQUE,
     exchange    VARCHAR(255) NOT NULL,
     routing_key VARCHAR(255) NOT NULL,
     -- kept as text, not jsonb, so the body goes out byte for byte as written
-    payload     TEXT        NOT NULL,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+    payload     TEXT         NOT NULL,
+    created_at  TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    sent_at     TIMESTAMPTZ
 );
+
+CREATE INDEX outbox_unsent_idx ON outbox (id) WHERE sent_at IS NULL;
+CREATE INDEX outbox_sent_at_idx ON outbox (sent_at) WHERE sent_at IS NOT NULL;

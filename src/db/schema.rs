@@ -49,6 +49,7 @@ diesel::table! {
         routing_key -> Varchar,
         payload -> Text,
         created_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
     }
 }
 

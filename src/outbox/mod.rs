@@ -1,8 +1,8 @@
 //! The transactional outbox: a message is written to the `outbox` table in
 //! the same transaction as the change it describes, so it exists if and only
-//! if the change committed. The [`relay`] publishes rows later, with
-//! publisher confirms, and deletes them only after the broker confirmed.
-//! Nothing is published from inside a request.
+//! if the change committed. The relay publishes rows later, with publisher
+//! confirms, and marks them sent only after the broker confirmed. Nothing
+//! is published from inside a request.
 
 use crate::db::schema::outbox;
 use crate::messages::{

@@ -1,0 +1,96 @@
+//! The binary's command line and configuration errors, as a user meets them.
+
+use std::process::Command;
+
+fn ordersys(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersys"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run ordersys")
+}
+
+#[test]
+fn help_names_every_mode() {
+    let out = ordersys(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for mode in ["orders", "products", "worker", "migrate", "--config"] {
+        assert!(help.contains(mode), "{help}");
+    }
+    let worker = String::from_utf8_lossy(&ordersys(&["worker", "--help"], &[]).stdout).into_owned();
+    assert!(
+        worker.contains("--replicas") && worker.contains("--bind"),
+        "{worker}"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_one_line_naming_the_key() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("ORDERSYS__AMQP__PREFETCH", "lots")], "amqp.prefetch"),
+        (
+            &[("ORDERSYS__DATABASE__POOL_SIZE", "0")],
+            "database.pool_size",
+        ),
+        (&[("DATABASE_URL", "mysql://localhost/x")], "database.url"),
+    ];
+    for (env, key) in cases {
+        let out = ordersys(&["migrate"], env);
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+    }
+    let out = ordersys(&["--config", "/nonexistent.toml", "products"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}
+
+#[test]
+fn a_config_file_overrides_the_defaults() {
+    let dir = std::env::temp_dir().join(format!("ordersys-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[worker]\nreplicas = \"many\"\n").unwrap();
+    let out = ordersys(&["--config", file.to_str().unwrap(), "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("worker.replicas"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sigterm_stops_a_service_cleanly() {
+    let db = crate::common::TestDb::empty();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordersys"))
+        .args(["products", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start ordersys products");
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ordersys::probe::get_status(&ready) != Ok(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "products never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}

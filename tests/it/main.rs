@@ -1,0 +1,10 @@
+//! Integration tests: every test talks to the real PostgreSQL (and, for the
+//! pipeline, RabbitMQ) through its own database, and fails, never skips,
+//! when they are unreachable.
+
+mod cli;
+mod common;
+mod migrations;
+mod openapi;
+mod orders;
+mod products;

@@ -1,0 +1,101 @@
+//! Migrations: reversible, and safe to run from many processes at once.
+
+use crate::common::TestDb;
+use std::process::Command;
+
+fn tables(db: &TestDb) -> i64 {
+    db.count(
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public' \
+         AND table_name IN ('produits', 'mouvements', 'commandes', 'commandes_produits', 'outbox')",
+    )
+}
+
+#[test]
+fn up_down_and_up_again() {
+    let db = TestDb::empty();
+    let mut conn = db.conn();
+    let applied = ordersys::db::migrate::run_pending(&mut conn).unwrap();
+    assert!(applied.len() >= 2, "{applied:?}");
+    assert_eq!(tables(&db), 5);
+    assert!(
+        ordersys::db::migrate::run_pending(&mut conn)
+            .unwrap()
+            .is_empty(),
+        "idempotent"
+    );
+    let reverted = ordersys::db::migrate::revert_all(&mut conn).unwrap();
+    assert_eq!(reverted.len(), applied.len());
+    assert_eq!(tables(&db), 0);
+    assert_eq!(
+        ordersys::db::migrate::run_pending(&mut conn).unwrap(),
+        applied
+    );
+    assert_eq!(tables(&db), 5);
+}
+
+#[test]
+fn the_schema_enforces_the_rules_too() {
+    let db = TestDb::migrated();
+    let mut conn = db.conn();
+    use diesel::RunQueryDsl;
+    let refused = [
+        "INSERT INTO produits (nom, prix, quantite_en_stock) VALUES ('', 1, 1)",
+        "INSERT INTO produits (nom, prix, quantite_en_stock) VALUES ('x', -1, 1)",
+        "INSERT INTO produits (nom, prix, quantite_en_stock) VALUES ('x', 1, -1)",
+        "INSERT INTO commandes (statut) VALUES ('PERDUE')",
+        "INSERT INTO commandes_produits (commande_id, produit_id, quantite, prix_unitaire) VALUES (1, 1, 1, 1)",
+    ];
+    for sql in refused {
+        assert!(
+            diesel::sql_query(sql).execute(&mut conn).is_err(),
+            "accepted: {sql}"
+        );
+    }
+    diesel::sql_query("INSERT INTO produits (nom, prix, quantite_en_stock) VALUES ('x', 1.005, 1)")
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(
+        db.count("SELECT (prix * 1000)::bigint AS n FROM produits"),
+        1010,
+        "NUMERIC(12,2)"
+    );
+}
+
+#[test]
+fn two_processes_migrating_at_once_both_succeed() {
+    let db = TestDb::empty();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_ordersys"))
+            .arg("migrate")
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start ordersys migrate")
+    };
+    let children: Vec<_> = (0..3).map(|_| spawn()).collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(tables(&db), 5);
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM __diesel_schema_migrations"),
+        2
+    );
+}
+
+#[test]
+fn migrate_creates_a_missing_database() {
+    let db = TestDb::empty();
+    let missing = format!("{}_new", db.name);
+    let url = db.url.replace(&db.name, &missing);
+    let status = Command::new(env!("CARGO_BIN_EXE_ordersys"))
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Hand it to a TestDb so it is dropped.
+    let created = TestDb { name: missing, url };
+    assert_eq!(tables(&created), 5);
+}

@@ -1,0 +1,558 @@
+//! The orders API (SPEC §4) and the outbox messages each line change writes
+//! in the same transaction (SPEC §5).
+
+use crate::common::TestApp;
+use serde_json::{json, Value};
+
+fn id(v: &Value) -> i64 {
+    v["id"].as_i64().expect("an id")
+}
+
+#[tokio::test]
+async fn orders_are_created_with_location_default_status_and_the_status_alias() {
+    let app = TestApp::spawn().await;
+    let created = app.orders.post("/commandes", json!({})).await.expect(201);
+    let order = id(&created.body);
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/commandes/{order}").as_str())
+    );
+    assert_eq!(created.body["statut"], "EN_ATTENTE");
+    assert_eq!(created.body["total"], json!(0.00));
+    assert_eq!(created.body["lignes"], json!([]));
+    assert!(created.body["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    let aliased = app
+        .orders
+        .post("/api/v1/commandes", json!({"status": "EN_COURS"}))
+        .await
+        .expect(201);
+    assert_eq!(aliased.body["statut"], "EN_COURS");
+    let unknown = app
+        .orders
+        .post("/commandes", json!({"statut": "LIVREE"}))
+        .await
+        .expect(422);
+    assert_eq!(unknown.error_fields(), ["statut"]);
+    let wrong_type = app
+        .orders
+        .post("/commandes", json!({"statut": 3}))
+        .await
+        .expect(400);
+    assert_eq!(wrong_type.error_fields(), ["statut"]);
+    app.orders
+        .get(&format!("/commandes/{order}"))
+        .await
+        .expect(200);
+    app.orders
+        .get(&format!("/api/v1/commandes/{order}"))
+        .await
+        .expect(200);
+    app.orders.get("/commandes/987654").await.expect(404);
+    assert_eq!(
+        app.orders
+            .get("/commandes/x")
+            .await
+            .expect(400)
+            .error_fields(),
+        ["id"]
+    );
+}
+
+#[tokio::test]
+async fn lines_capture_the_price_and_totals_are_exact_money() {
+    let app = TestApp::spawn().await;
+    let stylo = app.create_product("stylo", 19.99, 100).await;
+    let clou = app.create_product("clou", 0.10, 100).await;
+    let order = app.create_order().await;
+    let created = app
+        .orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": stylo, "quantite": 2}),
+        )
+        .await
+        .expect(201);
+    let line = id(&created.body);
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/commandes-produits/{line}").as_str())
+    );
+    assert_eq!(
+        created.body,
+        json!({"id": line, "commande_id": order, "produit_id": stylo, "quantite": 2,
+               "prix_unitaire": 19.99, "statut_stock": "EN_ATTENTE"})
+    );
+    app.create_line(order, clou, 3).await;
+    // A later price change does not touch existing lines.
+    app.products
+        .put(&format!("/produits/{stylo}"), json!({"prix": 25}))
+        .await
+        .expect(200);
+    let fetched = app
+        .orders
+        .get(&format!("/commandes/{order}"))
+        .await
+        .expect(200);
+    assert_eq!(fetched.body["total"], json!(40.28));
+    assert_eq!(fetched.body["lignes"][0]["prix_unitaire"], json!(19.99));
+    assert_eq!(fetched.body["lignes"].as_array().unwrap().len(), 2);
+    let via_alias = app
+        .orders
+        .get(&format!("/api/v1/commandes_produits/{line}"))
+        .await
+        .expect(200);
+    assert_eq!(via_alias.body, created.body);
+}
+
+#[tokio::test]
+async fn every_line_change_writes_its_message_in_the_same_transaction() {
+    let app = TestApp::spawn().await;
+    let a = app.create_product("a", 2.0, 50).await;
+    let b = app.create_product("b", 3.0, 50).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, a, 4).await);
+
+    let messages = app.outbox();
+    assert_eq!(messages.len(), 1);
+    let created = &messages[0];
+    assert_eq!(created["action"], "CREATED");
+    assert_eq!(
+        (
+            created["produit_id"].as_i64(),
+            created["quantite"].as_i64(),
+            created["commande_id"].as_i64()
+        ),
+        (Some(a), Some(4), Some(order))
+    );
+    assert_eq!(
+        (created["ligne_id"].as_i64(), created["version"].as_i64()),
+        (Some(line), Some(1))
+    );
+    assert_eq!(created["message_id"].as_str().unwrap().len(), 36);
+    assert!(created["occurred_at"].is_string());
+
+    let updated = app
+        .orders
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"quantite": 6}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(updated.body["quantite"], 6);
+    assert_eq!(updated.body["prix_unitaire"], json!(2.00));
+    let moved = app
+        .orders
+        .put(
+            &format!("/api/v1/commandes_produits/{line}"),
+            json!({"produit_id": b}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        moved.body["prix_unitaire"],
+        json!(3.00),
+        "a new product brings its own price"
+    );
+    // Changing nothing writes nothing.
+    app.orders
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"quantite": 6}),
+        )
+        .await
+        .expect(200);
+    app.orders
+        .delete(&format!("/commandes-produits/{line}"))
+        .await
+        .expect(204);
+    app.orders
+        .get(&format!("/commandes-produits/{line}"))
+        .await
+        .expect(404);
+    app.orders
+        .delete(&format!("/commandes-produits/{line}"))
+        .await
+        .expect(404);
+
+    let messages = app.outbox();
+    let summary: Vec<(String, i64, i64, i64, Value, Value)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m["action"].as_str().unwrap().to_owned(),
+                m["version"].as_i64().unwrap(),
+                m["produit_id"].as_i64().unwrap(),
+                m["quantite"].as_i64().unwrap(),
+                m["ancien_produit_id"].clone(),
+                m["ancienne_quantite"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("CREATED".into(), 1, a, 4, json!(null), json!(null)),
+            ("UPDATED".into(), 2, a, 6, json!(a), json!(4)),
+            ("UPDATED".into(), 3, b, 6, json!(a), json!(6)),
+            ("DELETED".into(), 4, b, 6, json!(null), json!(null)),
+        ]
+    );
+    let ids: std::collections::HashSet<&str> = messages
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "every message has its own id");
+}
+
+#[tokio::test]
+async fn the_outbox_payload_starts_with_the_seed_fields() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 5).await;
+    let order = app.create_order().await;
+    app.create_line(order, p, 1).await;
+    use diesel::prelude::*;
+    use ordersys::db::schema::outbox;
+    let (payload, exchange, routing_key): (String, String, String) = outbox::table
+        .select((outbox::payload, outbox::exchange, outbox::routing_key))
+        .first(&mut app.db.conn())
+        .unwrap();
+    assert!(
+        payload.starts_with(r#"{"action":"CREATED","produit_id":"#),
+        "{payload}"
+    );
+    assert!(
+        payload.contains(r#","quantite":1,"commande_id":"#),
+        "{payload}"
+    );
+    assert_eq!(
+        (exchange.as_str(), routing_key.as_str()),
+        ("product_exchange", "product.update")
+    );
+}
+
+#[tokio::test]
+async fn invalid_lines_get_422_and_write_nothing() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 5).await;
+    let order = app.create_order().await;
+    let both = app
+        .orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": 999, "produit_id": 998, "quantite": 1}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(both.error_fields(), ["commande_id", "produit_id"]);
+    let product = app
+        .orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": 998, "quantite": 1}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(product.error_fields(), ["produit_id"]);
+    let rules = app
+        .orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": p, "quantite": 0}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(rules.error_fields(), ["quantite"]);
+    let missing = app
+        .orders
+        .post("/commandes-produits", json!({}))
+        .await
+        .expect(422);
+    assert_eq!(
+        missing.error_fields(),
+        ["commande_id", "produit_id", "quantite"]
+    );
+    let typed = app
+        .orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": p, "quantite": "deux"}),
+        )
+        .await
+        .expect(400);
+    assert_eq!(typed.error_fields(), ["quantite"]);
+    let line = id(&app.create_line(order, p, 1).await);
+    let bad_update = app
+        .orders
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"produit_id": 31337, "quantite": -2}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(bad_update.error_fields(), ["quantite"]);
+    let bad_update = app
+        .orders
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"produit_id": 31337}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(bad_update.error_fields(), ["produit_id"]);
+    app.orders
+        .put("/commandes-produits/777", json!({"quantite": 2}))
+        .await
+        .expect(404);
+    assert_eq!(
+        app.outbox().len(),
+        1,
+        "only the one valid line wrote a message"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_releases_every_line_and_is_final() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.5, 20).await;
+    let order = app.create_order().await;
+    let first = id(&app.create_line(order, p, 2).await);
+    let second = id(&app.create_line(order, p, 3).await);
+    let cancelled = app
+        .orders
+        .put(&format!("/commandes/{order}"), json!({"statut": "ANNULEE"}))
+        .await
+        .expect(200);
+    assert_eq!(cancelled.body["statut"], "ANNULEE");
+    assert_eq!(
+        cancelled.body["total"],
+        json!(7.50),
+        "lines are kept on a cancelled order"
+    );
+
+    let released: Vec<(i64, i64)> = app
+        .outbox()
+        .iter()
+        .filter(|m| m["action"] == "DELETED")
+        .map(|m| {
+            (
+                m["ligne_id"].as_i64().unwrap(),
+                m["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(released, [(first, 2), (second, 2)]);
+
+    let before = app.outbox().len();
+    app.orders
+        .put(
+            &format!("/commandes/{order}"),
+            json!({"statut": "EN_COURS"}),
+        )
+        .await
+        .expect(409);
+    app.orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": p, "quantite": 1}),
+        )
+        .await
+        .expect(409);
+    app.orders
+        .put(
+            &format!("/commandes-produits/{first}"),
+            json!({"quantite": 9}),
+        )
+        .await
+        .expect(409);
+    app.orders
+        .delete(&format!("/commandes-produits/{first}"))
+        .await
+        .expect(409);
+    // Asking for the status it already has changes nothing.
+    app.orders
+        .put(&format!("/commandes/{order}"), json!({"statut": "ANNULEE"}))
+        .await
+        .expect(200);
+    assert_eq!(
+        app.outbox().len(),
+        before,
+        "refused requests write no message"
+    );
+
+    // Deleting a cancelled order removes it without releasing twice.
+    app.orders
+        .delete(&format!("/commandes/{order}"))
+        .await
+        .expect(204);
+    assert_eq!(app.outbox().len(), before);
+    app.orders
+        .get(&format!("/commandes-produits/{first}"))
+        .await
+        .expect(404);
+}
+
+#[tokio::test]
+async fn deleting_an_order_releases_its_lines_unless_it_shipped() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 20).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 2).await);
+    app.orders
+        .delete(&format!("/api/v1/commandes/{order}"))
+        .await
+        .expect(204);
+    app.orders
+        .get(&format!("/commandes/{order}"))
+        .await
+        .expect(404);
+    app.orders
+        .get(&format!("/commandes-produits/{line}"))
+        .await
+        .expect(404);
+    let last = app.outbox().pop().unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["ligne_id"].as_i64()),
+        (Some("DELETED"), Some(line))
+    );
+    app.orders
+        .delete(&format!("/commandes/{order}"))
+        .await
+        .expect(404);
+
+    let shipped = app.create_order().await;
+    app.create_line(shipped, p, 1).await;
+    app.orders
+        .put(
+            &format!("/commandes/{shipped}"),
+            json!({"statut": "EXPEDIEE"}),
+        )
+        .await
+        .expect(200);
+    app.orders
+        .delete(&format!("/commandes/{shipped}"))
+        .await
+        .expect(409);
+    app.orders
+        .put(
+            &format!("/commandes/{shipped}"),
+            json!({"statut": "ANNULEE"}),
+        )
+        .await
+        .expect(409);
+    app.orders
+        .get(&format!("/commandes/{shipped}"))
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn lists_filter_by_status_paginate_and_aliases_agree() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for statut in ["EN_ATTENTE", "EN_COURS", "EN_ATTENTE", "EXPEDIEE"] {
+        let created = app
+            .orders
+            .post("/commandes", json!({"statut": statut}))
+            .await
+            .expect(201);
+        ids.push(id(&created.body));
+    }
+    let ids_of = |v: &Value| -> Vec<i64> { v.as_array().unwrap().iter().map(id).collect() };
+    assert_eq!(
+        ids_of(&app.orders.get("/commandes").await.expect(200).body),
+        ids
+    );
+    assert_eq!(
+        ids_of(&app.orders.get("/api/v1/commandes").await.expect(200).body),
+        ids
+    );
+    assert_eq!(
+        ids_of(
+            &app.orders
+                .get("/commandes?skip=1&limit=2")
+                .await
+                .expect(200)
+                .body
+        ),
+        ids[1..3]
+    );
+    let waiting = app
+        .orders
+        .get("/commandes/statut/EN_ATTENTE")
+        .await
+        .expect(200);
+    assert_eq!(ids_of(&waiting.body), [ids[0], ids[2]]);
+    let waiting = app
+        .orders
+        .get("/api/v1/commandes/statut/EN_ATTENTE?limit=1")
+        .await
+        .expect(200);
+    assert_eq!(ids_of(&waiting.body), [ids[0]]);
+    let bad = app.orders.get("/commandes/statut/PERDUE").await.expect(400);
+    assert_eq!(bad.error_fields(), ["statut"]);
+    app.orders.get("/commandes?limit=0").await.expect(422);
+
+    let p = app.create_product("p", 1.0, 10).await;
+    let l1 = id(&app.create_line(ids[0], p, 1).await);
+    let l2 = id(&app.create_line(ids[1], p, 1).await);
+    assert_eq!(
+        ids_of(&app.orders.get("/commandes-produits").await.expect(200).body),
+        [l1, l2]
+    );
+    assert_eq!(
+        ids_of(
+            &app.orders
+                .get("/api/v1/commandes_produits?skip=1")
+                .await
+                .expect(200)
+                .body
+        ),
+        [l2]
+    );
+    app.orders
+        .get("/commandes-produits?limit=2000")
+        .await
+        .expect(422);
+}
+
+#[tokio::test]
+async fn a_line_can_move_to_another_open_order() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let from = app.create_order().await;
+    let to = app.create_order().await;
+    let line = id(&app.create_line(from, p, 1).await);
+    let moved = app
+        .orders
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"commande_id": to}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(moved.body["commande_id"], to);
+    let missing = app
+        .orders
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"commande_id": 4242}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(missing.error_fields(), ["commande_id"]);
+    app.orders
+        .put(&format!("/commandes/{from}"), json!({"statut": "ANNULEE"}))
+        .await
+        .expect(200);
+    app.orders
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"commande_id": from}),
+        )
+        .await
+        .expect(409);
+    let last = app.outbox().pop().unwrap();
+    assert_eq!(last["commande_id"], to);
+}
