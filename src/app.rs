@@ -7,8 +7,10 @@ use crate::db::{migrate, Database};
 use crate::health::Health;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::outbox::relay::Relay;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
+use crate::worker::consumer;
 use anyhow::Context;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -109,8 +111,7 @@ impl Application {
             TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();
-        // No mode talks to the broker yet (the relay and the consumers come next).
-        let health = Health::new(false);
+        let health = Health::new(mode != Mode::Products);
         let metrics = Arc::new(Metrics::default());
         let pool_settings = match mode {
             // The worker's pool only answers /readyz; consumers hold their own connections.
@@ -133,12 +134,45 @@ impl Application {
             }
         })?;
 
+        let mut outbox = None;
+        if mode != Mode::Products {
+            let (waker, wakeups) = crate::outbox::wake_channel();
+            let relay = Relay {
+                name: format!("ordersys-{}-relay", mode.name()),
+                settings: settings.clone(),
+                db: db.clone(),
+                health: health.clone(),
+                metrics: metrics.clone(),
+                wakeups,
+                shutdown: shutdown.clone(),
+            };
+            background.spawn("outbox-relay", move || relay.run())?;
+            outbox = Some(waker);
+        }
+        if let (Mode::Worker, Some(relay)) = (mode, &outbox) {
+            let context = consumer::Context {
+                settings: settings.clone(),
+                db: db.clone(),
+                health: health.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                relay: relay.clone(),
+            };
+            for index in 0..settings.worker.replicas {
+                let context = context.clone();
+                background.spawn(&format!("consumer-{index}"), move || {
+                    consumer::run(index, context)
+                })?;
+            }
+            log::info!("{} stock consumer(s) starting", settings.worker.replicas);
+        }
+
         let state = AppState {
             mode: mode.name(),
             db,
             health,
             metrics,
-            outbox: None,
+            outbox,
         };
         let api = match mode {
             Mode::Orders => crate::orders::API,

@@ -19,6 +19,7 @@
 //! Shared by all modes: [`settings`], the diesel schema and migrations
 //! ([`db`]), the wire messages ([`messages`]), the HTTP plumbing ([`http`]).
 
+pub mod amqp;
 pub mod app;
 pub mod cli;
 pub mod db;

@@ -58,6 +58,7 @@ pub struct HttpSettings {
 pub struct WorkerSettings {
     pub replicas: usize,
     pub batch_size: usize,
+    pub dedupe_retention_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +72,7 @@ pub struct StockSettings {
 pub struct OutboxSettings {
     pub batch_size: usize,
     pub poll_interval_ms: u64,
+    pub retention_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

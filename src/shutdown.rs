@@ -1,18 +1,21 @@
 //! Graceful shutdown: one trigger, observed alike by async tasks (the HTTP
 //! servers) and by the blocking threads that own broker connections.
 //!
-//! SIGTERM/SIGINT (or a test) calls [`Shutdown::trigger`]; async code awaits
-//! [`Shutdown::wait`]; a blocking loop selects on [`Shutdown::channel`],
-//! which disconnects at the trigger, or sleeps with [`Shutdown::sleep`],
+//! SIGTERM/SIGINT (or a test) calls [`Trigger::trigger`]; async code awaits
+//! [`Trigger::wait`]; a blocking loop selects on [`Trigger::channel`],
+//! which disconnects at the trigger, or sleeps with [`Trigger::sleep`],
 //! which wakes early. Each loop then finishes the work in hand and returns.
+//! The same one-way latch also tells background threads that the database
+//! is migrated and ready.
 
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// A one-way latch: once triggered, it stays triggered.
 #[derive(Clone)]
-pub struct Shutdown {
+pub struct Trigger {
     inner: Arc<Inner>,
 }
 
@@ -23,16 +26,19 @@ struct Inner {
     channel: Receiver<()>,
 }
 
-impl Default for Shutdown {
+/// The process is stopping.
+pub type Shutdown = Trigger;
+
+impl Default for Trigger {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Shutdown {
+impl Trigger {
     pub fn new() -> Self {
         let (sender, channel) = crossbeam_channel::bounded(0);
-        Shutdown {
+        Trigger {
             inner: Arc::new(Inner {
                 watch: watch::Sender::new(false),
                 sender: Mutex::new(Some(sender)),
@@ -41,7 +47,7 @@ impl Shutdown {
         }
     }
 
-    /// Starts the shutdown; calling it again does nothing.
+    /// Opens the latch; calling it again does nothing.
     pub fn trigger(&self) {
         self.inner.watch.send_replace(true);
         if let Ok(mut sender) = self.inner.sender.lock() {
@@ -53,7 +59,7 @@ impl Shutdown {
         *self.inner.watch.borrow()
     }
 
-    /// Resolves once the shutdown has been triggered.
+    /// Resolves once triggered.
     pub async fn wait(&self) {
         let mut rx = self.inner.watch.subscribe();
         // An error means the sender is gone, which only happens with `self`.
@@ -66,14 +72,25 @@ impl Shutdown {
         &self.inner.channel
     }
 
-    /// Sleeps for `duration` unless the shutdown comes first; returns true
-    /// when the caller should stop.
+    /// Sleeps for `duration` unless the trigger comes first; returns true
+    /// when triggered.
     pub fn sleep(&self, duration: Duration) -> bool {
         if self.is_triggered() {
             return true;
         }
         let _ = self.inner.channel.recv_timeout(duration);
         self.is_triggered()
+    }
+
+    /// Blocks until `self` is triggered (true) or `stop` is (false).
+    pub fn wait_unless(&self, stop: &Trigger) -> bool {
+        if self.is_triggered() {
+            return true;
+        }
+        crossbeam_channel::select! {
+            recv(self.channel()) -> _ => true,
+            recv(stop.channel()) -> _ => self.is_triggered(),
+        }
     }
 }
 
@@ -109,7 +126,7 @@ mod tests {
 
     #[test]
     fn sleep_wakes_at_the_trigger() {
-        let shutdown = Shutdown::new();
+        let shutdown = Trigger::new();
         let other = shutdown.clone();
         let started = Instant::now();
         let t = std::thread::spawn(move || other.sleep(Duration::from_secs(30)));
@@ -122,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_resolves_after_trigger() {
-        let shutdown = Shutdown::new();
+        let shutdown = Trigger::new();
         assert!(!shutdown.is_triggered());
         shutdown.trigger();
         shutdown.trigger();

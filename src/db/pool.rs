@@ -7,10 +7,10 @@
 use super::DbFailure;
 use crate::health::Dependency;
 use crate::settings::DatabaseSettings;
+use crate::shutdown::{Shutdown, Trigger};
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::R2D2Connection;
 use diesel::{Connection, ConnectionError, PgConnection};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ impl r2d2::HandleError<ConnectionError> for HealthErrorHandler {
 #[derive(Clone)]
 pub struct Database {
     pool: r2d2::Pool<Manager>,
-    ready: Arc<AtomicBool>,
+    ready: Trigger,
     health: Arc<Dependency>,
 }
 
@@ -113,18 +113,23 @@ impl Database {
             });
         Database {
             pool,
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: Trigger::new(),
             health,
         }
     }
 
     /// Called once migrations are applied: requests are served from then on.
     pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        self.ready.trigger();
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.is_triggered()
+    }
+
+    /// Blocks until migrations are applied (true) or the shutdown (false).
+    pub fn wait_ready(&self, shutdown: &Shutdown) -> bool {
+        self.ready.wait_unless(shutdown)
     }
 
     pub fn health(&self) -> &Arc<Dependency> {

@@ -24,6 +24,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    messages_traites (message_id) {
+        message_id -> Uuid,
+        traite_le -> Timestamptz,
+    }
+}
+
+diesel::table! {
     mouvements (id) {
         id -> Int8,
         produit_id -> Int8,
@@ -64,6 +71,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    reservations (ligne_id) {
+        ligne_id -> Int8,
+        produit_id -> Nullable<Int8>,
+        quantite -> Int4,
+        version -> Int8,
+    }
+}
+
 diesel::joinable!(commandes_produits -> commandes (commande_id));
 diesel::joinable!(commandes_produits -> produits (produit_id));
 diesel::joinable!(mouvements -> produits (produit_id));
@@ -71,7 +87,9 @@ diesel::joinable!(mouvements -> produits (produit_id));
 diesel::allow_tables_to_appear_in_same_query!(
     commandes,
     commandes_produits,
+    messages_traites,
     mouvements,
     outbox,
     produits,
+    reservations,
 );

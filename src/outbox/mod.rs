@@ -4,6 +4,8 @@
 //! confirms, and marks them sent only after the broker confirmed. Nothing
 //! is published from inside a request.
 
+pub mod relay;
+
 use crate::db::schema::outbox;
 use crate::messages::{
     StockAlert, StockMessage, ALERTS_EXCHANGE, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY,

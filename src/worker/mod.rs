@@ -1,5 +1,12 @@
-//! The stock worker (`ordersys worker`): consumes `product_queue` and
-//! applies each order-line change to product stock.
+//! The stock worker (`ordersys worker`): N competing consumers of the work
+//! queue `product_queue`, each applying order-line changes to product stock
+//! exactly once ([`consumer`] is the broker side, [`stock`] the database
+//! side, [`change`] the parsing between them), plus a relay for the stock
+//! alerts they write to the outbox.
+
+pub mod change;
+pub mod consumer;
+pub mod stock;
 
 use crate::http::Api;
 

@@ -7,4 +7,5 @@ mod common;
 mod migrations;
 mod openapi;
 mod orders;
+mod pipeline;
 mod products;

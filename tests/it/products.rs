@@ -359,7 +359,8 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn a_service_stops_gracefully_on_request() {
     let db = crate::common::TestDb::empty();
-    let settings = crate::common::settings(&db);
+    let broker = crate::common::TestBroker::create();
+    let settings = crate::common::settings(&db, &broker);
     let running = crate::common::Running::start(ordersys::Mode::Products, &settings).await;
     let client = crate::common::Client::new(&running);
     client.get("/produits/").await.expect(200);

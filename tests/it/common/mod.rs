@@ -5,8 +5,11 @@
 // Helpers serve many test modules; not every build uses each one.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod db;
+pub mod proxy;
 
+pub use broker::TestBroker;
 pub use db::TestDb;
 
 use ordersys::settings::Settings;
@@ -18,13 +21,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Settings for a test: defaults, pointed at `db`, sized small.
-pub fn settings(db: &TestDb) -> Settings {
+/// Settings for a test: defaults, pointed at `db` and `broker`, sized
+/// small, retrying fast.
+pub fn settings(db: &TestDb, broker: &TestBroker) -> Settings {
     let mut s = Settings::load_from(None, &[], &|_| None).expect("default settings load");
     s.database.url = db.url.clone();
     s.database.pool_size = 4;
+    s.amqp.url = broker.url.clone();
     s.http.workers = 1;
     s.shutdown.grace_secs = 10;
+    s.retry.initial_backoff_ms = 20;
+    s.retry.max_backoff_ms = 500;
+    s.outbox.poll_interval_ms = 200;
     s
 }
 
@@ -237,7 +245,7 @@ impl Client {
     }
 }
 
-/// products and orders on a fresh database.
+/// products, orders (and optionally a worker) on a fresh database and vhost.
 pub struct TestApp {
     pub products: Client,
     pub orders: Client,
@@ -245,25 +253,42 @@ pub struct TestApp {
     // Field order is drop order: servers stop before the database goes.
     pub products_server: Running,
     pub orders_server: Running,
+    pub worker: Option<Running>,
+    pub broker: TestBroker,
     pub db: TestDb,
 }
 
 impl TestApp {
+    /// products and orders; messages wait in product_queue.
     pub async fn spawn() -> TestApp {
-        let db = TestDb::empty();
-        let settings = settings(&db);
-        Self::spawn_with(db, settings).await
+        Self::build(false, |_| {}).await
     }
 
-    pub async fn spawn_with(db: TestDb, settings: Settings) -> TestApp {
+    /// products, orders and an in-process worker.
+    pub async fn with_worker() -> TestApp {
+        Self::build(true, |_| {}).await
+    }
+
+    pub async fn build(worker: bool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let db = TestDb::empty();
+        let broker = TestBroker::create();
+        let mut settings = settings(&db, &broker);
+        adjust(&mut settings);
         let products_server = Running::start(Mode::Products, &settings).await;
         let orders_server = Running::start(Mode::Orders, &settings).await;
+        let worker = if worker {
+            Some(Running::start(Mode::Worker, &settings).await)
+        } else {
+            None
+        };
         TestApp {
             products: Client::new(&products_server),
             orders: Client::new(&orders_server),
             settings,
             products_server,
             orders_server,
+            worker,
+            broker,
             db,
         }
     }
@@ -301,7 +326,7 @@ impl TestApp {
             .body
     }
 
-    /// The outbox's messages, oldest first, as JSON.
+    /// The outbox's messages (sent or not), oldest first, as JSON.
     pub fn outbox(&self) -> Vec<Value> {
         use diesel::prelude::*;
         use ordersys::db::schema::outbox;
@@ -314,4 +339,115 @@ impl TestApp {
             .map(|p| serde_json::from_str(p).expect("outbox payload is JSON"))
             .collect()
     }
+
+    pub fn stock(&self, product: i64) -> i64 {
+        self.db.count(&format!(
+            "SELECT quantite_en_stock::bigint AS n FROM produits WHERE id = {product}"
+        ))
+    }
+
+    /// Waits until the product's stock is `expected`.
+    pub async fn wait_for_stock(&self, product: i64, expected: i64) {
+        wait_for(
+            &format!("stock of product {product} to be {expected}"),
+            Duration::from_secs(20),
+            || async { (self.stock(product) == expected).then_some(()) },
+        )
+        .await
+    }
+
+    pub fn line_status(&self, line: i64) -> String {
+        use diesel::prelude::*;
+        use ordersys::db::schema::commandes_produits;
+        commandes_produits::table
+            .find(line)
+            .select(commandes_produits::statut_stock)
+            .first(&mut self.db.conn())
+            .expect("line exists")
+    }
+
+    /// Waits until the line's statut_stock is `expected`.
+    pub async fn wait_for_line(&self, line: i64, expected: &str) {
+        wait_for(
+            &format!("line {line} to be {expected}"),
+            Duration::from_secs(20),
+            || async { (self.line_status(line) == expected).then_some(()) },
+        )
+        .await
+    }
+
+    /// A counter of the worker's /metrics.
+    pub async fn worker_metric(&self, name: &str) -> u64 {
+        let worker = self.worker.as_ref().expect("a worker runs");
+        let text = Client::new(worker).get("/metrics").await.expect(200).body;
+        metric(text.as_str().unwrap_or_default(), name)
+    }
+
+    /// Waits until nothing is in flight: every outbox row sent, the queue
+    /// empty, no line waiting for the worker, and every reservation held by
+    /// a RESERVE line. Times out (failing the test) if a change was lost.
+    pub async fn wait_until_settled(&self, timeout: Duration) {
+        wait_for("the pipeline to settle", timeout, || async {
+            let unsent = self.db.count("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL");
+            let waiting = self
+                .db
+                .count("SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'");
+            let orphans = self.db.count(
+                "SELECT count(*) AS n FROM reservations r WHERE r.quantite > 0 AND NOT EXISTS \
+                 (SELECT 1 FROM commandes_produits l WHERE l.id = r.ligne_id AND l.statut_stock = 'RESERVE')",
+            );
+            let queued = self.broker.ready(ordersys::messages::PRODUCT_QUEUE);
+            (unsent == 0 && waiting == 0 && orphans == 0 && queued == 0).then_some(())
+        })
+        .await
+    }
+
+    /// SPEC §6: for every product, stock = initial − Σ quantite of its
+    /// RESERVE lines (and never negative); returns the number of products
+    /// checked.
+    pub fn assert_stock_invariant(&self, initial: &std::collections::HashMap<i64, i64>) -> usize {
+        use diesel::prelude::*;
+        use diesel::sql_types::BigInt;
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+            #[diesel(sql_type = BigInt)]
+            stock: i64,
+            #[diesel(sql_type = BigInt)]
+            reserved: i64,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT p.id, p.quantite_en_stock::bigint AS stock, \
+             coalesce(sum(l.quantite) FILTER (WHERE l.statut_stock = 'RESERVE'), 0)::bigint AS reserved \
+             FROM produits p LEFT JOIN commandes_produits l ON l.produit_id = p.id GROUP BY p.id ORDER BY p.id",
+        )
+        .load(&mut self.db.conn())
+        .expect("invariant query");
+        for row in &rows {
+            let start = initial
+                .get(&row.id)
+                .unwrap_or_else(|| panic!("initial stock of product {}", row.id));
+            assert!(row.stock >= 0, "product {} has negative stock", row.id);
+            assert_eq!(
+                row.stock,
+                start - row.reserved,
+                "product {}: stock {} != initial {} - reserved {}",
+                row.id,
+                row.stock,
+                start,
+                row.reserved
+            );
+        }
+        rows.len()
+    }
+}
+
+/// Reads one counter from a Prometheus exposition.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

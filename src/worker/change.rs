@@ -1,0 +1,170 @@
+//! Turning a delivery into a stock change, or into the reason it can never
+//! be applied (it then goes to the dead-letter queue with that reason).
+
+use crate::messages::{Action, StockMessage};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// One order-line change to apply, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StockChange {
+    /// The de-duplication key (tracked messages only).
+    pub message_id: Option<Uuid>,
+    /// With `version`: a tracked message (ordersys format).
+    pub ligne_id: Option<i64>,
+    pub version: Option<i64>,
+    pub action: Action,
+    pub produit_id: i64,
+    pub quantite: i32,
+    pub commande_id: i64,
+    /// The line's product and quantity before an UPDATED.
+    pub ancien: Option<(i64, i32)>,
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+impl StockChange {
+    /// Parses a message body; `amqp_message_id` is the AMQP property, used
+    /// when the body has no `message_id`.
+    pub fn parse(body: &[u8], amqp_message_id: Option<&str>) -> Result<StockChange, String> {
+        let m: StockMessage =
+            serde_json::from_slice(body).map_err(|e| format!("malformed message: {e}"))?;
+        if m.quantite < 0 {
+            return Err(format!("quantite must not be negative, got {}", m.quantite));
+        }
+        if m.action != Action::Deleted && m.quantite < 1 {
+            return Err(format!(
+                "{} needs a quantite of at least 1, got {}",
+                m.action.as_str(),
+                m.quantite
+            ));
+        }
+        let ancien = match (m.action, m.ancien_produit_id, m.ancienne_quantite) {
+            (Action::Updated, Some(p), Some(q)) if q >= 0 => Some((p, q)),
+            (Action::Updated, Some(_), Some(q)) => {
+                return Err(format!("ancienne_quantite must not be negative, got {q}"))
+            }
+            (Action::Updated, _, _) => {
+                return Err(
+                    "UPDATED without its old values (ancien_produit_id and ancienne_quantite)"
+                        .into(),
+                )
+            }
+            _ => None,
+        };
+        let tracked = match (m.ligne_id, m.version) {
+            (Some(_), Some(v)) if v < 1 => {
+                return Err(format!("version must be at least 1, got {v}"))
+            }
+            (Some(_), Some(_)) => true,
+            (None, None) => false,
+            _ => return Err("ligne_id and version must be given together".into()),
+        };
+        let message_id = if tracked {
+            let id = match (m.message_id, amqp_message_id) {
+                (Some(id), _) => id,
+                (None, Some(text)) => Uuid::parse_str(text)
+                    .map_err(|_| format!("message_id property {text:?} is not a UUID"))?,
+                (None, None) => {
+                    return Err("a message with ligne_id and version needs a message_id".into())
+                }
+            };
+            Some(id)
+        } else {
+            // Seed format: applied as such, without de-duplication (SPEC §5).
+            None
+        };
+        Ok(StockChange {
+            message_id,
+            ligne_id: m.ligne_id,
+            version: m.version,
+            action: m.action,
+            produit_id: m.produit_id,
+            quantite: m.quantite,
+            commande_id: m.commande_id,
+            ancien,
+            occurred_at: m.occurred_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<StockChange, String> {
+        StockChange::parse(body.as_bytes(), None)
+    }
+
+    #[test]
+    fn ordersys_messages_are_tracked() {
+        let c = parse(
+            r#"{"action":"UPDATED","produit_id":5,"quantite":12,"commande_id":3,
+                "message_id":"9b0c5a2e-0000-4000-8000-000000000000","ligne_id":17,"version":4,
+                "ancien_produit_id":5,"ancienne_quantite":10,"occurred_at":"2026-11-24T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ligne_id, c.version, c.ancien),
+            (Some(17), Some(4), Some((5, 10)))
+        );
+        assert!(c.message_id.is_some());
+    }
+
+    #[test]
+    fn seed_messages_are_accepted_without_deduplication() {
+        let c = StockChange::parse(
+            br#"{"action":"CREATED","produit_id":1,"quantite":2,"commande_id":3}"#,
+            Some("9b0c5a2e-0000-4000-8000-000000000000"),
+        )
+        .unwrap();
+        assert_eq!((c.message_id, c.ligne_id), (None, None));
+    }
+
+    #[test]
+    fn the_amqp_message_id_stands_in_for_a_missing_body_id() {
+        let body = br#"{"action":"CREATED","produit_id":1,"quantite":2,"commande_id":3,"ligne_id":1,"version":1}"#;
+        let c = StockChange::parse(body, Some("9b0c5a2e-0000-4000-8000-000000000000")).unwrap();
+        assert!(c.message_id.is_some());
+        assert!(StockChange::parse(body, None)
+            .unwrap_err()
+            .contains("message_id"));
+        assert!(StockChange::parse(body, Some("not-a-uuid"))
+            .unwrap_err()
+            .contains("UUID"));
+    }
+
+    #[test]
+    fn poison_messages_say_why() {
+        let cases = [
+            ("not json", "malformed"),
+            (
+                r#"{"action":"SHIPPED","produit_id":1,"quantite":1,"commande_id":1}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"action":"CREATED","produit_id":1,"commande_id":1}"#,
+                "quantite",
+            ),
+            (
+                r#"{"action":"UPDATED","produit_id":1,"quantite":1,"commande_id":1}"#,
+                "old values",
+            ),
+            (
+                r#"{"action":"CREATED","produit_id":1,"quantite":0,"commande_id":1}"#,
+                "at least 1",
+            ),
+            (
+                r#"{"action":"DELETED","produit_id":1,"quantite":-1,"commande_id":1}"#,
+                "negative",
+            ),
+            (
+                r#"{"action":"CREATED","produit_id":1,"quantite":1,"commande_id":1,"ligne_id":4}"#,
+                "together",
+            ),
+        ];
+        for (body, why) in cases {
+            let reason = parse(body).unwrap_err();
+            assert!(reason.contains(why), "{body}: {reason}");
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! One competing consumer of `product_queue`: its own connection, channel
+//! and database connection. A thin shell around [`stock::apply`]:
+//!
+//! 1. take what is waiting, up to `worker.batch_size` (one message when idle,
+//!    hundreds under load: batching costs no latency);
+//! 2. parse each; a message that can never succeed is set aside;
+//! 3. apply the rest in one transaction, retrying with backoff while the
+//!    database is down (the messages stay unacknowledged meanwhile);
+//! 4. publish the set-aside ones to the dead-letter exchange with their
+//!    reason, and wait for the broker's confirms;
+//! 5. acknowledge the whole batch at once (`multiple`), only now.
+//!
+//! A crash anywhere before 5 leaves the batch unacknowledged: the broker
+//! redelivers it, and the processed-id record and line versions make the
+//! second application change nothing.
+
+use super::change::StockChange;
+use super::stock::{self, Outcome};
+use crate::amqp::{self, AmqpError, ConfirmingChannel};
+use crate::db::{self, Database};
+use crate::health::Health;
+use crate::messages::{DEAD_LETTER_EXCHANGE, ERROR_HEADER, PRODUCT_QUEUE};
+use crate::metrics::Metrics;
+use crate::outbox::Waker;
+use crate::retry::Backoff;
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+use amiquip::{AmqpValue, ConsumerMessage, ConsumerOptions, Delivery, FieldTable};
+use diesel::PgConnection;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Non-connection database errors retried this many times before the
+/// batch is split and a change that still fails is dead-lettered.
+const MAX_ATTEMPTS: u32 = 3;
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
+
+/// What a consumer thread needs.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Settings,
+    pub db: Database,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+    /// Wakes this process's relay after alerts were written.
+    pub relay: Waker,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl From<amiquip::Error> for Stop {
+    fn from(e: amiquip::Error) -> Self {
+        Stop::Broker(e.into())
+    }
+}
+
+/// Runs consumer `index` until the shutdown.
+pub fn run(index: usize, ctx: Context) {
+    if !ctx.db.wait_ready(&ctx.shutdown) {
+        return;
+    }
+    let broker = ctx
+        .health
+        .broker
+        .clone()
+        .expect("the worker uses the broker");
+    let mut backoff = Backoff::new(&ctx.settings.retry);
+    let mut consumer = Consumer {
+        index,
+        ctx: &ctx,
+        conn: None,
+        last_housekeeping: Instant::now(),
+    };
+    loop {
+        match consumer.session(&mut backoff) {
+            Ok(()) | Err(Stop::Shutdown) => return,
+            Err(Stop::Broker(e)) => {
+                broker.set_down(&e);
+                if ctx.shutdown.sleep(backoff.next_delay()) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Consumer<'a> {
+    index: usize,
+    ctx: &'a Context,
+    conn: Option<PgConnection>,
+    last_housekeeping: Instant,
+}
+
+impl Consumer<'_> {
+    /// One broker connection's worth of consuming.
+    fn session(&mut self, backoff: &mut Backoff) -> Result<(), Stop> {
+        let settings = &self.ctx.settings;
+        let mut connection =
+            amqp::connect(&settings.amqp, &format!("ordersys-worker-{}", self.index))?;
+        let channel = connection.open_channel(None)?;
+        amqp::declare_topology(&channel)?;
+        channel.qos(0, settings.amqp.prefetch, false)?;
+        let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
+        let consumer = channel.basic_consume(PRODUCT_QUEUE, ConsumerOptions::default())?;
+        if let Some(broker) = &self.ctx.health.broker {
+            broker.set_up();
+        }
+        backoff.reset();
+        let receiver = consumer.receiver();
+        let batch_size = settings
+            .worker
+            .batch_size
+            .min(settings.amqp.prefetch.into())
+            .max(1);
+        loop {
+            let first = crossbeam_channel::select! {
+                recv(receiver) -> message => message.map_err(|_| AmqpError::Closed)?,
+                recv(self.ctx.shutdown.channel()) -> _ => break,
+            };
+            let mut batch = Vec::with_capacity(batch_size);
+            let mut closed = None;
+            for message in
+                std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok()))
+            {
+                match message {
+                    ConsumerMessage::Delivery(delivery) => batch.push(delivery),
+                    other => {
+                        closed = Some(other);
+                        break;
+                    }
+                }
+                if batch.len() == batch_size {
+                    break;
+                }
+            }
+            if let Some(reason) = closed {
+                // The channel is gone: what is in hand will be redelivered.
+                log::debug!("consumer {} stopped: {reason:?}", self.index);
+                return Err(AmqpError::Closed.into());
+            }
+            self.handle(batch, &channel, &mut dead_letters)?;
+            self.housekeeping();
+        }
+        // Shutdown: stop deliveries; unacknowledged prefetched messages go
+        // back to the queue when the channel closes.
+        let _ = consumer.cancel();
+        drop(consumer);
+        dead_letters.close();
+        let _ = channel.close();
+        let _ = connection.close();
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        batch: Vec<Delivery>,
+        channel: &amiquip::Channel,
+        dead_letters: &mut ConfirmingChannel,
+    ) -> Result<(), Stop> {
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut positions = Vec::with_capacity(batch.len());
+        let mut rejected: Vec<(usize, String)> = Vec::new();
+        for (i, delivery) in batch.iter().enumerate() {
+            match StockChange::parse(&delivery.body, delivery.properties.message_id().as_deref()) {
+                Ok(change) => {
+                    changes.push(change);
+                    positions.push(i);
+                }
+                Err(reason) => rejected.push((i, reason)),
+            }
+        }
+        let outcomes = self.apply(&changes)?;
+        let metrics = &self.ctx.metrics;
+        for ((outcome, change), &i) in outcomes.iter().zip(&changes).zip(&positions) {
+            match outcome {
+                Ok(Outcome::Applied(_)) => Metrics::add(&metrics.stock_applied, 1),
+                Ok(Outcome::Duplicate) => Metrics::add(&metrics.stock_duplicates, 1),
+                Ok(Outcome::Stale) => Metrics::add(&metrics.stock_stale, 1),
+                Ok(Outcome::UnknownProduct) => rejected.push((i, format!("unknown product {}", change.produit_id))),
+                Ok(Outcome::InsufficientStock) => rejected.push((
+                    i,
+                    format!(
+                        "not enough stock on product {} for {} (seed-format message: no order line to mark REJETE)",
+                        change.produit_id, change.quantite
+                    ),
+                )),
+                Err(reason) => rejected.push((i, reason.clone())),
+            }
+        }
+        // In delivery order, whichever step rejected them.
+        rejected.sort_by_key(|(i, _)| *i);
+        for (i, reason) in &rejected {
+            let delivery = &batch[*i];
+            log::warn!(
+                "dead-lettering message {} ({}): {reason}",
+                delivery
+                    .properties
+                    .message_id()
+                    .as_deref()
+                    .unwrap_or("without id"),
+                String::from_utf8_lossy(&delivery.body[..delivery.body.len().min(200)])
+            );
+            let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+            headers.insert(ERROR_HEADER.into(), AmqpValue::LongString(reason.clone()));
+            let properties = delivery
+                .properties
+                .clone()
+                .with_headers(headers)
+                .with_delivery_mode(2);
+            dead_letters.publish(
+                DEAD_LETTER_EXCHANGE,
+                &delivery.routing_key,
+                &delivery.body,
+                properties,
+            )?;
+        }
+        if !rejected.is_empty() {
+            dead_letters.wait_for_confirms(CONFIRM_TIMEOUT)?;
+            Metrics::add(&metrics.stock_dead_lettered, rejected.len() as u64);
+        }
+        if let Some(last) = batch.into_iter().max_by_key(|d| d.delivery_tag()) {
+            last.ack_multiple(channel)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the batch, holding on through database outages. Each change
+    /// gets its outcome, or the reason it must be dead-lettered.
+    fn apply(&mut self, changes: &[StockChange]) -> Result<Vec<Result<Outcome, String>>, Stop> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.apply_retrying(changes)? {
+            Ok(outcomes) => Ok(outcomes.into_iter().map(Ok).collect()),
+            // A batch keeps failing for a reason other than the connection:
+            // isolate the change responsible.
+            Err(_) if changes.len() > 1 => {
+                let mut outcomes = Vec::with_capacity(changes.len());
+                for change in changes {
+                    outcomes.push(match self.apply_retrying(std::slice::from_ref(change))? {
+                        Ok(mut one) => Ok(one.remove(0)),
+                        Err(reason) => Err(reason),
+                    });
+                }
+                Ok(outcomes)
+            }
+            Err(reason) => Ok(vec![Err(reason)]),
+        }
+    }
+
+    /// Ok(Ok(outcomes)), or Ok(Err(reason)) after MAX_ATTEMPTS failures
+    /// that were not about the connection; Err only at shutdown.
+    fn apply_retrying(
+        &mut self,
+        changes: &[StockChange],
+    ) -> Result<Result<Vec<Outcome>, String>, Stop> {
+        let settings = &self.ctx.settings;
+        let database = &self.ctx.health.database;
+        let mut backoff = Backoff::new(&settings.retry);
+        let mut attempts = 0;
+        loop {
+            if self.conn.is_none() {
+                match db::connect(&settings.database, "ordersys-worker") {
+                    Ok(conn) => self.conn = Some(conn),
+                    Err(e) => {
+                        database.set_down(&e);
+                        if self.ctx.shutdown.sleep(backoff.next_delay()) {
+                            return Err(Stop::Shutdown);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            match stock::apply(conn, changes, settings.stock.low_threshold) {
+                Ok((outcomes, alerted)) => {
+                    database.set_up();
+                    if alerted {
+                        self.ctx.relay.wake();
+                    }
+                    return Ok(Ok(outcomes));
+                }
+                Err(e) if db::is_connection_error(&e) => {
+                    database.set_down(&e);
+                    self.conn = None;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    log::warn!(
+                        "applying {} stock change(s) failed (attempt {attempts}/{MAX_ATTEMPTS}): {e}",
+                        changes.len()
+                    );
+                    if attempts >= MAX_ATTEMPTS {
+                        return Ok(Err(format!("the database refused it: {e}")));
+                    }
+                }
+            }
+            if self.ctx.shutdown.sleep(backoff.next_delay()) {
+                return Err(Stop::Shutdown);
+            }
+        }
+    }
+
+    /// Consumer 0 forgets old processed ids now and then.
+    fn housekeeping(&mut self) {
+        if self.index != 0 || self.last_housekeeping.elapsed() < HOUSEKEEPING_EVERY {
+            return;
+        }
+        self.last_housekeeping = Instant::now();
+        if let Some(conn) = self.conn.as_mut() {
+            match stock::purge_processed(conn, self.ctx.settings.worker.dedupe_retention_secs) {
+                Ok(n) if n > 0 => log::info!("forgot {n} processed message ids past retention"),
+                Ok(_) => {}
+                Err(e) => log::warn!("could not purge processed message ids: {e}"),
+            }
+        }
+    }
+}
+
+/// Builds the dead-letter headers of a rejected delivery (for tests).
+pub fn error_header(headers: &Option<FieldTable>) -> Option<String> {
+    match headers.as_ref()?.get(ERROR_HEADER)? {
+        AmqpValue::LongString(reason) => Some(reason.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,212 @@
+//! A RabbitMQ virtual host per test (deleted at the end), raw access to its
+//! queues, and fault injection: closing every connection of the vhost, or
+//! cutting the network between ordersys and the broker with a proxy.
+//!
+//! Administration goes through the management HTTP API when it is enabled,
+//! else through `rabbitmqctl` (both are the real broker; nothing is mocked).
+
+use amiquip::{AmqpProperties, Channel, Connection, Publish};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+fn amqp_base() -> String {
+    std::env::var("ORDERSYS_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+fn api_addr() -> String {
+    std::env::var("ORDERSYS_TEST_RABBITMQ_API").unwrap_or_else(|_| "127.0.0.1:15672".into())
+}
+
+/// A request to the management API; None when the API is not reachable.
+fn api(method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&api_addr().parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("RabbitMQ's management API is not reachable and rabbitmqctl cannot run ({e})")
+        });
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub struct TestBroker {
+    pub vhost: String,
+    /// The AMQP URL of the vhost.
+    pub url: String,
+}
+
+impl TestBroker {
+    pub fn create() -> TestBroker {
+        let vhost = format!("ordersys-test-{}", uuid::Uuid::new_v4().simple());
+        match api("PUT", &format!("/api/vhosts/{vhost}"), Some("{}")) {
+            Some((201 | 204, _)) => {
+                let (status, body) = api(
+                    "PUT",
+                    &format!("/api/permissions/{vhost}/guest"),
+                    Some(r#"{"configure":".*","write":".*","read":".*"}"#),
+                )
+                .expect("management API answers");
+                assert!(
+                    matches!(status, 201 | 204),
+                    "set permissions: {status} {body}"
+                );
+            }
+            Some((status, body)) => panic!("creating vhost {vhost}: {status} {body}"),
+            None => {
+                rabbitmqctl(&["add_vhost", &vhost]);
+                rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+            }
+        }
+        let url = format!("{}/{vhost}", amqp_base());
+        let broker = TestBroker { vhost, url };
+        // Fail now, with a clear message, if the broker cannot be reached.
+        if let Err(e) = broker.try_connect() {
+            panic!(
+                "RabbitMQ is not reachable at {} ({e}). The tests need a real broker.",
+                amqp_base()
+            );
+        }
+        broker
+    }
+
+    fn try_connect(&self) -> amiquip::Result<Connection> {
+        Connection::insecure_open(&self.url)
+    }
+
+    pub fn connect(&self) -> Connection {
+        self.try_connect().expect("connect to the test vhost")
+    }
+
+    /// Runs `f` with a channel on which the topology is declared.
+    pub fn with_channel<T>(&self, f: impl FnOnce(&Channel) -> T) -> T {
+        let mut connection = self.connect();
+        let channel = connection.open_channel(None).expect("open channel");
+        ordersys::amqp::declare_topology(&channel).expect("declare topology");
+        let value = f(&channel);
+        let _ = connection.close();
+        value
+    }
+
+    /// Publishes a raw body, persistent, as a producer other than ordersys would.
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: Option<&str>,
+    ) {
+        self.with_channel(|channel| {
+            let mut properties = AmqpProperties::default().with_delivery_mode(2);
+            if let Some(id) = message_id {
+                properties = properties.with_message_id(id.into());
+            }
+            channel
+                .basic_publish(
+                    exchange,
+                    Publish::with_properties(body, routing_key, properties),
+                )
+                .expect("publish");
+        })
+    }
+
+    /// Ready (not in-flight) messages in `queue`.
+    pub fn ready(&self, queue: &str) -> u32 {
+        self.with_channel(|channel| {
+            channel
+                .queue_declare_passive(queue)
+                .expect("queue exists")
+                .declared_message_count()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Takes every ready message of `queue` (acknowledging them).
+    pub fn drain(&self, queue: &str) -> Vec<(Vec<u8>, AmqpProperties)> {
+        self.with_channel(|channel| {
+            let mut messages = Vec::new();
+            while let Some(get) = channel.basic_get(queue, false).expect("basic.get") {
+                let body = get.delivery.body.clone();
+                let properties = get.delivery.properties.clone();
+                get.ack(channel).expect("ack");
+                messages.push((body, properties));
+            }
+            messages
+        })
+    }
+
+    /// Closes every client connection of the vhost, as a network failure would.
+    pub fn close_all_connections(&self) -> usize {
+        match api(
+            "GET",
+            &format!("/api/vhosts/{}/connections?columns=name", self.vhost),
+            None,
+        ) {
+            Some((200, body)) => {
+                let connections: Vec<serde_json::Value> =
+                    serde_json::from_str(&body).unwrap_or_default();
+                for c in &connections {
+                    let name = c["name"].as_str().unwrap_or_default();
+                    let encoded = percent_encode(name);
+                    api("DELETE", &format!("/api/connections/{encoded}"), None);
+                }
+                connections.len()
+            }
+            _ => {
+                rabbitmqctl(&[
+                    "close_all_connections",
+                    "-p",
+                    &self.vhost,
+                    "test fault injection",
+                ]);
+                1
+            }
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        match api("DELETE", &format!("/api/vhosts/{}", self.vhost), None) {
+            Some(_) => {}
+            None => {
+                let _ = Command::new("rabbitmqctl")
+                    .args(["delete_vhost", &self.vhost])
+                    .output();
+            }
+        }
+    }
+}
