@@ -121,7 +121,11 @@ impl Relay {
                 recv(self.wakeups.0) -> _ => {}
                 // At shutdown: one last drain above, then stop.
                 recv(self.shutdown.channel()) -> _ => {}
-                default(poll) => {}
+                default(poll) => {
+                    // Idle: make sure the broker is still there, so a lost
+                    // connection shows in /readyz now, not at the next message.
+                    channel.channel().exchange_declare_passive(crate::messages::PRODUCT_EXCHANGE)?;
+                }
             }
         }
         channel.close();

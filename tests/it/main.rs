@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod faults;
 mod migrations;
 mod openapi;
 mod orders;

@@ -164,38 +164,33 @@ impl TestBroker {
         })
     }
 
-    /// Closes every client connection of the vhost, as a network failure would.
+    /// Closes every client connection of the vhost, as a network failure
+    /// would; returns how many there were. (rabbitmqctl acts at once; the
+    /// management API only lists connections after its next stats tick.)
     pub fn close_all_connections(&self) -> usize {
-        match api(
-            "GET",
-            &format!("/api/vhosts/{}/connections?columns=name", self.vhost),
-            None,
-        ) {
-            Some((200, body)) => {
-                let connections: Vec<serde_json::Value> =
-                    serde_json::from_str(&body).unwrap_or_default();
-                for c in &connections {
-                    let name = c["name"].as_str().unwrap_or_default();
-                    let encoded = percent_encode(name);
-                    api("DELETE", &format!("/api/connections/{encoded}"), None);
-                }
-                connections.len()
-            }
-            _ => {
-                rabbitmqctl(&[
-                    "close_all_connections",
-                    "-p",
-                    &self.vhost,
-                    "test fault injection",
-                ]);
-                1
-            }
-        }
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "-p",
+                &self.vhost,
+                "name",
+            ])
+            .output()
+            .expect("rabbitmqctl list_connections");
+        let count = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        rabbitmqctl(&[
+            "close_all_connections",
+            "-p",
+            &self.vhost,
+            "test fault injection",
+        ]);
+        count
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 impl Drop for TestBroker {

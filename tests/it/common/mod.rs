@@ -7,6 +7,8 @@
 
 pub mod broker;
 pub mod db;
+pub mod load;
+pub mod process;
 pub mod proxy;
 
 pub use broker::TestBroker;
@@ -179,8 +181,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(running: &Running) -> Self {
+        Self::new_at(running.addr)
+    }
+
+    pub fn new_at(addr: SocketAddr) -> Self {
         Client {
-            base: format!("http://{}", running.addr),
+            base: format!("http://{addr}"),
             http: reqwest::Client::new(),
         }
     }
@@ -242,6 +248,39 @@ impl Client {
             Some(body.to_string().into_bytes()),
         )
         .await
+    }
+
+    /// Like `raw`, but a transport error is `None` instead of a panic (for
+    /// load under fault injection).
+    async fn attempt(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Some((status, body))
+    }
+
+    pub async fn try_post(&self, path: &str, body: Value) -> Option<(u16, Value)> {
+        self.attempt(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn try_put(&self, path: &str, body: Value) -> Option<(u16, Value)> {
+        self.attempt(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn try_delete(&self, path: &str) -> Option<(u16, Value)> {
+        self.attempt(Method::DELETE, path, None).await
     }
 }
 
@@ -439,6 +478,20 @@ impl TestApp {
                 row.reserved
             );
         }
+        let by_status = |status: &str| {
+            self.db.count(&format!(
+                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = '{status}'"
+            ))
+        };
+        eprintln!(
+            "stock invariant holds for {} products: {} RESERVE, {} REJETE, {} LIBERE lines; {} movements, {} messages",
+            rows.len(),
+            by_status("RESERVE"),
+            by_status("REJETE"),
+            by_status("LIBERE"),
+            self.db.count("SELECT count(*) AS n FROM mouvements"),
+            self.db.count("SELECT count(*) AS n FROM outbox"),
+        );
         rows.len()
     }
 }
