@@ -59,9 +59,10 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The URL to GET, e.g. http://127.0.0.1:8081/readyz
-    #[arg(value_name = "URL")]
-    pub url: String,
+    /// The URL to GET, e.g. http://127.0.0.1:8081/readyz [default: /healthz on
+    /// the first of the default ports 8081, 8000, 8082 that answers]
+    #[arg(value_name = "URL", env = "ORDERSYS_PROBE_URL")]
+    pub url: Option<String>,
 }
 
 impl Command {

@@ -12,17 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Command::Probe(args) = &cli.command {
-        return match ordersys::probe::get_status(&args.url) {
-            Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
-            Ok(status) => {
-                eprintln!("ordersys probe: {} answered {status}", args.url);
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("ordersys probe: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return probe(args.url.as_deref());
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
@@ -72,6 +62,27 @@ fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
         });
         app.run_until_stopped().await
     })
+}
+
+/// `ordersys probe`: exit 0 when the URL (or any default health port) answers 2xx.
+fn probe(url: Option<&str>) -> ExitCode {
+    let urls: Vec<String> = match url {
+        Some(url) => vec![url.to_owned()],
+        None => ["8081", "8000", "8082"]
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}/healthz"))
+            .collect(),
+    };
+    let mut last = String::new();
+    for url in &urls {
+        match ordersys::probe::get_status(url) {
+            Ok(status) if (200..300).contains(&status) => return ExitCode::SUCCESS,
+            Ok(status) => last = format!("{url} answered {status}"),
+            Err(e) => last = e,
+        }
+    }
+    eprintln!("ordersys probe: {last}");
+    ExitCode::FAILURE
 }
 
 fn default(addr: &str) -> SocketAddr {

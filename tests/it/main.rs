@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod compose;
 mod faults;
 mod migrations;
 mod openapi;

@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+# One image for every mode: `docker run ordersys orders|products|worker|migrate`.
+#
+# Builder and runtime are both Debian trixie: the rust:1 images are trixie,
+# and a binary built there needs trixie's glibc (bookworm has 2.36, not 2.39).
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-slim-trixie AS builder
+# DL3008 (pin apt versions) is ignored on purpose: each build should pick up
+# trixie's security updates; the Rust toolchain and Cargo.lock pin the rest.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpq-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+
+# Dependencies first, in their own layer: built against empty sources, so a
+# change to src/ rebuilds only ordersys itself.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src target/release/ordersys target/release/deps/ordersys-* target/release/deps/libordersys-* \
+      target/release/.fingerprint/ordersys-*
+
+# config/ and migrations/ are compiled in (include_str!, embed_migrations!).
+COPY config ./config
+COPY migrations ./migrations
+COPY src ./src
+RUN cargo build --release --locked --bin ordersys \
+ && strip target/release/ordersys
+
+FROM debian:trixie-slim AS runtime
+# DL3008: as above, security updates of libpq5 and ca-certificates are wanted.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpq5 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ordersys
+COPY --from=builder /src/target/release/ordersys /usr/local/bin/ordersys
+COPY config /etc/ordersys
+USER 10001:10001
+# orders 8081, products 8000, worker health port 8082
+EXPOSE 8081 8000 8082
+ENV RUST_LOG=info
+# Liveness only (not /readyz): a broker outage must not get replicas killed,
+# the orders API keeps accepting writes into its outbox meanwhile.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["ordersys", "probe"]
+ENTRYPOINT ["ordersys"]
+CMD ["--help"]
