@@ -37,7 +37,6 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -101,10 +100,19 @@ impl Conn {
     }
 
     /// Sends one request and reads the whole answer: (status, body).
-    async fn send(&mut self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         if let Some(body) = body {
-            let _ = write!(request, "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let _ = write!(
+                request,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
         } else {
             request.push_str("\r\n");
         }
@@ -190,7 +198,9 @@ where
                 match conn.send(method, &path, body.as_deref()).await {
                     Ok((status, _)) if status < 300 => {
                         result.ok += 1;
-                        result.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        result
+                            .latencies_us
+                            .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
                     Ok(_) => result.errors += 1,
                     Err(_) => {
@@ -218,7 +228,13 @@ where
 }
 
 /// Sends requests at a fixed overall `rate` (open loop) for `secs`.
-async fn open_loop<F>(addr: SocketAddr, connections: usize, rate: f64, secs: f64, request: F) -> LoadResult
+async fn open_loop<F>(
+    addr: SocketAddr,
+    connections: usize,
+    rate: f64,
+    secs: f64,
+    request: F,
+) -> LoadResult
 where
     F: Fn(usize, u64) -> (&'static str, String, Option<String>) + Send + Sync + 'static,
 {
@@ -281,8 +297,18 @@ struct Service {
 }
 
 impl Service {
-    fn start(name: &'static str, args: &[&str], db: &TestDb, broker: &TestBroker, env: &[(&str, String)]) -> Service {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    fn start(
+        name: &'static str,
+        args: &[&str],
+        db: &TestDb,
+        broker: &TestBroker,
+        env: &[(&str, String)],
+    ) -> Service {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ordersys"))
             .args(args)
@@ -305,14 +331,19 @@ impl Service {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "{} never became ready", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready",
+                self.name
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Peak resident memory (VmHWM) so far, in MiB.
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -323,7 +354,9 @@ impl Service {
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -354,9 +387,18 @@ struct Report {
 }
 
 impl Report {
-    fn add(&mut self, figure: &str, value: String, ceiling: Option<(f64, &str)>, of: f64, target: &str) {
+    fn add(
+        &mut self,
+        figure: &str,
+        value: String,
+        ceiling: Option<(f64, &str)>,
+        of: f64,
+        target: &str,
+    ) {
         let (ceiling, ratio) = match ceiling {
-            Some((c, unit)) if c.is_finite() && c > 0.0 => (format!("{c:.0} {unit}"), format!("{:.0}%", 100.0 * of / c)),
+            Some((c, unit)) if c.is_finite() && c > 0.0 => {
+                (format!("{c:.0} {unit}"), format!("{:.0}%", 100.0 * of / c))
+            }
             _ => ("—".into(), "—".into()),
         };
         self.rows.push(Row {
@@ -369,9 +411,14 @@ impl Report {
     }
 
     fn table(&self) -> String {
-        let mut out = String::from("| figure | value | ceiling | ratio | target |\n|---|---|---|---|---|\n");
+        let mut out =
+            String::from("| figure | value | ceiling | ratio | target |\n|---|---|---|---|---|\n");
         for r in &self.rows {
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", r.figure, r.value, r.ceiling, r.ratio, r.target);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r.figure, r.value, r.ceiling, r.ratio, r.target
+            );
         }
         out
     }
@@ -388,12 +435,23 @@ fn verdict(ok: bool) -> &'static str {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map(|kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0))
         .unwrap_or_default();
     let version = |cmd: &str, args: &[&str]| {
@@ -401,7 +459,14 @@ fn machine() -> String {
             .args(args)
             .output()
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().lines().last().unwrap_or("").to_owned())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_owned()
+            })
             .unwrap_or_default()
     };
     format!(
@@ -418,8 +483,15 @@ fn machine() -> String {
 // ---------------------------------------------------------------------------
 
 async fn post_json(conn: &mut Conn, path: &str, body: Value) -> Value {
-    let (status, bytes) = conn.send("POST", path, Some(&body.to_string())).await.expect("request");
-    assert!(status < 300, "POST {path} answered {status}: {}", String::from_utf8_lossy(&bytes));
+    let (status, bytes) = conn
+        .send("POST", path, Some(&body.to_string()))
+        .await
+        .expect("request");
+    assert!(
+        status < 300,
+        "POST {path} answered {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
     serde_json::from_slice(&bytes).expect("JSON answer")
 }
 
@@ -429,7 +501,10 @@ fn count(conn: &mut PgConnection, sql: &str) -> i64 {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    diesel::sql_query(sql).get_result::<N>(conn).map(|r| r.n).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    diesel::sql_query(sql)
+        .get_result::<N>(conn)
+        .map(|r| r.n)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 fn seconds(conn: &mut PgConnection, sql: &str) -> f64 {
@@ -461,7 +536,13 @@ fn broker_ceiling(broker: &TestBroker, n: usize) -> (f64, f64) {
     let channel = connection.open_channel(None).unwrap();
     let queue = "bench.ceiling";
     channel
-        .queue_declare(queue, QueueDeclareOptions { durable: true, ..Default::default() })
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let confirms = channel.listen_for_publisher_confirms().unwrap();
     channel.enable_publisher_confirms().unwrap();
@@ -471,7 +552,9 @@ fn broker_ceiling(broker: &TestBroker, n: usize) -> (f64, f64) {
     let mut confirmed = 0;
     for i in 0..n {
         let properties = AmqpProperties::default().with_delivery_mode(2);
-        channel.basic_publish("", Publish::with_properties(body, queue, properties)).unwrap();
+        channel
+            .basic_publish("", Publish::with_properties(body, queue, properties))
+            .unwrap();
         if (i + 1) % 100 == 0 || i + 1 == n {
             while confirmed < i + 1 {
                 for _ in smoother.process(confirms.recv().unwrap()) {
@@ -482,7 +565,9 @@ fn broker_ceiling(broker: &TestBroker, n: usize) -> (f64, f64) {
     }
     let publish_rate = n as f64 / started.elapsed().as_secs_f64();
     channel.qos(0, 500, false).unwrap();
-    let consumer = channel.basic_consume(queue, ConsumerOptions::default()).unwrap();
+    let consumer = channel
+        .basic_consume(queue, ConsumerOptions::default())
+        .unwrap();
     let started = Instant::now();
     let mut received = 0;
     for message in consumer.receiver().iter() {
@@ -498,6 +583,7 @@ fn broker_ceiling(broker: &TestBroker, n: usize) -> (f64, f64) {
     }
     let consume_rate = n as f64 / started.elapsed().as_secs_f64();
     drop(consumer);
+    let _ = channel.close();
     let _ = connection.close();
     (publish_rate, consume_rate)
 }
@@ -505,11 +591,17 @@ fn broker_ceiling(broker: &TestBroker, n: usize) -> (f64, f64) {
 /// The database's ceiling: single-row UPDATEs, one after the other, autocommit.
 fn database_ceiling(db: &TestDb, n: usize) -> f64 {
     let mut conn = db.conn();
-    diesel::sql_query("CREATE TABLE bench_ceiling (id INT PRIMARY KEY, n BIGINT NOT NULL)").execute(&mut conn).unwrap();
-    diesel::sql_query("INSERT INTO bench_ceiling VALUES (1, 0)").execute(&mut conn).unwrap();
+    diesel::sql_query("CREATE TABLE bench_ceiling (id INT PRIMARY KEY, n BIGINT NOT NULL)")
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query("INSERT INTO bench_ceiling VALUES (1, 0)")
+        .execute(&mut conn)
+        .unwrap();
     let started = Instant::now();
     for _ in 0..n {
-        diesel::sql_query("UPDATE bench_ceiling SET n = n + 1 WHERE id = 1").execute(&mut conn).unwrap();
+        diesel::sql_query("UPDATE bench_ceiling SET n = n + 1 WHERE id = 1")
+            .execute(&mut conn)
+            .unwrap();
     }
     n as f64 / started.elapsed().as_secs_f64()
 }
@@ -538,10 +630,14 @@ fn prefill(broker: &TestBroker, products: &[i64], n: usize) -> std::collections:
             .unwrap();
         *reserved.entry(product).or_insert(0) += 1;
         if (i + 1) % 500 == 0 {
-            publisher.wait_for_confirms(Duration::from_secs(60)).unwrap();
+            publisher
+                .wait_for_confirms(Duration::from_secs(60))
+                .unwrap();
         }
     }
-    publisher.wait_for_confirms(Duration::from_secs(60)).unwrap();
+    publisher
+        .wait_for_confirms(Duration::from_secs(60))
+        .unwrap();
     publisher.close();
     let _ = connection.close();
     reserved
@@ -555,7 +651,10 @@ async fn main() {
     let broker = TestBroker::create();
     let mut pg = db.conn();
     let mut report = Report::default();
-    eprintln!("benchmarking ordersys ({}) …", if smoke { "smoke mode" } else { "full run" });
+    eprintln!(
+        "benchmarking ordersys ({}) …",
+        if smoke { "smoke mode" } else { "full run" }
+    );
 
     let products = Service::start("products", &["products"], &db, &broker, &[]);
     products.wait_ready().await;
@@ -567,13 +666,23 @@ async fn main() {
     let mut conn = Conn::open(products.addr).await.unwrap();
     let mut catalog = Vec::new();
     for i in 0..50 {
-        let p = post_json(&mut conn, "/produits/", json!({"nom": format!("bench-{i}"), "prix": 9.99, "quantite_en_stock": STOCK})).await;
+        let p = post_json(
+            &mut conn,
+            "/produits/",
+            json!({"nom": format!("bench-{i}"), "prix": 9.99, "quantite_en_stock": STOCK}),
+        )
+        .await;
         catalog.push(p["id"].as_i64().unwrap());
     }
     let worker_catalog: Vec<i64> = {
         let mut ids = Vec::new();
         for i in 0..20 {
-            let p = post_json(&mut conn, "/produits/", json!({"nom": format!("queue-{i}"), "prix": 1, "quantite_en_stock": STOCK})).await;
+            let p = post_json(
+                &mut conn,
+                "/produits/",
+                json!({"nom": format!("queue-{i}"), "prix": 1, "quantite_en_stock": STOCK}),
+            )
+            .await;
             ids.push(p["id"].as_i64().unwrap());
         }
         ids
@@ -597,19 +706,33 @@ async fn main() {
 
     // 4a. The HTTP ceiling, and 1. the HTTP figures.
     let c = plan.concurrency;
-    let healthz = closed_loop(products.addr, c, plan.http_secs, |_, _| ("GET", "/healthz".into(), None)).await;
+    let healthz = closed_loop(products.addr, c, plan.http_secs, |_, _| {
+        ("GET", "/healthz".into(), None)
+    })
+    .await;
     let get_product = {
         let ids = catalog.clone();
         closed_loop(products.addr, c, plan.http_secs, move |t, n| {
-            ("GET", format!("/produits/{}", ids[(t * 7 + n as usize) % ids.len()]), None)
+            (
+                "GET",
+                format!("/produits/{}", ids[(t * 7 + n as usize) % ids.len()]),
+                None,
+            )
         })
         .await
     };
-    let orders_healthz = closed_loop(orders.addr, c, plan.http_secs, |_, _| ("GET", "/healthz".into(), None)).await;
+    let orders_healthz = closed_loop(orders.addr, c, plan.http_secs, |_, _| {
+        ("GET", "/healthz".into(), None)
+    })
+    .await;
     let get_order = {
         let ids = sample_orders.clone();
         closed_loop(orders.addr, c, plan.http_secs, move |t, n| {
-            ("GET", format!("/commandes/{}", ids[(t * 7 + n as usize) % ids.len()]), None)
+            (
+                "GET",
+                format!("/commandes/{}", ids[(t * 7 + n as usize) % ids.len()]),
+                None,
+            )
         })
         .await
     };
@@ -617,14 +740,25 @@ async fn main() {
     // The worker joins now; lines created from here on are reserved.
     let worker = Service::start("worker", &["worker"], &db, &broker, &[]);
     worker.wait_ready().await;
-    until("sample lines to be reserved", Duration::from_secs(120), || {
-        count(&mut pg, "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'") == 0
-    })
+    until(
+        "sample lines to be reserved",
+        Duration::from_secs(120),
+        || {
+            count(
+                &mut pg,
+                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
+            ) == 0
+        },
+    )
     .await;
 
     let mut bench_orders = Vec::new();
     for _ in 0..c {
-        bench_orders.push(post_json(&mut oconn, "/commandes", json!({})).await["id"].as_i64().unwrap());
+        bench_orders.push(
+            post_json(&mut oconn, "/commandes", json!({})).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
     }
     let post_line = {
         let (orders_ids, products_ids) = (bench_orders.clone(), catalog.clone());
@@ -640,13 +774,22 @@ async fn main() {
         ("POST /commandes-produits", &post_line, &orders_healthz),
     ] {
         let target = if name == "GET /produits/{id}" {
-            format!("≥ 40% of /healthz: {}", verdict(r.rate() >= 0.4 * ceiling.rate()))
+            format!(
+                "≥ 40% of /healthz: {}",
+                verdict(r.rate() >= 0.4 * ceiling.rate())
+            )
         } else {
             String::new()
         };
         report.add(
             &format!("{name} (c={c})"),
-            format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors", r.rate(), r.percentile_ms(50.0), r.percentile_ms(99.0), r.errors),
+            format!(
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                r.rate(),
+                r.percentile_ms(50.0),
+                r.percentile_ms(99.0),
+                r.errors
+            ),
             Some((ceiling.rate(), "req/s (/healthz)")),
             r.rate(),
             &target,
@@ -654,7 +797,12 @@ async fn main() {
     }
     report.add(
         "GET /healthz, products (HTTP ceiling)",
-        format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", healthz.rate(), healthz.percentile_ms(50.0), healthz.percentile_ms(99.0)),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            healthz.rate(),
+            healthz.percentile_ms(50.0),
+            healthz.percentile_ms(99.0)
+        ),
         None,
         0.0,
         "",
@@ -668,12 +816,18 @@ async fn main() {
     );
 
     // 2. The pipeline, saturated: line changes (create, then update) from HTTP to RESERVE.
-    until("earlier lines to be reserved", Duration::from_secs(300), || {
-        count(&mut pg, "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'") == 0
-    })
+    until(
+        "earlier lines to be reserved",
+        Duration::from_secs(300),
+        || {
+            count(
+                &mut pg,
+                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
+            ) == 0
+        },
+    )
     .await;
     let before = count(&mut pg, "SELECT count(*) AS n FROM outbox");
-    let line_changes = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let saturated = {
         let (orders_ids, products_ids) = (bench_orders.clone(), catalog.clone());
@@ -683,10 +837,16 @@ async fn main() {
         })
         .await
     };
-    line_changes.fetch_add(saturated.ok, Ordering::Relaxed);
-    let drained = until("the pipeline to apply every change", Duration::from_secs(600), || {
-        count(&mut pg, "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'") == 0
-    })
+    let drained = until(
+        "the pipeline to apply every change",
+        Duration::from_secs(600),
+        || {
+            count(
+                &mut pg,
+                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
+            ) == 0
+        },
+    )
     .await;
     let total = started.elapsed().as_secs_f64();
     let changes = count(&mut pg, "SELECT count(*) AS n FROM outbox") - before;
@@ -705,7 +865,10 @@ async fn main() {
 
     // 2b. End-to-end latency at half that rate.
     let half = (pipeline_rate / 2.0).max(10.0);
-    let window_start = count(&mut pg, "SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint AS n");
+    let window_start = count(
+        &mut pg,
+        "SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint AS n",
+    );
     let paced = {
         let (orders_ids, products_ids) = (bench_orders.clone(), catalog.clone());
         open_loop(orders.addr, c.min(32), half, plan.pipeline_secs, move |t, n| {
@@ -714,9 +877,16 @@ async fn main() {
         })
         .await
     };
-    until("paced changes to be applied", Duration::from_secs(300), || {
-        count(&mut pg, "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'") == 0
-    })
+    until(
+        "paced changes to be applied",
+        Duration::from_secs(300),
+        || {
+            count(
+                &mut pg,
+                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
+            ) == 0
+        },
+    )
     .await;
     let latency = |p: f64, pg: &mut PgConnection| {
         seconds(
@@ -730,7 +900,11 @@ async fn main() {
     let (p50, p99) = (latency(0.5, &mut pg), latency(0.99, &mut pg));
     report.add(
         &format!("pipeline latency at {half:.0} changes/s (half), accepted → applied"),
-        format!("p50 {p50:.1} ms, p99 {p99:.1} ms ({} requests, HTTP p99 {:.2} ms)", paced.ok, paced.percentile_ms(99.0)),
+        format!(
+            "p50 {p50:.1} ms, p99 {p99:.1} ms ({} requests, HTTP p99 {:.2} ms)",
+            paced.ok,
+            paced.percentile_ms(99.0)
+        ),
         None,
         0.0,
         &format!("p99 ≤ 100 ms: {}", verdict(p99 <= 100.0)),
@@ -743,17 +917,23 @@ async fn main() {
     let worker = Service::start("worker", &["worker"], &db, &broker, &[]);
     let started = Instant::now();
     let target = processed_before + plan.worker_messages as i64;
-    until("the worker to drain the queue", Duration::from_secs(600), || {
-        count(&mut pg, "SELECT count(*) AS n FROM messages_traites") >= target
-    })
+    until(
+        "the worker to drain the queue",
+        Duration::from_secs(600),
+        || count(&mut pg, "SELECT count(*) AS n FROM messages_traites") >= target,
+    )
     .await;
     let worker_rate = plan.worker_messages as f64 / started.elapsed().as_secs_f64();
 
     // 4b, 4c. The broker's and the database's ceilings.
-    let (publish_ceiling, consume_ceiling) = tokio::task::block_in_place(|| broker_ceiling(&broker, plan.broker_messages));
+    let (publish_ceiling, consume_ceiling) =
+        tokio::task::block_in_place(|| broker_ceiling(&broker, plan.broker_messages));
     let db_ceiling = tokio::task::block_in_place(|| database_ceiling(&db, plan.db_updates));
     report.add(
-        &format!("worker alone: drain {} queued messages, exactly once", plan.worker_messages),
+        &format!(
+            "worker alone: drain {} queued messages, exactly once",
+            plan.worker_messages
+        ),
         format!("{worker_rate:.0} msg/s"),
         Some((consume_ceiling, "msg/s (bare consume+ack)")),
         worker_rate,
@@ -766,7 +946,13 @@ async fn main() {
         0.0,
         "",
     );
-    report.add("broker ceiling: amiquip consume with acks", format!("{consume_ceiling:.0} msg/s"), None, 0.0, "");
+    report.add(
+        "broker ceiling: amiquip consume with acks",
+        format!("{consume_ceiling:.0} msg/s"),
+        None,
+        0.0,
+        "",
+    );
     report.add(
         "database ceiling: single-row UPDATE loop, autocommit",
         format!("{db_ceiling:.0} updates/s"),
@@ -794,7 +980,10 @@ async fn main() {
          FROM commandes_produits l WHERE l.produit_id = p.id AND l.statut_stock = 'RESERVE'), 0) \
          - coalesce((SELECT sum(r.quantite) FROM reservations r WHERE r.produit_id = p.id AND r.ligne_id >= 10000000), 0)",
     );
-    let waiting = count(&mut pg, "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock <> 'RESERVE'");
+    let waiting = count(
+        &mut pg,
+        "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock <> 'RESERVE'",
+    );
     let queued_units: i64 = reserved.values().sum();
     let applied_units = count(&mut pg, "SELECT coalesce(sum(quantite), 0)::bigint AS n FROM reservations WHERE ligne_id >= 10000000");
     let invariant = reserved_lines == 0 && waiting == 0 && queued_units == applied_units;
@@ -816,7 +1005,10 @@ async fn main() {
     for note in &report.notes {
         println!("{note}");
     }
-    assert!(invariant, "the stock invariant does not hold after the benchmark");
+    assert!(
+        invariant,
+        "the stock invariant does not hold after the benchmark"
+    );
     if !plan.smoke {
         let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
         let doc = format!(

@@ -99,8 +99,15 @@ impl TestBroker {
         broker
     }
 
-    fn try_connect(&self) -> amiquip::Result<Connection> {
-        Connection::insecure_open(&self.url)
+    /// Connects as ordersys does (TCP_NODELAY set), so that broker figures
+    /// measured through this connection are not bounded by Nagle's delay.
+    fn try_connect(&self) -> Result<Connection, ordersys::amqp::AmqpError> {
+        let settings = ordersys::settings::AmqpSettings {
+            url: self.url.clone(),
+            prefetch: 500,
+            heartbeat_secs: 0,
+        };
+        ordersys::amqp::connect(&settings, "ordersys-tests")
     }
 
     pub fn connect(&self) -> Connection {
