@@ -368,6 +368,76 @@ impl Drop for Service {
     }
 }
 
+/// CPU time used so far, per party: each ordersys process, PostgreSQL (all
+/// its processes), RabbitMQ (the Erlang VM), this load generator.
+struct CpuSample(Vec<(String, f64)>);
+
+impl CpuSample {
+    fn take(services: &[(&str, u32)]) -> CpuSample {
+        let ticks: f64 = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0);
+        let mut parties: Vec<(String, f64)> = services
+            .iter()
+            .map(|(name, _)| (name.to_string(), 0.0))
+            .chain(
+                ["postgres", "rabbitmq", "load generator", "other"].map(|n| (n.to_string(), 0.0)),
+            )
+            .collect();
+        let me = std::process::id();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid …": after the comm, utime is the 12th field.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let used = fields
+                .get(11)
+                .and_then(|u| u.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                + fields
+                    .get(12)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            let party = if let Some((name, _)) = services.iter().find(|(_, p)| *p == pid) {
+                name.to_string()
+            } else if pid == me {
+                "load generator".into()
+            } else if comm == "postgres" {
+                "postgres".into()
+            } else if comm.starts_with("beam") || comm == "epmd" || comm == "erl_child_setup" {
+                "rabbitmq".into()
+            } else {
+                "other".into()
+            };
+            if let Some(slot) = parties.iter_mut().find(|(n, _)| *n == party) {
+                slot.1 += used / ticks;
+            }
+        }
+        CpuSample(parties)
+    }
+
+    /// Shares of one core between `earlier` and this sample, over `secs`.
+    fn since(&self, earlier: &CpuSample, secs: f64) -> String {
+        self.0
+            .iter()
+            .zip(&earlier.0)
+            .map(|((name, now), (_, then))| format!("{name} {:.0}%", (now - then) / secs * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The report.
 // ---------------------------------------------------------------------------
@@ -815,7 +885,7 @@ async fn main() {
         "",
     );
 
-    // 2. The pipeline, saturated: line changes (create, then update) from HTTP to RESERVE.
+    // 2. The pipeline, saturated: line creations from HTTP to RESERVE.
     until(
         "earlier lines to be reserved",
         Duration::from_secs(300),
@@ -828,6 +898,13 @@ async fn main() {
     )
     .await;
     let before = count(&mut pg, "SELECT count(*) AS n FROM outbox");
+    let pids = [
+        ("orders", &orders),
+        ("worker", &worker),
+        ("products", &products),
+    ]
+    .map(|(name, service)| (name, service.child.id()));
+    let cpu_before = CpuSample::take(&pids);
     let started = Instant::now();
     let saturated = {
         let (orders_ids, products_ids) = (bench_orders.clone(), catalog.clone());
@@ -849,6 +926,7 @@ async fn main() {
     )
     .await;
     let total = started.elapsed().as_secs_f64();
+    let cpu = CpuSample::take(&pids).since(&cpu_before, total);
     let changes = count(&mut pg, "SELECT count(*) AS n FROM outbox") - before;
     let pipeline_rate = changes as f64 / total;
     report.add(
@@ -861,6 +939,13 @@ async fn main() {
         Some((post_line.rate(), "req/s (POST alone)")),
         pipeline_rate,
         &format!("≥ 3000/s: {}", verdict(pipeline_rate >= 3000.0)),
+    );
+    report.add(
+        "CPU during the pipeline step (% of one core; the machine has 2)",
+        cpu,
+        None,
+        0.0,
+        "",
     );
 
     // 2b. End-to-end latency at half that rate.

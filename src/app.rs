@@ -169,6 +169,7 @@ impl Application {
 
         let state = AppState {
             mode: mode.name(),
+            product_reads: crate::products::reads(db.clone()),
             db,
             health,
             metrics,

@@ -7,6 +7,7 @@
 //! outbox relay, stock consumers) own a dedicated connection from
 //! [`connect`] and reconnect with backoff themselves.
 
+pub mod coalesce;
 pub mod migrate;
 mod pool;
 pub mod schema;

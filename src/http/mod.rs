@@ -13,10 +13,12 @@ pub mod input;
 mod openapi;
 pub mod responses;
 
+use crate::db::coalesce::Coalescer;
 use crate::db::Database;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::Waker;
+use crate::products::model::Product;
 use crate::settings::Settings;
 use actix_web::body::EitherBody;
 use actix_web::dev::{Server, ServiceResponse};
@@ -35,6 +37,8 @@ pub struct AppState {
     pub db: Database,
     pub health: Health,
     pub metrics: Arc<Metrics>,
+    /// `GET /produits/{id}` reads, coalesced under load (products only).
+    pub product_reads: Coalescer<i64, Product>,
     /// Wakes the outbox relay after a commit that wrote messages (orders only).
     pub outbox: Option<Waker>,
 }

@@ -10,3 +10,18 @@ pub mod queries;
 mod routes;
 
 pub use routes::API;
+
+use crate::db::coalesce::Coalescer;
+use crate::db::Database;
+use model::Product;
+
+/// Batches of `GET /produits/{id}` in flight at once. Measured on 2 cores
+/// (bench smoke, 8 clients): uncoalesced 6.7k req/s; 1 runner 13.7k;
+/// 2 runners 11.9k; 4 runners 10.0k. One round trip answers up to 256 reads,
+/// so one runner is not the bound; more only add contention.
+const READ_RUNNERS: usize = 1;
+
+/// `GET /produits/{id}` reads: concurrent ones share a query.
+pub fn reads(db: Database) -> Coalescer<i64, Product> {
+    Coalescer::new(db, READ_RUNNERS, queries::find_many)
+}

@@ -30,6 +30,17 @@ pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Product>> {
         .optional()
 }
 
+/// The products among `ids`, keyed by id (for coalesced reads).
+pub fn find_many(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, Product)>> {
+    Ok(produits::table
+        .filter(produits::id.eq_any(ids))
+        .select(Product::as_select())
+        .load::<Product>(conn)?
+        .into_iter()
+        .map(|product| (product.id, product))
+        .collect())
+}
+
 /// Applies `changes`; `None` when the product does not exist.
 pub fn update(
     conn: &mut PgConnection,

@@ -79,8 +79,8 @@ async fn get_product(
 ) -> Result<web::Json<Product>, ApiError> {
     let id = id.into_inner();
     state
-        .db
-        .run(move |conn| queries::find(conn, id).map_err(ApiError::from))
+        .product_reads
+        .get::<ApiError>(id)
         .await?
         .map(web::Json)
         .ok_or_else(|| ApiError::not_found("product", id))

@@ -184,6 +184,54 @@ async fn unknown_and_malformed_ids() {
 }
 
 #[tokio::test]
+async fn concurrent_reads_each_get_their_own_product() {
+    // Concurrent GETs are answered by shared queries (db::coalesce): every
+    // reader must still get exactly its product, or 404.
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let created = app
+            .products
+            .post(
+                "/produits/",
+                json!({"nom": format!("p{i}"), "prix": i as f64 + 0.25, "quantite_en_stock": i}),
+            )
+            .await
+            .expect(201);
+        ids.push(created.body["id"].as_i64().unwrap());
+    }
+    let missing = ids[ids.len() - 1] + 1_000;
+    let wanted: Vec<i64> = (0..300)
+        .map(|n| {
+            if n % 7 == 6 {
+                missing
+            } else {
+                ids[n % ids.len()]
+            }
+        })
+        .collect();
+    let client = &app.products;
+    let answers = futures_util::future::join_all(
+        wanted
+            .iter()
+            .map(|id| async move { client.get(&format!("/produits/{id}")).await }),
+    )
+    .await;
+    for (id, answer) in wanted.iter().zip(answers) {
+        if *id == missing {
+            answer.expect(404);
+        } else {
+            let i = ids.iter().position(|x| x == id).unwrap();
+            let body = answer.expect(200).body;
+            assert_eq!(
+                body,
+                json!({"id": id, "nom": format!("p{i}"), "description": null, "prix": i as f64 + 0.25, "quantite_en_stock": i})
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn lists_are_ordered_by_id_and_paginated() {
     let app = TestApp::spawn().await;
     let mut ids = Vec::new();
