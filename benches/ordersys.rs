@@ -73,7 +73,10 @@ impl Plan {
             http_secs: 1.0,
             concurrency: 8,
             pipeline_secs: 2.0,
-            worker_messages: 2_000,
+            worker_messages: std::env::var("ORDERSYS_BENCH_SMOKE_MESSAGES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2_000),
             broker_messages: 2_000,
             db_updates: 500,
         }
@@ -284,6 +287,16 @@ where
     total.elapsed = started.elapsed().as_secs_f64();
     total.latencies_us.sort_unstable();
     total
+}
+
+/// `GET {prefix}{id}` for the `ids` in turn, at the plan's concurrency.
+async fn get_each(addr: SocketAddr, plan: &Plan, prefix: &'static str, ids: &[i64]) -> LoadResult {
+    let ids = ids.to_vec();
+    closed_loop(addr, plan.concurrency, plan.http_secs, move |t, n| {
+        let id = ids[(t * 7 + n as usize) % ids.len()];
+        ("GET", format!("{prefix}{id}"), None)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -594,7 +607,9 @@ async fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -
     let started = Instant::now();
     while !check() {
         assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The checks are counts over growing tables: polled more often, they
+        // would take a visible share of the database from what is measured.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     started.elapsed()
 }
@@ -780,32 +795,12 @@ async fn main() {
         ("GET", "/healthz".into(), None)
     })
     .await;
-    let get_product = {
-        let ids = catalog.clone();
-        closed_loop(products.addr, c, plan.http_secs, move |t, n| {
-            (
-                "GET",
-                format!("/produits/{}", ids[(t * 7 + n as usize) % ids.len()]),
-                None,
-            )
-        })
-        .await
-    };
+    let get_product = get_each(products.addr, &plan, "/produits/", &catalog).await;
     let orders_healthz = closed_loop(orders.addr, c, plan.http_secs, |_, _| {
         ("GET", "/healthz".into(), None)
     })
     .await;
-    let get_order = {
-        let ids = sample_orders.clone();
-        closed_loop(orders.addr, c, plan.http_secs, move |t, n| {
-            (
-                "GET",
-                format!("/commandes/{}", ids[(t * 7 + n as usize) % ids.len()]),
-                None,
-            )
-        })
-        .await
-    };
+    let get_order = get_each(orders.addr, &plan, "/commandes/", &sample_orders).await;
 
     // The worker joins now; lines created from here on are reserved.
     let worker = Service::start("worker", &["worker"], &db, &broker, &[]);
@@ -822,6 +817,8 @@ async fn main() {
     )
     .await;
 
+    // A new connection: the server closes keep-alive connections idle for 5 s.
+    let mut oconn = Conn::open(orders.addr).await.unwrap();
     let mut bench_orders = Vec::new();
     for _ in 0..c {
         bench_orders.push(
@@ -1000,7 +997,13 @@ async fn main() {
     let reserved = prefill(&broker, &worker_catalog, plan.worker_messages);
     let processed_before = count(&mut pg, "SELECT count(*) AS n FROM messages_traites");
     let worker = Service::start("worker", &["worker"], &db, &broker, &[]);
+    let pids = [("worker", worker.child.id())];
+    // The clock starts when the worker is ready (its start-up is not
+    // consumption); what it applied before that is not counted.
+    worker.wait_ready().await;
+    let cpu_before = CpuSample::take(&pids);
     let started = Instant::now();
+    let at_start = count(&mut pg, "SELECT count(*) AS n FROM messages_traites");
     let target = processed_before + plan.worker_messages as i64;
     until(
         "the worker to drain the queue",
@@ -1008,7 +1011,9 @@ async fn main() {
         || count(&mut pg, "SELECT count(*) AS n FROM messages_traites") >= target,
     )
     .await;
-    let worker_rate = plan.worker_messages as f64 / started.elapsed().as_secs_f64();
+    let worker_secs = started.elapsed().as_secs_f64();
+    let worker_rate = (target - at_start) as f64 / worker_secs;
+    let worker_cpu = CpuSample::take(&pids).since(&cpu_before, worker_secs);
 
     // 4b, 4c. The broker's and the database's ceilings.
     let (publish_ceiling, consume_ceiling) =
@@ -1023,6 +1028,13 @@ async fn main() {
         Some((consume_ceiling, "msg/s (bare consume+ack)")),
         worker_rate,
         &format!("≥ 10000 msg/s: {}", verdict(worker_rate >= 10_000.0)),
+    );
+    report.add(
+        "CPU while the worker drains (% of one core; the machine has 2)",
+        worker_cpu,
+        None,
+        0.0,
+        "",
     );
     report.add(
         "broker ceiling: amiquip publish with confirms (windows of 100)",
@@ -1097,11 +1109,14 @@ async fn main() {
     if !plan.smoke {
         let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
         let doc = format!(
-            "# ordersys benchmarks\n\nProduced by `cargo bench` on {now}.\n\nMachine: {}.\n\n{table}\n{}\n",
+            "# ordersys benchmarks\n\nProduced by `cargo bench --bench ordersys` on {now}; overwritten by each full run. \
+             What bounds each figure and what would move it: [performance.md](performance.md).\n\nMachine: {}.\n\n{table}\n{}\n",
             machine(),
             report.notes.join("\n")
         );
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
+        std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/docs"))
+            .expect("create docs/");
         std::fs::write(path, doc).expect("write docs/benchmarks.md");
         eprintln!("wrote {path}");
     }

@@ -84,14 +84,43 @@ DECLARE
     v_lines      BIGINT[]  := '{}';
     v_line_vers  BIGINT[]  := '{}';
     v_line_stat  TEXT[]    := '{}';
+    v_known      BIGINT[];             -- the batch's products that exist (locked)
+    v_new_ids    UUID[];               -- message ids not processed before
+    v_mvs        mouvements[] := '{}'; -- movements, written at the end
+    -- The reservations of the batch's lines, read once and written once;
+    -- entry k describes line r_lines[k].
+    v_pos        INTEGER;
+    r_lines      BIGINT[];
+    r_prods      BIGINT[];
+    r_qtes       INTEGER[];
+    r_vers       BIGINT[];
+    r_new        BOOLEAN[];            -- no row yet: inserted at the end
+    r_touched    BOOLEAN[];            -- changed by this batch
 BEGIN
     -- Fixed lock order: reservations, then products, by id.
-    PERFORM 1 FROM reservations WHERE ligne_id = ANY (p_ligne_ids) ORDER BY ligne_id FOR UPDATE;
-    PERFORM 1 FROM produits
-     WHERE id IN (SELECT unnest(p_produit_ids)
-                  UNION SELECT unnest(p_anciens_produits)
-                  UNION SELECT r.produit_id FROM reservations r WHERE r.ligne_id = ANY (p_ligne_ids))
-     ORDER BY id FOR NO KEY UPDATE;
+    SELECT coalesce(array_agg(r.ligne_id), '{}'), coalesce(array_agg(r.produit_id), '{}'),
+           coalesce(array_agg(r.quantite), '{}'), coalesce(array_agg(r.version), '{}'),
+           coalesce(array_agg(FALSE), '{}'), coalesce(array_agg(FALSE), '{}')
+      INTO r_lines, r_prods, r_qtes, r_vers, r_new, r_touched
+      FROM (SELECT ligne_id, produit_id, quantite, version FROM reservations
+             WHERE ligne_id = ANY (p_ligne_ids) ORDER BY ligne_id FOR UPDATE) r;
+    -- Locked products cannot be deleted before this transaction ends, so
+    -- v_known stays true for the whole batch.
+    SELECT coalesce(array_agg(l.id), '{}') INTO v_known FROM (
+        SELECT id FROM produits
+         WHERE id IN (SELECT unnest(p_produit_ids)
+                      UNION SELECT unnest(p_anciens_produits)
+                      UNION SELECT r.produit_id FROM reservations r WHERE r.ligne_id = ANY (p_ligne_ids))
+         ORDER BY id FOR NO KEY UPDATE) l;
+    -- Every message id of the batch recorded at once; those already there
+    -- (processed before, or by a concurrent batch that committed) are
+    -- duplicates. A second copy within the batch is one too (see the loop).
+    WITH recorded AS (
+        INSERT INTO messages_traites (message_id)
+        SELECT DISTINCT m FROM unnest(p_message_ids) m WHERE m IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING message_id)
+    SELECT coalesce(array_agg(message_id), '{}') INTO v_new_ids FROM recorded;
 
     FOR i IN 1 .. n LOOP
         v_mid := p_message_ids[i];
@@ -107,23 +136,23 @@ BEGIN
         o_alert_stock := NULL;
 
         IF v_mid IS NOT NULL THEN
-            INSERT INTO messages_traites (message_id) VALUES (v_mid) ON CONFLICT DO NOTHING;
-            IF NOT FOUND THEN
+            IF NOT (v_mid = ANY (v_new_ids)) THEN
                 o_outcome := 'duplicate';
                 RETURN NEXT;
                 CONTINUE;
             END IF;
+            v_new_ids := array_remove(v_new_ids, v_mid);
         END IF;
 
         IF v_ligne IS NOT NULL THEN
             ---------------------------------------------------------------
             -- Tracked: move the line's reservation to the state described.
             ---------------------------------------------------------------
-            SELECT r.produit_id, r.quantite, r.version INTO v_old_p, v_old_q, v_old_v
-              FROM reservations r WHERE r.ligne_id = v_ligne;
-            v_found := FOUND;
-            IF NOT v_found THEN
+            v_pos := array_position(r_lines, v_ligne);
+            IF v_pos IS NULL THEN
                 v_old_p := NULL; v_old_q := 0; v_old_v := 0;
+            ELSE
+                v_old_p := r_prods[v_pos]; v_old_q := r_qtes[v_pos]; v_old_v := r_vers[v_pos];
             END IF;
             IF v_version <= v_old_v THEN
                 o_outcome := 'stale';
@@ -135,8 +164,7 @@ BEGIN
                 v_target_p := NULL; v_target_q := 0; v_statut := 'LIBERE';
             ELSE
                 v_target_p := v_produit; v_target_q := v_qte;
-                PERFORM 1 FROM produits WHERE id = v_target_p;
-                IF NOT FOUND THEN
+                IF NOT (v_target_p = ANY (v_known)) THEN
                     -- Dead-lettered by the caller: not processed.
                     DELETE FROM messages_traites WHERE message_id = v_mid;
                     o_outcome := 'unknown_product';
@@ -154,8 +182,7 @@ BEGIN
                 IF FOUND THEN
                     v_reserved := TRUE;
                     IF v_old_q <> v_target_q THEN
-                        INSERT INTO mouvements (produit_id, ligne_id, commande_id, message_id, action, delta, quantite_en_stock, occurred_at)
-                        VALUES (v_target_p, v_ligne, p_commande_ids[i], v_mid, v_action, v_old_q - v_target_q, v_after, p_occurred_at[i]);
+                        v_mvs := v_mvs || ROW(NULL, v_target_p, v_ligne, p_commande_ids[i], v_mid, v_action, v_old_q - v_target_q, v_after, p_occurred_at[i], NULL)::mouvements;
                     END IF;
                     v_before := v_after + v_target_q - v_old_q;
                 END IF;
@@ -167,8 +194,7 @@ BEGIN
                     UPDATE produits SET quantite_en_stock = quantite_en_stock + v_old_q
                      WHERE id = v_old_p RETURNING quantite_en_stock INTO v_after;
                     IF FOUND THEN
-                        INSERT INTO mouvements (produit_id, ligne_id, commande_id, message_id, action, delta, quantite_en_stock, occurred_at)
-                        VALUES (v_old_p, v_ligne, p_commande_ids[i], v_mid, v_action, v_old_q, v_after, p_occurred_at[i]);
+                        v_mvs := v_mvs || ROW(NULL, v_old_p, v_ligne, p_commande_ids[i], v_mid, v_action, v_old_q, v_after, p_occurred_at[i], NULL)::mouvements;
                     END IF;
                 END IF;
                 -- Reserve what it asks for, if the stock allows.
@@ -179,8 +205,7 @@ BEGIN
                     IF FOUND THEN
                         v_reserved := TRUE;
                         v_before := v_after + v_target_q;
-                        INSERT INTO mouvements (produit_id, ligne_id, commande_id, message_id, action, delta, quantite_en_stock, occurred_at)
-                        VALUES (v_target_p, v_ligne, p_commande_ids[i], v_mid, v_action, -v_target_q, v_after, p_occurred_at[i]);
+                        v_mvs := v_mvs || ROW(NULL, v_target_p, v_ligne, p_commande_ids[i], v_mid, v_action, -v_target_q, v_after, p_occurred_at[i], NULL)::mouvements;
                     ELSE
                         v_target_p := NULL; v_target_q := 0;
                     END IF;
@@ -201,12 +226,18 @@ BEGIN
                 END IF;
             END IF;
 
-            IF v_found THEN
-                UPDATE reservations SET produit_id = v_target_p, quantite = v_target_q, version = v_version
-                 WHERE ligne_id = v_ligne;
+            IF v_pos IS NULL THEN
+                r_lines := r_lines || v_ligne;
+                r_prods := r_prods || v_target_p;
+                r_qtes := r_qtes || v_target_q;
+                r_vers := r_vers || v_version;
+                r_new := r_new || TRUE;
+                r_touched := r_touched || TRUE;
             ELSE
-                INSERT INTO reservations (ligne_id, produit_id, quantite, version)
-                VALUES (v_ligne, v_target_p, v_target_q, v_version);
+                r_prods[v_pos] := v_target_p;
+                r_qtes[v_pos] := v_target_q;
+                r_vers[v_pos] := v_version;
+                r_touched[v_pos] := TRUE;
             END IF;
             v_lines := v_lines || v_ligne;
             v_line_vers := v_line_vers || v_version;
@@ -226,17 +257,12 @@ BEGIN
                     RETURN NEXT;
                     CONTINUE;
                 END IF;
-                INSERT INTO mouvements (produit_id, commande_id, message_id, action, delta, quantite_en_stock, occurred_at)
-                VALUES (v_produit, p_commande_ids[i], v_mid, v_action, v_qte, v_after, p_occurred_at[i]);
+                v_mvs := v_mvs || ROW(NULL, v_produit, NULL, p_commande_ids[i], v_mid, v_action, v_qte, v_after, p_occurred_at[i], NULL)::mouvements;
             ELSE
                 v_old_p := p_anciens_produits[i];
                 v_old_q := coalesce(p_anciennes_qtes[i], 0);
-                PERFORM 1 FROM produits WHERE id = v_produit;
-                v_found := FOUND;
-                IF v_found AND v_old_p IS NOT NULL THEN
-                    PERFORM 1 FROM produits WHERE id = v_old_p;
-                    v_found := FOUND;
-                END IF;
+                v_found := v_produit = ANY (v_known)
+                           AND (v_old_p IS NULL OR v_old_p = ANY (v_known));
                 IF NOT v_found THEN
                     o_outcome := 'unknown_product';
                     RETURN NEXT;
@@ -256,15 +282,13 @@ BEGIN
                 IF v_old_p IS NOT NULL AND v_old_q > 0 THEN
                     UPDATE produits SET quantite_en_stock = quantite_en_stock + v_old_q
                      WHERE id = v_old_p RETURNING quantite_en_stock INTO v_after;
-                    INSERT INTO mouvements (produit_id, commande_id, message_id, action, delta, quantite_en_stock, occurred_at)
-                    VALUES (v_old_p, p_commande_ids[i], v_mid, v_action, v_old_q, v_after, p_occurred_at[i]);
+                    v_mvs := v_mvs || ROW(NULL, v_old_p, NULL, p_commande_ids[i], v_mid, v_action, v_old_q, v_after, p_occurred_at[i], NULL)::mouvements;
                 END IF;
                 SELECT quantite_en_stock INTO v_before FROM produits WHERE id = v_produit;
                 UPDATE produits SET quantite_en_stock = quantite_en_stock - v_qte
                  WHERE id = v_produit AND quantite_en_stock >= v_qte
                  RETURNING quantite_en_stock INTO v_after;
-                INSERT INTO mouvements (produit_id, commande_id, message_id, action, delta, quantite_en_stock, occurred_at)
-                VALUES (v_produit, p_commande_ids[i], v_mid, v_action, -v_qte, v_after, p_occurred_at[i]);
+                v_mvs := v_mvs || ROW(NULL, v_produit, NULL, p_commande_ids[i], v_mid, v_action, -v_qte, v_after, p_occurred_at[i], NULL)::mouvements;
                 IF v_after = 0 AND v_before > 0 THEN
                     o_alert := 'STOCK_EPUISE';
                 ELSIF v_after < p_seuil AND v_before >= p_seuil THEN
@@ -278,6 +302,24 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+
+    -- Reservations: existing rows (locked above) updated; new lines
+    -- inserted. A concurrent batch that inserted the same new line first
+    -- makes this insert fail: the whole batch rolls back and is retried, and
+    -- then sees that row.
+    UPDATE reservations r SET produit_id = u.p, quantite = u.q, version = u.v
+      FROM unnest(r_lines, r_prods, r_qtes, r_vers, r_new, r_touched) AS u (l, p, q, v, is_new, touched)
+     WHERE r.ligne_id = u.l AND u.touched AND NOT u.is_new;
+    INSERT INTO reservations (ligne_id, produit_id, quantite, version)
+    SELECT u.l, u.p, u.q, u.v
+      FROM unnest(r_lines, r_prods, r_qtes, r_vers, r_new) AS u (l, p, q, v, is_new)
+     WHERE u.is_new
+     ORDER BY u.l;
+
+    INSERT INTO mouvements (produit_id, ligne_id, commande_id, message_id, action, delta, quantite_en_stock, occurred_at)
+    SELECT m.produit_id, m.ligne_id, m.commande_id, m.message_id, m.action, m.delta, m.quantite_en_stock, m.occurred_at
+      FROM unnest(v_mvs) WITH ORDINALITY AS m
+     ORDER BY m.ordinality;
 
     -- Line statuses last, in id order; a line changed since (newer version)
     -- or deleted is left alone: its own message will set it.

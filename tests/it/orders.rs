@@ -1,12 +1,8 @@
 //! The orders API (SPEC §4) and the outbox messages each line change writes
 //! in the same transaction (SPEC §5).
 
-use crate::common::TestApp;
+use crate::common::{id, TestApp};
 use serde_json::{json, Value};
-
-fn id(v: &Value) -> i64 {
-    v["id"].as_i64().expect("an id")
-}
 
 #[tokio::test]
 async fn orders_are_created_with_location_default_status_and_the_status_alias() {

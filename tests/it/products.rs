@@ -87,58 +87,33 @@ async fn invalid_products_get_422_listing_every_field_and_nothing_is_stored() {
 #[tokio::test]
 async fn malformed_bodies_get_400_415_or_413() {
     let app = TestApp::spawn().await;
-    let wrong_type = app
-        .products
-        .post("/produits/", json!({"nom": "x", "prix": "cher"}))
-        .await
-        .expect(400);
-    assert_eq!(wrong_type.error_fields(), ["prix"]);
-    let wrong_type = app
-        .products
-        .post("/produits/", json!({"nom": 5, "prix": 1}))
-        .await
-        .expect(400);
-    assert_eq!(wrong_type.error_fields(), ["nom"]);
-    let too_big = app
-        .products
-        .post(
-            "/produits/",
+    for (body, field) in [
+        (json!({"nom": "x", "prix": "cher"}), "prix"),
+        (json!({"nom": 5, "prix": 1}), "nom"),
+        (
             json!({"nom": "x", "prix": 1, "quantite_en_stock": 1u64 << 40}),
-        )
-        .await
-        .expect(400);
-    assert_eq!(too_big.error_fields(), ["quantite_en_stock"]);
-    app.products
-        .raw(
-            Method::POST,
-            "/produits/",
-            Some("application/json"),
-            Some(b"{\"nom\": ".to_vec()),
-        )
-        .await
-        .expect(400);
-    app.products
-        .raw(
-            Method::POST,
-            "/produits/",
-            Some("application/json"),
-            Some(b"[]".to_vec()),
-        )
-        .await
-        .expect(400);
-    app.products
-        .raw(
-            Method::POST,
-            "/produits/",
-            Some("text/plain"),
-            Some(b"{}".to_vec()),
-        )
-        .await
-        .expect(415);
-    app.products
-        .raw(Method::POST, "/produits/", None, Some(b"{}".to_vec()))
-        .await
-        .expect(415);
+            "quantite_en_stock",
+        ),
+    ] {
+        let wrong = app.products.post("/produits/", body).await.expect(400);
+        assert_eq!(wrong.error_fields(), [field]);
+    }
+    for (content_type, body, status) in [
+        (Some("application/json"), &b"{\"nom\": "[..], 400),
+        (Some("application/json"), b"[]", 400),
+        (Some("text/plain"), b"{}", 415),
+        (None, b"{}", 415),
+    ] {
+        app.products
+            .raw(
+                Method::POST,
+                "/produits/",
+                content_type,
+                Some(body.to_vec()),
+            )
+            .await
+            .expect(status);
+    }
     let huge = format!(
         r#"{{"nom": "x", "prix": 1, "description": "{}"}}"#,
         "a".repeat(70_000)

@@ -23,7 +23,7 @@ impl Rng {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct LoadReport {
     /// 2xx answers.
     pub accepted: usize,
@@ -31,6 +31,8 @@ pub struct LoadReport {
     pub refused: usize,
     /// 5xx answers or transport errors (the faults being injected).
     pub failed: usize,
+    /// The first few failures, as answered, to say why.
+    pub failures: Vec<String>,
 }
 
 impl LoadReport {
@@ -38,6 +40,8 @@ impl LoadReport {
         self.accepted += other.accepted;
         self.refused += other.refused;
         self.failed += other.failed;
+        self.failures.extend(other.failures);
+        self.failures.truncate(MAX_FAILURES_KEPT);
     }
 }
 
@@ -163,9 +167,17 @@ fn record(
             report.refused += 1;
             None
         }
-        _ => {
+        other => {
             report.failed += 1;
+            if report.failures.len() < MAX_FAILURES_KEPT {
+                report.failures.push(match other {
+                    Some((status, body)) => format!("{status} {body}"),
+                    None => "no answer (transport error)".into(),
+                });
+            }
             None
         }
     }
 }
+
+const MAX_FAILURES_KEPT: usize = 5;

@@ -497,6 +497,11 @@ impl TestApp {
 }
 
 /// Reads one counter from a Prometheus exposition.
+/// The `id` of a created resource.
+pub fn id(v: &serde_json::Value) -> i64 {
+    v["id"].as_i64().expect("an id")
+}
+
 pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
