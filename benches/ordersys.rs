@@ -991,6 +991,40 @@ async fn main() {
         0.0,
         &format!("p99 ≤ 100 ms: {}", verdict(p99 <= 100.0)),
     );
+    // Where that time goes, from the timestamps each step leaves: the line's
+    // change (occurred_at, before commit), the relay claiming its outbox row
+    // (sent_at is the claiming transaction's start), the worker's batch
+    // transaction starting (traite_le) and the movement being written
+    // (applique_le, just before that batch commits).
+    let stage = |p: f64, from: &str, to: &str, pg: &mut PgConnection| {
+        seconds(
+            pg,
+            &format!(
+                "SELECT (percentile_cont({p}) WITHIN GROUP (ORDER BY extract(epoch from {to} - {from})))::float8 AS s \
+                 FROM mouvements m JOIN outbox o USING (message_id) JOIN messages_traites t USING (message_id) \
+                 WHERE m.occurred_at >= to_timestamp({window_start} / 1000000.0)"
+            ),
+        ) * 1000.0
+    };
+    let stages = [
+        ("change → relay claim", "m.occurred_at", "o.sent_at"),
+        ("claim → worker batch", "o.sent_at", "t.traite_le"),
+        ("batch → applied", "t.traite_le", "m.applique_le"),
+    ]
+    .map(|(name, from, to)| {
+        format!(
+            "{name} p50 {:.1} / p99 {:.1} ms",
+            stage(0.5, from, to, &mut pg),
+            stage(0.99, from, to, &mut pg)
+        )
+    });
+    report.add(
+        "pipeline latency by stage (same window)",
+        stages.join("; "),
+        None,
+        0.0,
+        "",
+    );
 
     // 3. The worker alone, draining a pre-filled queue.
     worker.stop();

@@ -31,10 +31,16 @@ CREATE TABLE messages_traites (
 -- older or repeated ones change nothing. Seed-format messages (no ligne_id)
 -- apply their delta as such.
 --
--- Stock only changes in single UPDATE statements guarded by
--- `quantite_en_stock >= n`, so it is never negative and never read, changed
--- and written back. Locks are taken in a fixed order (reservations by
+-- Every product the batch touches is locked (FOR NO KEY UPDATE) before its
+-- stock is read, so no other transaction can change it until this one ends:
+-- stock is read once, each change is applied here only if it leaves the
+-- stock at 0 or more (else the line is REJETE), and each product is written
+-- once at the end (CHECK quantite_en_stock >= 0 stays as the last line).
+-- One write per product, not per message, also keeps the product rows'
+-- version chains short. Locks are taken in a fixed order (reservations by
 -- line, products by id, lines by id) so concurrent batches cannot deadlock.
+-- Reservations, processed ids and movements are likewise read and written
+-- once per batch: the loop itself runs no SQL.
 --
 -- One row per message: o_outcome is 'applied', 'duplicate', 'stale',
 -- 'unknown_product' or 'insufficient_stock' (seed format only: there is no
@@ -85,6 +91,10 @@ DECLARE
     v_line_vers  BIGINT[]  := '{}';
     v_line_stat  TEXT[]    := '{}';
     v_known      BIGINT[];             -- the batch's products that exist (locked)
+    s_stock      INTEGER[];            -- their stock as the batch changes it
+    s_changed    BOOLEAN[];            -- written back at the end
+    v_k          INTEGER;              -- position of the target product in v_known
+    v_ko         INTEGER;              -- position of the old product
     v_new_ids    UUID[];               -- message ids not processed before
     v_mvs        mouvements[] := '{}'; -- movements, written at the end
     -- The reservations of the batch's lines, read once and written once;
@@ -106,8 +116,10 @@ BEGIN
              WHERE ligne_id = ANY (p_ligne_ids) ORDER BY ligne_id FOR UPDATE) r;
     -- Locked products cannot be deleted before this transaction ends, so
     -- v_known stays true for the whole batch.
-    SELECT coalesce(array_agg(l.id), '{}') INTO v_known FROM (
-        SELECT id FROM produits
+    SELECT coalesce(array_agg(l.id), '{}'), coalesce(array_agg(l.quantite_en_stock), '{}'),
+           coalesce(array_agg(FALSE), '{}')
+      INTO v_known, s_stock, s_changed FROM (
+        SELECT id, quantite_en_stock FROM produits
          WHERE id IN (SELECT unnest(p_produit_ids)
                       UNION SELECT unnest(p_anciens_produits)
                       UNION SELECT r.produit_id FROM reservations r WHERE r.ligne_id = ANY (p_ligne_ids))
@@ -174,37 +186,38 @@ BEGIN
             END IF;
 
             v_reserved := FALSE;
+            v_k := array_position(v_known, v_target_p);
+            v_ko := array_position(v_known, v_old_p);
             IF v_target_p IS NOT NULL AND v_target_p = v_old_p THEN
                 -- Same product: one delta.
-                UPDATE produits SET quantite_en_stock = quantite_en_stock + v_old_q - v_target_q
-                 WHERE id = v_target_p AND quantite_en_stock + v_old_q >= v_target_q
-                 RETURNING quantite_en_stock INTO v_after;
-                IF FOUND THEN
+                IF s_stock[v_k] + v_old_q >= v_target_q THEN
+                    v_before := s_stock[v_k];
+                    v_after := v_before + v_old_q - v_target_q;
+                    s_stock[v_k] := v_after;
+                    s_changed[v_k] := TRUE;
                     v_reserved := TRUE;
                     IF v_old_q <> v_target_q THEN
                         v_mvs := v_mvs || ROW(NULL, v_target_p, v_ligne, p_commande_ids[i], v_mid, v_action, v_old_q - v_target_q, v_after, p_occurred_at[i], NULL)::mouvements;
                     END IF;
-                    v_before := v_after + v_target_q - v_old_q;
                 END IF;
             END IF;
 
             IF NOT v_reserved THEN
-                -- Release what the line holds (the product may be gone).
-                IF v_old_q > 0 THEN
-                    UPDATE produits SET quantite_en_stock = quantite_en_stock + v_old_q
-                     WHERE id = v_old_p RETURNING quantite_en_stock INTO v_after;
-                    IF FOUND THEN
-                        v_mvs := v_mvs || ROW(NULL, v_old_p, v_ligne, p_commande_ids[i], v_mid, v_action, v_old_q, v_after, p_occurred_at[i], NULL)::mouvements;
-                    END IF;
+                -- Release what the line holds (unless the product is gone).
+                IF v_old_q > 0 AND v_ko IS NOT NULL THEN
+                    v_after := s_stock[v_ko] + v_old_q;
+                    s_stock[v_ko] := v_after;
+                    s_changed[v_ko] := TRUE;
+                    v_mvs := v_mvs || ROW(NULL, v_old_p, v_ligne, p_commande_ids[i], v_mid, v_action, v_old_q, v_after, p_occurred_at[i], NULL)::mouvements;
                 END IF;
                 -- Reserve what it asks for, if the stock allows.
                 IF v_target_p IS NOT NULL THEN
-                    UPDATE produits SET quantite_en_stock = quantite_en_stock - v_target_q
-                     WHERE id = v_target_p AND quantite_en_stock >= v_target_q
-                     RETURNING quantite_en_stock INTO v_after;
-                    IF FOUND THEN
+                    IF s_stock[v_k] >= v_target_q THEN
+                        v_before := s_stock[v_k];
+                        v_after := v_before - v_target_q;
+                        s_stock[v_k] := v_after;
+                        s_changed[v_k] := TRUE;
                         v_reserved := TRUE;
-                        v_before := v_after + v_target_q;
                         v_mvs := v_mvs || ROW(NULL, v_target_p, v_ligne, p_commande_ids[i], v_mid, v_action, -v_target_q, v_after, p_occurred_at[i], NULL)::mouvements;
                     ELSE
                         v_target_p := NULL; v_target_q := 0;
@@ -249,20 +262,22 @@ BEGIN
             ---------------------------------------------------------------
             -- Seed format: apply the delta as such.
             ---------------------------------------------------------------
+            v_k := array_position(v_known, v_produit);
             IF v_action = 'DELETED' THEN
-                UPDATE produits SET quantite_en_stock = quantite_en_stock + v_qte
-                 WHERE id = v_produit RETURNING quantite_en_stock INTO v_after;
-                IF NOT FOUND THEN
+                IF v_k IS NULL THEN
                     o_outcome := 'unknown_product';
                     RETURN NEXT;
                     CONTINUE;
                 END IF;
+                v_after := s_stock[v_k] + v_qte;
+                s_stock[v_k] := v_after;
+                s_changed[v_k] := TRUE;
                 v_mvs := v_mvs || ROW(NULL, v_produit, NULL, p_commande_ids[i], v_mid, v_action, v_qte, v_after, p_occurred_at[i], NULL)::mouvements;
             ELSE
                 v_old_p := p_anciens_produits[i];
                 v_old_q := coalesce(p_anciennes_qtes[i], 0);
-                v_found := v_produit = ANY (v_known)
-                           AND (v_old_p IS NULL OR v_old_p = ANY (v_known));
+                v_ko := array_position(v_known, v_old_p);
+                v_found := v_k IS NOT NULL AND (v_old_p IS NULL OR v_ko IS NOT NULL);
                 IF NOT v_found THEN
                     o_outcome := 'unknown_product';
                     RETURN NEXT;
@@ -270,7 +285,7 @@ BEGIN
                 END IF;
                 -- What the new product can give, counting what the old
                 -- quantity gives back when it is the same product.
-                SELECT quantite_en_stock INTO v_before FROM produits WHERE id = v_produit;
+                v_before := s_stock[v_k];
                 IF v_old_p = v_produit THEN
                     v_before := v_before + v_old_q;
                 END IF;
@@ -280,14 +295,15 @@ BEGIN
                     CONTINUE;
                 END IF;
                 IF v_old_p IS NOT NULL AND v_old_q > 0 THEN
-                    UPDATE produits SET quantite_en_stock = quantite_en_stock + v_old_q
-                     WHERE id = v_old_p RETURNING quantite_en_stock INTO v_after;
+                    v_after := s_stock[v_ko] + v_old_q;
+                    s_stock[v_ko] := v_after;
+                    s_changed[v_ko] := TRUE;
                     v_mvs := v_mvs || ROW(NULL, v_old_p, NULL, p_commande_ids[i], v_mid, v_action, v_old_q, v_after, p_occurred_at[i], NULL)::mouvements;
                 END IF;
-                SELECT quantite_en_stock INTO v_before FROM produits WHERE id = v_produit;
-                UPDATE produits SET quantite_en_stock = quantite_en_stock - v_qte
-                 WHERE id = v_produit AND quantite_en_stock >= v_qte
-                 RETURNING quantite_en_stock INTO v_after;
+                v_before := s_stock[v_k];
+                v_after := v_before - v_qte;
+                s_stock[v_k] := v_after;
+                s_changed[v_k] := TRUE;
                 v_mvs := v_mvs || ROW(NULL, v_produit, NULL, p_commande_ids[i], v_mid, v_action, -v_qte, v_after, p_occurred_at[i], NULL)::mouvements;
                 IF v_after = 0 AND v_before > 0 THEN
                     o_alert := 'STOCK_EPUISE';
@@ -302,6 +318,11 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+
+    -- Stock: one write per product the batch changed.
+    UPDATE produits p SET quantite_en_stock = u.stock
+      FROM unnest(v_known, s_stock, s_changed) AS u (id, stock, changed)
+     WHERE p.id = u.id AND u.changed;
 
     -- Reservations: existing rows (locked above) updated; new lines
     -- inserted. A concurrent batch that inserted the same new line first
