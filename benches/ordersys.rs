@@ -71,16 +71,21 @@ impl Plan {
         Plan {
             smoke: true,
             http_secs: 1.0,
-            concurrency: 8,
-            pipeline_secs: 2.0,
-            worker_messages: std::env::var("ORDERSYS_BENCH_SMOKE_MESSAGES")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(2_000),
+            concurrency: env_or("ORDERSYS_BENCH_SMOKE_CONCURRENCY", 8),
+            pipeline_secs: env_or("ORDERSYS_BENCH_SMOKE_PIPELINE_SECS", 2.0),
+            worker_messages: env_or("ORDERSYS_BENCH_SMOKE_MESSAGES", 2_000),
             broker_messages: 2_000,
             db_updates: 500,
         }
     }
+}
+
+/// A smoke-mode size from the environment, for experiments without a full run.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------------------
