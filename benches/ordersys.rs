@@ -70,7 +70,7 @@ impl Plan {
     fn smoke() -> Self {
         Plan {
             smoke: true,
-            http_secs: 1.0,
+            http_secs: env_or("ORDERSYS_BENCH_SMOKE_HTTP_SECS", 1.0),
             concurrency: env_or("ORDERSYS_BENCH_SMOKE_CONCURRENCY", 8),
             pipeline_secs: env_or("ORDERSYS_BENCH_SMOKE_PIPELINE_SECS", 2.0),
             worker_messages: env_or("ORDERSYS_BENCH_SMOKE_MESSAGES", 2_000),
