@@ -223,16 +223,7 @@ where
             result
         }));
     }
-    let mut total = LoadResult::default();
-    for task in tasks {
-        let r = task.await.expect("load task");
-        total.ok += r.ok;
-        total.errors += r.errors;
-        total.latencies_us.extend(r.latencies_us);
-    }
-    total.elapsed = started.elapsed().as_secs_f64();
-    total.latencies_us.sort_unstable();
-    total
+    gather(tasks, started).await
 }
 
 /// Sends requests at a fixed overall `rate` (open loop) for `secs`.
@@ -282,6 +273,11 @@ where
             result
         }));
     }
+    gather(tasks, started).await
+}
+
+/// Sums the clients' results.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<LoadResult>>, started: Instant) -> LoadResult {
     let mut total = LoadResult::default();
     for task in tasks {
         let r = task.await.expect("load task");
