@@ -120,6 +120,7 @@ impl TestBroker {
         let channel = connection.open_channel(None).expect("open channel");
         ordersys::amqp::declare_topology(&channel).expect("declare topology");
         let value = f(&channel);
+        let _ = channel.close();
         let _ = connection.close();
         value
     }
