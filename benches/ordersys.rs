@@ -566,6 +566,27 @@ fn machine() -> String {
 // The steps.
 // ---------------------------------------------------------------------------
 
+/// Creates `n` products named `{prefix}-{i}`; returns their ids.
+async fn create_products(
+    conn: &mut Conn,
+    prefix: &str,
+    n: usize,
+    prix: Value,
+    stock: i64,
+) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let body =
+            json!({"nom": format!("{prefix}-{i}"), "prix": prix, "quantite_en_stock": stock});
+        ids.push(
+            post_json(conn, "/produits/", body).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    ids
+}
+
 async fn post_json(conn: &mut Conn, path: &str, body: Value) -> Value {
     let (status, bytes) = conn
         .send("POST", path, Some(&body.to_string()))
@@ -750,29 +771,8 @@ async fn main() {
     // Catalog: stock large enough never to reject.
     const STOCK: i64 = 1_000_000_000;
     let mut conn = Conn::open(products.addr).await.unwrap();
-    let mut catalog = Vec::new();
-    for i in 0..50 {
-        let p = post_json(
-            &mut conn,
-            "/produits/",
-            json!({"nom": format!("bench-{i}"), "prix": 9.99, "quantite_en_stock": STOCK}),
-        )
-        .await;
-        catalog.push(p["id"].as_i64().unwrap());
-    }
-    let worker_catalog: Vec<i64> = {
-        let mut ids = Vec::new();
-        for i in 0..20 {
-            let p = post_json(
-                &mut conn,
-                "/produits/",
-                json!({"nom": format!("queue-{i}"), "prix": 1, "quantite_en_stock": STOCK}),
-            )
-            .await;
-            ids.push(p["id"].as_i64().unwrap());
-        }
-        ids
-    };
+    let catalog = create_products(&mut conn, "bench", 50, json!(9.99), STOCK).await;
+    let worker_catalog = create_products(&mut conn, "queue", 20, json!(1), STOCK).await;
     // Orders with a few lines each, for GET /commandes/{id}.
     let mut oconn = Conn::open(orders.addr).await.unwrap();
     let mut sample_orders = Vec::new();

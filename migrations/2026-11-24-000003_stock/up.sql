@@ -96,7 +96,10 @@ DECLARE
     v_k          INTEGER;              -- position of the target product in v_known
     v_ko         INTEGER;              -- position of the old product
     v_new_ids    UUID[];               -- message ids not processed before
-    v_mvs        mouvements[] := '{}'; -- movements, written at the end
+    -- Movements, written at the end. Built with ROW(...)::mouvements, so in
+    -- the table's column order: a migration adding a column to mouvements
+    -- must update those ROW(...) expressions too.
+    v_mvs        mouvements[] := '{}';
     -- The reservations of the batch's lines, read once and written once;
     -- entry k describes line r_lines[k].
     v_pos        INTEGER;

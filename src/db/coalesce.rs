@@ -120,11 +120,16 @@ where
 
     /// Answers queued reads, a batch per round trip, until none is left.
     fn drain(&self) {
+        let mut runner = Runner {
+            inner: self,
+            finished: false,
+        };
         loop {
             let batch: Vec<(K, Reply<V>)> = {
                 let mut queue = self.lock();
                 if queue.waiting.is_empty() {
                     queue.running -= 1;
+                    runner.finished = true;
                     return;
                 }
                 let take = queue.waiting.len().min(MAX_BATCH);
@@ -148,6 +153,32 @@ where
                     }
                 }
             }
+        }
+    }
+}
+
+/// Keeps the queue usable if a runner unwinds (a panic in a query): it gives
+/// up its slot and drops the queued replies, so their requests fall back to
+/// their own query instead of waiting for a runner that is gone.
+struct Runner<'a, K, V>
+where
+    K: Copy + Eq + Hash,
+    V: Clone,
+{
+    inner: &'a Inner<K, V>,
+    finished: bool,
+}
+
+impl<K, V> Drop for Runner<'_, K, V>
+where
+    K: Copy + Eq + Hash,
+    V: Clone,
+{
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut queue = self.inner.lock();
+            queue.running -= 1;
+            queue.waiting.clear();
         }
     }
 }
