@@ -5,9 +5,14 @@ use diesel::sql_types::BigInt;
 
 /// The server every test database lives on; `ORDERSYS_TEST_DATABASE_URL`
 /// overrides it (any database on the server: it is used for admin work).
+///
+/// The default turns TLS off: the server is on loopback, and a test binary
+/// exits while in-process services still hold connections on background
+/// threads; with TLS, OpenSSL's exit-time cleanup raced those threads once
+/// ("double free or corruption" after every test had passed).
 pub fn server_url() -> String {
     std::env::var("ORDERSYS_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
 }
 
 fn url_for(name: &str) -> String {
