@@ -636,6 +636,17 @@ async fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -
     started.elapsed()
 }
 
+/// Waits until no order line waits for the worker.
+async fn until_applied(pg: &mut PgConnection, what: &str, timeout: Duration) -> Duration {
+    until(what, timeout, || {
+        count(
+            pg,
+            "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
+        ) == 0
+    })
+    .await
+}
+
 /// The broker's own ceiling: publish `n` persistent messages with confirms
 /// in windows of 100, then consume them with acks (every 100, `multiple`).
 fn broker_ceiling(broker: &TestBroker, n: usize) -> (f64, f64) {
@@ -806,15 +817,10 @@ async fn main() {
     // The worker joins now; lines created from here on are reserved.
     let worker = Service::start("worker", &["worker"], &db, &broker, &[]);
     worker.wait_ready().await;
-    until(
+    until_applied(
+        &mut pg,
         "sample lines to be reserved",
         Duration::from_secs(120),
-        || {
-            count(
-                &mut pg,
-                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
-            ) == 0
-        },
     )
     .await;
 
@@ -884,15 +890,10 @@ async fn main() {
     );
 
     // 2. The pipeline, saturated: line creations from HTTP to RESERVE.
-    until(
+    until_applied(
+        &mut pg,
         "earlier lines to be reserved",
         Duration::from_secs(300),
-        || {
-            count(
-                &mut pg,
-                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
-            ) == 0
-        },
     )
     .await;
     let before = count(&mut pg, "SELECT count(*) AS n FROM outbox");
@@ -912,15 +913,10 @@ async fn main() {
         })
         .await
     };
-    let drained = until(
+    let drained = until_applied(
+        &mut pg,
         "the pipeline to apply every change",
         Duration::from_secs(600),
-        || {
-            count(
-                &mut pg,
-                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
-            ) == 0
-        },
     )
     .await;
     let total = started.elapsed().as_secs_f64();
@@ -960,15 +956,10 @@ async fn main() {
         })
         .await
     };
-    until(
+    until_applied(
+        &mut pg,
         "paced changes to be applied",
         Duration::from_secs(300),
-        || {
-            count(
-                &mut pg,
-                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE'",
-            ) == 0
-        },
     )
     .await;
     let latency = |p: f64, pg: &mut PgConnection| {
