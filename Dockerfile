@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every mode: `docker run ordersys orders|products|worker|migrate`.
 #
 # Builder and runtime are both Debian trixie: the rust:1 images are trixie,
@@ -47,9 +46,12 @@ USER 10001:10001
 # orders 8081, products 8000, worker health port 8082
 EXPOSE 8081 8000 8082
 ENV RUST_LOG=info
-# Liveness only (not /readyz): a broker outage must not get replicas killed,
-# the orders API keeps accepting writes into its outbox meanwhile.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+# Liveness (/healthz), not readiness: Swarm replaces unhealthy tasks, and a
+# database or broker outage must not get replicas killed (the orders API
+# keeps accepting writes into its outbox meanwhile). compose.yml probes
+# /readyz instead for products and worker, where "ready" is what --wait and
+# Traefik should wait for, and keeps this one for orders.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
   CMD ["ordersys", "probe"]
 ENTRYPOINT ["ordersys"]
 CMD ["--help"]

@@ -235,3 +235,24 @@ impl Application {
         Ok(())
     }
 }
+
+/// Runs applications side by side (one mode, or every mode for `ordersys
+/// all`) until SIGTERM/SIGINT or until one of them stops, then stops them
+/// all gracefully.
+pub async fn run_together(apps: Vec<Application>) -> anyhow::Result<()> {
+    let handles: Vec<Shutdown> = apps.iter().map(Application::shutdown_handle).collect();
+    tokio::spawn(async move {
+        let any_stopped =
+            futures_util::future::select_all(handles.iter().map(|h| Box::pin(h.wait())));
+        tokio::select! {
+            _ = crate::shutdown::signal() => {}
+            _ = any_stopped => {}
+        }
+        for handle in &handles {
+            handle.trigger();
+        }
+    });
+    let results =
+        futures_util::future::join_all(apps.into_iter().map(|a| a.run_until_stopped())).await;
+    results.into_iter().collect()
+}

@@ -32,6 +32,9 @@ pub enum Command {
     /// Consume product_queue and apply each order change to product stock;
     /// serves /healthz, /readyz and /metrics
     Worker(WorkerArgs),
+    /// Run products, orders and a worker pool in one process (a whole
+    /// system for local development: needs only PostgreSQL and RabbitMQ)
+    All(AllArgs),
     /// Apply pending database migrations and exit
     Migrate,
     /// Exit 0 if GET URL answers 2xx within 2 s (container health checks)
@@ -53,8 +56,27 @@ pub struct WorkerArgs {
     pub replicas: Option<u16>,
 
     /// Address of the health port (/healthz, /readyz, /metrics)
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8082")]
+    #[arg(long, value_name = "ADDR", default_value = Command::WORKER_BIND)]
     pub bind: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    /// Address of the products API
+    #[arg(long, value_name = "ADDR", default_value = Command::PRODUCTS_BIND)]
+    pub products_bind: SocketAddr,
+
+    /// Address of the orders API
+    #[arg(long, value_name = "ADDR", default_value = Command::ORDERS_BIND)]
+    pub orders_bind: SocketAddr,
+
+    /// Address of the worker's health port (/healthz, /readyz, /metrics)
+    #[arg(long, value_name = "ADDR", default_value = Command::WORKER_BIND)]
+    pub worker_bind: SocketAddr,
+
+    /// Competing stock consumers [default: worker.replicas]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub replicas: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +90,7 @@ pub struct ProbeArgs {
 impl Command {
     pub const ORDERS_BIND: &'static str = "0.0.0.0:8081";
     pub const PRODUCTS_BIND: &'static str = "0.0.0.0:8000";
+    pub const WORKER_BIND: &'static str = "0.0.0.0:8082";
 }
 
 #[cfg(test)]
@@ -104,5 +127,12 @@ mod tests {
             Command::Orders(ServeArgs { bind: Some(_) })
         ));
         assert!(Cli::try_parse_from(["ordersys", "worker", "--replicas", "0"]).is_err());
+        let cli = Cli::parse_from(["ordersys", "all", "--orders-bind", "127.0.0.1:9081"]);
+        let Command::All(all) = cli.command else {
+            panic!("all parses")
+        };
+        assert_eq!(all.orders_bind.port(), 9081);
+        assert_eq!(all.products_bind.port(), 8000);
+        assert_eq!(all.worker_bind.port(), 8082);
     }
 }

@@ -31,22 +31,32 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
-    let (mode, bind) = match command {
+    let modes = match command {
         Command::Migrate => return migrate(&settings),
         Command::Probe(_) => unreachable!("handled before settings are loaded"),
-        Command::Orders(args) => (
+        Command::Orders(args) => vec![(
             Mode::Orders,
             args.bind.unwrap_or_else(|| default(Command::ORDERS_BIND)),
-        ),
-        Command::Products(args) => (
+        )],
+        Command::Products(args) => vec![(
             Mode::Products,
             args.bind.unwrap_or_else(|| default(Command::PRODUCTS_BIND)),
-        ),
+        )],
         Command::Worker(args) => {
             if let Some(replicas) = args.replicas {
                 settings.worker.replicas = replicas.into();
             }
-            (Mode::Worker, args.bind)
+            vec![(Mode::Worker, args.bind)]
+        }
+        Command::All(args) => {
+            if let Some(replicas) = args.replicas {
+                settings.worker.replicas = replicas.into();
+            }
+            vec![
+                (Mode::Products, args.products_bind),
+                (Mode::Orders, args.orders_bind),
+                (Mode::Worker, args.worker_bind),
+            ]
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -54,13 +64,11 @@ fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let app = Application::build(mode, &settings, bind)?;
-        let shutdown = app.shutdown_handle();
-        tokio::spawn(async move {
-            ordersys::shutdown::signal().await;
-            shutdown.trigger();
-        });
-        app.run_until_stopped().await
+        let apps = modes
+            .into_iter()
+            .map(|(mode, bind)| Application::build(mode, &settings, bind))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        ordersys::app::run_together(apps).await
     })
 }
 

@@ -94,3 +94,78 @@ fn sigterm_stops_a_service_cleanly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_runs_the_whole_system_in_one_process() {
+    use crate::common::{wait_for, Client, TestBroker, TestDb};
+    use serde_json::json;
+    use std::time::Duration;
+    let (db, broker) = (TestDb::empty(), TestBroker::create());
+    let ports = [free_port(), free_port(), free_port()];
+    let bind = |port: u16| format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordersys"))
+        .args(["all", "--replicas", "1"])
+        .args([
+            "--products-bind",
+            &bind(ports[0]),
+            "--orders-bind",
+            &bind(ports[1]),
+        ])
+        .args(["--worker-bind", &bind(ports[2])])
+        .env("DATABASE_URL", &db.url)
+        .env("AMQP_URL", &broker.url)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start ordersys all");
+    let addr = |port: u16| bind(port).parse().unwrap();
+    let (products, orders) = (
+        Client::new_at(addr(ports[0])),
+        Client::new_at(addr(ports[1])),
+    );
+    for port in ports {
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        wait_for(&ready, Duration::from_secs(30), || async {
+            (ordersys::probe::get_status(&ready) == Ok(200)).then_some(())
+        })
+        .await;
+    }
+    let body = json!({"nom": "all", "prix": 1, "quantite_en_stock": 10});
+    let product = products.post("/produits/", body).await.expect(201).body;
+    let order = orders.post("/commandes", json!({})).await.expect(201).body;
+    let line = json!({"commande_id": order["id"], "produit_id": product["id"], "quantite": 4});
+    let line = orders
+        .post("/commandes-produits", line)
+        .await
+        .expect(201)
+        .body;
+    let path = format!("/produits/{}", product["id"]);
+    wait_for(
+        "the worker to reserve 4",
+        Duration::from_secs(30),
+        || async { (products.get(&path).await.body["quantite_en_stock"] == 6).then_some(()) },
+    )
+    .await;
+    let line = orders
+        .get(&format!("/commandes-produits/{}", line["id"]))
+        .await;
+    assert_eq!(line.body["statut_stock"], "RESERVE");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(kill.unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap();
+    assert!(
+        status.unwrap().success(),
+        "every mode stops cleanly on SIGTERM"
+    );
+}

@@ -4,7 +4,6 @@
 
 mod cli;
 mod common;
-mod compose;
 mod faults;
 mod migrations;
 mod openapi;

@@ -1,0 +1,95 @@
+# The compose scenario of tests/docker/run: compose.yml as a user runs it,
+# on its own project name and ports so it cannot touch a user's stack.
+
+compose_ports() {
+  export ORDERSYS_PRODUCTS_PORT=18000 ORDERSYS_ORDERS_PORT=18081 ORDERSYS_RABBITMQ_UI_PORT=15673
+  products_url=http://127.0.0.1:$ORDERSYS_PRODUCTS_PORT
+  orders_url=http://127.0.0.1:$ORDERSYS_ORDERS_PORT
+}
+
+scenario_compose() {
+  local project=ordersys-ci t
+  read -r -a compose <<<"$(compose_bin)"
+  compose+=(-p "$project" -f compose.yml)
+  compose_ports
+  PSQL=("${compose[@]}" exec -T postgres psql -U ordersys -d ordersys)
+  queue() { "${compose[@]}" exec -T rabbitmq rabbitmqctl -q list_queues name "$1" |
+    awk '$1 == "product_queue" {print $2}'; }
+  queue_depth() { queue messages; }
+
+  "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  at_exit "${compose[*]} down -v --remove-orphans"
+
+  log "compose: build the image from the real Dockerfile"
+  t=$SECONDS
+  "${compose[@]}" build products >/dev/null
+  summary "compose build: $((SECONDS - t)) s; image ordersys:local is $(image_size ordersys:local)"
+
+  log "compose: up every service but Traefik, and wait until healthy"
+  t=$SECONDS
+  "${compose[@]}" up -d --wait postgres rabbitmq products orders worker
+  summary "compose up --wait: all healthy in $((SECONDS - t)) s"
+  local service uid health
+  for service in products orders worker; do
+    uid=$("${compose[@]}" exec -T "$service" id -u)
+    [ "$uid" = 10001 ] || fail "$service runs as uid $uid, not 10001"
+  done
+  # orders keeps the image's own HEALTHCHECK (compose does not override it).
+  health=$(docker inspect --format '{{.State.Health.Status}}' "$("${compose[@]}" ps -q orders)")
+  [ "$health" = healthy ] || fail "the image's HEALTHCHECK left orders $health"
+  summary "containers run as uid 10001; the image's HEALTHCHECK turned orders healthy"
+
+  log "compose: the walkthrough through the published ports"
+  walkthrough "$products_url" "$orders_url"
+
+  log "compose: --scale worker=4"
+  "${compose[@]}" up -d --wait --no-recreate --scale worker=4 worker
+  local workers
+  workers=$("${compose[@]}" ps -q worker | wc -l)
+  [ "$workers" = 4 ] || fail "$workers worker containers after --scale worker=4"
+  wait_until "8 consumers on product_queue (4 workers x 2 replicas)" 60 \
+    eval '[ "$(queue consumers)" = 8 ]'
+  summary "--scale worker=4: 4 worker containers, 8 consumers on product_queue"
+
+  log "compose: docker kill a worker, then restart rabbitmq, under load"
+  local ids state traffic victim answers
+  ids=$(create_products "$products_url" 8 100)
+  state=$(mktemp -d)
+  at_exit "rm -rf $state"
+  bash tests/docker/traffic.sh changes "$orders_url" "$ids" 4 "$state" &
+  traffic=$!
+  at_exit "touch $state/stop; kill $traffic"
+  wait_until "traffic to flow" 60 answered_at_least "$state" 200
+  victim=$("${compose[@]}" ps -q worker | head -1)
+  docker kill "$victim" >/dev/null
+  info "killed worker container ${victim:0:12}"
+  wait_until "more traffic" 60 answered_at_least "$state" 500
+  t=$SECONDS
+  "${compose[@]}" restart rabbitmq >/dev/null
+  info "restarted rabbitmq in $((SECONDS - t)) s"
+  wait_until "more traffic" 60 answered_at_least "$state" 900
+  touch "$state/stop"
+  wait "$traffic"
+  answers=$(count_answers "$state")
+  info "traffic: $answers"
+  [[ $answers == *" failed=0" ]] || fail "requests failed while a worker and the broker went down: $answers"
+  t=$SECONDS
+  wait_until "the pipeline to settle" 240 settled
+  summary "load ($answers) with a worker killed and rabbitmq restarted: settled $((SECONDS - t)) s after the load"
+  check_invariant 100 "compose faults"
+  # Docker counts a kill as a manual stop: no restart policy brings the
+  # container back. compose does, as it would after any crash.
+  "${compose[@]}" up -d --wait --scale worker=4 worker >/dev/null 2>&1
+  wait_until "8 consumers again" 60 eval '[ "$(queue consumers)" = 8 ]'
+  summary "the killed worker container brought back by compose up: 8 consumers again"
+
+  log "compose: down -v leaves nothing behind"
+  "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1
+  local left
+  left=$( (docker ps -aq --filter "label=com.docker.compose.project=$project"
+    docker volume ls -q --filter "label=com.docker.compose.project=$project"
+    docker network ls -q --filter "label=com.docker.compose.project=$project") | wc -l)
+  [ "$left" = 0 ] || fail "compose down -v left $left containers, volumes or networks"
+  summary "compose down -v: no container, volume or network left"
+}
+

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Local stand-ins for the upstream images that Dockerfile, compose.yml and
+# swarm/stack.yml name, for machines that cannot reach an image registry
+# (ordersys's own CI). Each is tagged with the exact name the files use and
+# built only when that tag is missing locally. They are test fixtures: a
+# user's machine pulls the real images instead.
+#
+#   debian:trixie-slim          debootstrap --variant=minbase trixie + docker import
+#   rust:<version>-slim-trixie  the above + gcc + this machine's Rust toolchain and CA bundle
+#   postgres:17                 Debian trixie's PostgreSQL 17, official entrypoint contract
+#   rabbitmq:4.0-management     Debian trixie's RabbitMQ 4.0 + management plugin
+#   ordersys-test/client:1      curl + jq, for requests from inside the Swarm network
+#
+# Not made (no binary can be had here): traefik, dockersamples/visualizer.
+#
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian),
+# ORDERSYS_IMAGES_WORKDIR (default /var/tmp/ordersys-images).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+work=${ORDERSYS_IMAGES_WORKDIR:-/var/tmp/ordersys-images}
+standins=tests/docker/standins
+rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
+rust_tag="rust:${rust_version}-slim-trixie"
+client_tag=ordersys-test/client:1
+
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+say() { printf 'images: %s\n' "$*"; }
+
+# Every image the deployment files name must be one made here or one
+# knowingly left out; a file that starts naming another fails here, loudly.
+check_names() {
+  local named
+  named=$( (sed -n 's/^FROM \([^ ]*\).*/\1/p' Dockerfile | sed "s/\${RUST_VERSION}/$rust_version/"
+    sed -n 's/^ *image: *\([^ ]*\)$/\1/p' compose.yml swarm/stack.yml) | sort -u)
+  local image
+  for image in $named; do
+    case $image in
+      debian:trixie-slim | "$rust_tag" | postgres:17 | rabbitmq:4.0-management) ;;
+      traefik:* | dockersamples/visualizer:*) ;;              # cannot be had here
+      ordersys:* | '${ORDERSYS_IMAGE:-ordersys:latest}') ;;   # built from our Dockerfile
+      *) echo "images: $image is named by the deployment files but has no stand-in" >&2; return 1 ;;
+    esac
+  done
+}
+
+debian_base() {
+  have debian:trixie-slim && return
+  local root="$work/trixie"
+  if [ ! -x "$root/bin/bash" ]; then
+    say "debootstrap trixie from $mirror"
+    rm -rf "$root"
+    mkdir -p "$work"
+    debootstrap --variant=minbase trixie "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+      tail -20 "$work/debootstrap.log" >&2
+      return 1
+    }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  fi
+  say "importing debian:trixie-slim"
+  tar -C "$root" -c . | docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["bash"]' - debian:trixie-slim >/dev/null
+}
+
+rust_builder() {
+  have "$rust_tag" && return
+  local sysroot context
+  sysroot=$(rustc --print sysroot)
+  if ! rustc --version | grep -q "^rustc ${rust_version}\."; then
+    echo "images: the Dockerfile asks for Rust $rust_version, this machine has $(rustc --version)" >&2
+    return 1
+  fi
+  context=$(mktemp -d)
+  mkdir -p "$context/toolchain/bin"
+  cp "$sysroot"/bin/{cargo,rustc,rustdoc} "$context/toolchain/bin/"
+  cp -a "$sysroot/lib" "$context/toolchain/"
+  cp "$(readlink -f /etc/ssl/certs/ca-certificates.crt)" "$context/ca-certificates.crt"
+  cp "$standins/rust/Dockerfile" "$context/"
+  say "building $rust_tag from $sysroot"
+  docker build -q -t "$rust_tag" "$context" >/dev/null
+  rm -rf "$context"
+}
+
+from_dir() { # from_dir TAG DIR
+  have "$1" && return
+  say "building $1"
+  docker build -q -t "$1" "$2" >/dev/null
+}
+
+check_names
+debian_base
+rust_builder
+from_dir postgres:17 "$standins/postgres"
+from_dir rabbitmq:4.0-management "$standins/rabbitmq"
+from_dir "$client_tag" "$standins/client"
+say "ready: debian:trixie-slim $rust_tag postgres:17 rabbitmq:4.0-management $client_tag"

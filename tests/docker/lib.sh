@@ -1,0 +1,139 @@
+# Helpers of tests/docker/run: logging, waiting on conditions, HTTP with
+# curl, the stock invariant, and the summary. Sourced, not run.
+
+summary_lines=()
+cleanups=()
+
+log() { printf '\n== [docker %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+info() { printf '   %s\n' "$*"; }
+fail() {
+  printf '\nFAIL: %s\n' "$*" >&2
+  exit 1
+}
+summary() {
+  summary_lines+=("$*")
+  info "$*"
+}
+
+# Cleanups run at exit, last registered first, whether the run passed or not.
+at_exit() { cleanups+=("$*"); }
+on_exit() {
+  local status=$1 i
+  for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do
+    eval "${cleanups[i]}" >/dev/null 2>&1 || true
+  done
+  printf '\n== Docker scenarios: summary\n'
+  local line
+  for line in "${summary_lines[@]}"; do printf '   %s\n' "$line"; done
+  if [ "$status" = 0 ]; then printf '   all passed\n'; else printf '   FAILED (exit %s)\n' "$status"; fi
+}
+
+# wait_until DESCRIPTION SECONDS COMMAND...: polls COMMAND (in a subshell,
+# so that a failing check cannot end the run) until it succeeds.
+wait_until() {
+  local what=$1 seconds=$2
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until ("$@") >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail "$what: not true after ${seconds}s"
+    sleep 0.5
+  done
+}
+
+# Compose v2, as the docker CLI plugin.
+compose_bin() {
+  docker compose version >/dev/null 2>&1 || fail "Compose v2 is not installed (docker compose)"
+  echo "docker compose"
+}
+
+# http METHOD URL [JSON]: the body on stdout; fails the run
+# unless the answer is 2xx. CURL (an array) may run curl elsewhere, e.g. in
+# a container on the Swarm network.
+CURL=(curl)
+http() {
+  local method=$1 url=$2 body=${3:-} out status
+  out=$("${CURL[@]}" -s -m 15 -X "$method" -H 'content-type: application/json' \
+    ${body:+-d "$body"} -w '\n%{http_code}' "$url") || fail "$method $url: no answer"
+  status=${out##*$'\n'}
+  [ "${status:0:1}" = 2 ] || fail "$method $url answered $status: ${out%$'\n'*}"
+  printf '%s' "${out%$'\n'*}"
+}
+
+# value METHOD URL JSON FIELD: one field of a 2xx answer (fails the run otherwise).
+value() {
+  local out
+  out=$(http "$1" "$2" "$3") || exit 1
+  jq -er ".$4" <<<"$out" || fail "$1 $2: no $4 in $out"
+}
+
+# The order-line walkthrough of the README: create a product, an order and
+# a line; the worker reserves it; cancelling gives the stock back.
+walkthrough() { # walkthrough PRODUCTS_URL ORDERS_URL
+  local products=$1 orders=$2 product order line
+  product=$(value POST "$products/produits/" '{"nom":"Stylo","prix":1.50,"quantite_en_stock":100}' id)
+  order=$(value POST "$orders/commandes" '{}' id)
+  line=$(value POST "$orders/commandes-produits" \
+    "{\"commande_id\":$order,\"produit_id\":$product,\"quantite\":3}" id)
+  wait_until "line $line to be RESERVE" 60 line_is "$orders" "$line" RESERVE
+  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 97 ] ||
+    fail "stock of product $product is not 97 after reserving 3"
+  http PUT "$orders/commandes/$order" '{"statut":"ANNULEE"}' >/dev/null
+  wait_until "line $line to be LIBERE" 60 line_is "$orders" "$line" LIBERE
+  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 100 ] ||
+    fail "stock of product $product did not come back to 100 after cancelling"
+  [ "$(value GET "$orders/commandes/$order" "" total)" = 4.5 ] ||
+    fail "order $order total is not 4.50"
+  summary "walkthrough: line RESERVE, stock 100 -> 97; cancelled: LIBERE, stock back to 100"
+}
+
+line_is() { [ "$(value GET "$1/commandes-produits/$2" "" statut_stock)" = "$3" ]; }
+
+# create_products PRODUCTS_URL N STOCK: comma-separated ids.
+create_products() {
+  local ids=() i id
+  for ((i = 0; i < $2; i++)); do
+    id=$(value POST "$1/produits/" "{\"nom\":\"load-$i\",\"prix\":1.25,\"quantite_en_stock\":$3}" id)
+    ids+=("$id")
+  done
+  (
+    IFS=,
+    echo "${ids[*]}"
+  )
+}
+
+# count_answers STATE_DIR: "ok=N refused=N failed=N" over every traffic loop.
+count_answers() {
+  cat "$1"/answers.* 2>/dev/null | awk '
+    /^2/ {ok++} /^4/ {refused++} !/^[24]/ {failed++}
+    END {printf "ok=%d refused=%d failed=%d\n", ok, refused, failed}'
+}
+
+# SQL run by PSQL (an array: how to reach psql in the deployment).
+PSQL=()
+sql() { "${PSQL[@]}" -Atc "$1"; }
+
+# Nothing in flight: every outbox row sent, no line waiting for the worker,
+# and product_queue empty (QUEUE_DEPTH is a function printing its depth).
+settled() {
+  [ "$(sql "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL)
+              + (SELECT count(*) FROM commandes_produits WHERE statut_stock = 'EN_ATTENTE')")" = 0 ] &&
+    [ "$(queue_depth)" = 0 ]
+}
+
+# The system's promise: for every product created with STOCK units and never
+# corrected by hand, stock = STOCK - units held by its RESERVE lines.
+check_invariant() { # check_invariant STOCK LABEL
+  local bad products lines
+  bad=$(sql "SELECT count(*) FROM produits p WHERE p.quantite_en_stock <> $1 - coalesce(
+               (SELECT sum(quantite) FROM commandes_produits l
+                 WHERE l.produit_id = p.id AND l.statut_stock = 'RESERVE'), 0)")
+  products=$(sql "SELECT count(*) FROM produits")
+  lines=$(sql "SELECT string_agg(statut_stock || ' ' || n, ', ' ORDER BY statut_stock) FROM
+               (SELECT statut_stock, count(*) AS n FROM commandes_produits GROUP BY 1) s")
+  [ "$bad" = 0 ] || fail "$2: stock invariant broken for $bad of $products products"
+  summary "$2: invariant holds for all $products products (lines: ${lines:-none})"
+}
+
+answered_at_least() { [ "$(cat "$1"/answers.* 2>/dev/null | wc -l)" -ge "$2" ]; }
+
+image_size() { docker image inspect --format '{{.Size}}' "$1" | awk '{printf "%.1f MB", $1 / 1e6}'; }
