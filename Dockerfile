@@ -46,11 +46,13 @@ USER 10001:10001
 # orders 8081, products 8000, worker health port 8082
 EXPOSE 8081 8000 8082
 ENV RUST_LOG=info
-# Liveness (/healthz), not readiness: Swarm replaces unhealthy tasks, and a
-# database or broker outage must not get replicas killed (the orders API
-# keeps accepting writes into its outbox meanwhile). compose.yml probes
-# /readyz instead for products and worker, where "ready" is what --wait and
-# Traefik should wait for, and keeps this one for orders.
+# Readiness (/readyz of the mode's default port): Swarm routes to a task,
+# and a start-first rolling update stops the old one, only once the new one
+# is healthy, and Traefik routes only to healthy containers: "healthy" must
+# mean "can serve". The orders API is ready without RabbitMQ (its writes
+# wait in the outbox), so a broker outage never takes it out of routing; a
+# database outage marks every mode unhealthy, and Swarm replaces such tasks
+# (harmless: they hold no state, and start again when it is back).
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
   CMD ["ordersys", "probe"]
 ENTRYPOINT ["ordersys"]

@@ -4,7 +4,7 @@
 //! the consumers' messages in hand — within the grace period.
 
 use crate::db::{migrate, Database};
-use crate::health::Health;
+use crate::dependencies::{BrokerUse, Dependencies};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::outbox::relay::Relay;
@@ -111,7 +111,11 @@ impl Application {
             TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();
-        let health = Health::new(mode != Mode::Products);
+        let deps = Dependencies::new(match mode {
+            Mode::Products => BrokerUse::None,
+            Mode::Orders => BrokerUse::Buffered,
+            Mode::Worker => BrokerUse::Required,
+        });
         let metrics = Arc::new(Metrics::default());
         let pool_settings = match mode {
             // The worker's pool only answers /readyz; consumers hold their own connections.
@@ -122,7 +126,7 @@ impl Application {
             _ => settings.database.clone(),
         };
         let application = format!("ordersys-{}", mode.name());
-        let db = Database::new(&pool_settings, &application, health.database.clone());
+        let db = Database::new(&pool_settings, &application, deps.database.clone());
         let mut background = Background::new();
 
         background.spawn("migrate", {
@@ -134,29 +138,29 @@ impl Application {
             }
         })?;
 
-        let mut outbox = None;
+        let mut waker = None;
         if mode != Mode::Products {
-            let (waker, wakeups) = crate::outbox::wake_channel();
+            let (relay_waker, wakeups) = crate::outbox::wake_channel();
             let relay = Relay {
                 name: format!("ordersys-{}-relay", mode.name()),
                 settings: settings.clone(),
                 db: db.clone(),
-                health: health.clone(),
+                deps: deps.clone(),
                 metrics: metrics.clone(),
                 wakeups,
                 shutdown: shutdown.clone(),
             };
             background.spawn("outbox-relay", move || relay.run())?;
-            outbox = Some(waker);
+            waker = Some(relay_waker);
         }
-        if let (Mode::Worker, Some(relay)) = (mode, &outbox) {
+        if let (Mode::Worker, Some(waker)) = (mode, &waker) {
             let context = consumer::Context {
                 settings: settings.clone(),
                 db: db.clone(),
-                health: health.clone(),
+                deps: deps.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
-                relay: relay.clone(),
+                waker: waker.clone(),
             };
             for index in 0..settings.worker.replicas {
                 let context = context.clone();
@@ -167,18 +171,17 @@ impl Application {
             log::info!("{} stock consumer(s) starting", settings.worker.replicas);
         }
 
+        let api = match mode {
+            Mode::Orders => http::orders::api(),
+            Mode::Products => http::products::api(&db),
+            Mode::Worker => http::worker_api(),
+        };
         let state = AppState {
             mode: mode.name(),
-            product_reads: crate::products::reads(db.clone()),
             db,
-            health,
+            deps,
             metrics,
-            outbox,
-        };
-        let api = match mode {
-            Mode::Orders => crate::orders::API,
-            Mode::Products => crate::products::API,
-            Mode::Worker => crate::worker::API,
+            waker,
         };
         let server = http::server(listener, settings, state, api)?;
         log::info!("ordersys {} listening on http://{addr}", mode.name());

@@ -81,8 +81,8 @@ pub struct AllArgs {
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The URL to GET, e.g. http://127.0.0.1:8081/readyz [default: /healthz on
-    /// the first of the default ports 8081, 8000, 8082 that answers]
+    /// The URL to GET, e.g. http://127.0.0.1:8081/healthz [default: /readyz on
+    /// the first of the default ports 8081, 8000, 8082 that answers 2xx]
     #[arg(value_name = "URL", env = "ORDERSYS_PROBE_URL")]
     pub url: Option<String>,
 }

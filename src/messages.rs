@@ -31,6 +31,8 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: &'static [Action] = &[Action::Created, Action::Updated, Action::Deleted];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Created => "CREATED",

@@ -2,7 +2,7 @@
 //! advisory lock, so any number of processes may start at once: the first
 //! applies them, the others wait for the lock and find nothing to do.
 
-use crate::health::Dependency;
+use crate::dependencies::Dependency;
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;

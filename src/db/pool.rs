@@ -5,7 +5,7 @@
 //! which logs once per change of state.
 
 use super::DbFailure;
-use crate::health::Dependency;
+use crate::dependencies::Dependency;
 use crate::settings::DatabaseSettings;
 use crate::shutdown::{Shutdown, Trigger};
 use diesel::connection::SimpleConnection;

@@ -6,6 +6,8 @@
 //! exhausted); 500 is only for bugs, and its cause is logged here, once,
 //! with the full chain, while the client sees a generic message.
 
+use crate::domain::FieldError;
+use crate::orders::model::OrderError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use paperclip::actix::Apiv2Schema;
@@ -13,24 +15,6 @@ use paperclip::v2::models::{DefaultOperationRaw, DefaultSchemaRaw, Either, Respo
 use paperclip::v2::schema::Apiv2Errors;
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Apiv2Schema)]
-pub struct FieldError {
-    /// The field, as named in the request (`prix`, `lignes[0].quantite`, `id`).
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, Apiv2Schema)]
@@ -175,6 +159,17 @@ impl From<diesel::result::Error> for ApiError {
             ApiError::Unavailable(format!("database unavailable: {error}"))
         } else {
             ApiError::Internal(anyhow::Error::new(error).context("database query failed"))
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(error: OrderError) -> Self {
+        match error {
+            OrderError::NotFound(what, id) => ApiError::not_found(what, id),
+            OrderError::Conflict(detail) => ApiError::Conflict(detail),
+            OrderError::Invalid(errors) => ApiError::invalid(errors),
+            OrderError::Database(e) => ApiError::from(e),
         }
     }
 }

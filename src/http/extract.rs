@@ -6,7 +6,8 @@
 //! `serde_path_to_error` so the client learns which field is wrong, and they
 //! describe themselves to paperclip like the originals do.
 
-use super::error::{ApiError, FieldError};
+use super::error::ApiError;
+use crate::domain::FieldError;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;

@@ -8,17 +8,16 @@
 pub mod docs;
 pub mod error;
 pub mod extract;
-mod health;
-pub mod input;
 mod openapi;
+pub mod orders;
+mod probes;
+pub mod products;
 pub mod responses;
 
-use crate::db::coalesce::Coalescer;
 use crate::db::Database;
-use crate::health::Health;
+use crate::dependencies::Dependencies;
 use crate::metrics::Metrics;
 use crate::outbox::Waker;
-use crate::products::model::Product;
 use crate::settings::Settings;
 use actix_web::body::EitherBody;
 use actix_web::dev::{Server, ServiceResponse};
@@ -35,19 +34,29 @@ use std::sync::Arc;
 pub struct AppState {
     pub mode: &'static str,
     pub db: Database,
-    pub health: Health,
+    pub deps: Dependencies,
     pub metrics: Arc<Metrics>,
-    /// `GET /produits/{id}` reads, coalesced under load (products only).
-    pub product_reads: Coalescer<i64, Product>,
     /// Wakes the outbox relay after a commit that wrote messages (orders only).
-    pub outbox: Option<Waker>,
+    pub waker: Option<Waker>,
 }
+
+/// Registers an API's routes (and any data only they use).
+pub type Routes = Arc<dyn Fn(&mut paperclip::actix::web::ServiceConfig) + Send + Sync>;
 
 /// One HTTP API: its routes and how its OpenAPI document introduces it.
 pub struct Api {
     pub title: &'static str,
     pub description: &'static str,
-    pub routes: fn(&mut paperclip::actix::web::ServiceConfig),
+    pub routes: Routes,
+}
+
+/// The worker's HTTP port: health and metrics only.
+pub fn worker_api() -> Api {
+    Api {
+        title: "ordersys worker",
+        description: "Health and metrics of a stock worker process.",
+        routes: Arc::new(|_| {}),
+    }
 }
 
 /// Builds the server on an already bound listener (port 0 in tests) and
@@ -70,7 +79,7 @@ pub fn server(
     };
     let http = settings.http.clone();
     let limit = extract::BodyLimit(http.max_body_bytes);
-    let routes = api.routes;
+    let routes = api.routes.clone();
     let data = actix_web::web::Data::new(state);
     let mut server = HttpServer::new(move || {
         let metrics = data.metrics.clone();
@@ -80,8 +89,8 @@ pub fn server(
             .app_data(actix_web::web::PathConfig::default().error_handler(extract::path_error))
             .service(docs::guard(&http.docs_path))
             .wrap_api_with_spec(spec.clone())
-            .configure(routes)
-            .configure(health::routes)
+            .configure(|cfg| routes(cfg))
+            .configure(probes::routes)
             // Our refined document, registered first so it shadows
             // paperclip's own (which is still needed: it tells Swagger UI
             // where the document is).

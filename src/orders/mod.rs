@@ -8,6 +8,3 @@
 
 pub mod model;
 pub mod queries;
-mod routes;
-
-pub use routes::API;

@@ -5,14 +5,12 @@
 //! by id — and the stock worker locks lines last, so these transactions
 //! cannot deadlock with each other or with the worker.
 
-use super::model::{
-    LineChanges, LineRow, NewLine, Order, OrderError, OrderLine, OrderRow, OrderStatus, StockStatus,
-};
+use super::model::{LineChanges, LineRow, NewLine, Order, OrderError, OrderLine, OrderRow};
 use crate::db::schema::{commandes, commandes_produits, produits};
-use crate::http::error::FieldError;
-use crate::http::input::Page;
+use crate::domain::Money;
+use crate::domain::{FieldError, Page};
+use crate::domain::{OrderStatus, StockStatus};
 use crate::messages::{Action, StockMessage};
-use crate::money::Money;
 use crate::outbox;
 use chrono::Utc;
 use diesel::prelude::*;

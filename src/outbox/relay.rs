@@ -18,7 +18,7 @@ use super::WakeUps;
 use crate::amqp::{self, AmqpError, ConfirmingChannel};
 use crate::db::schema::outbox;
 use crate::db::{self, Database};
-use crate::health::Health;
+use crate::dependencies::Dependencies;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::settings::Settings;
@@ -52,7 +52,7 @@ pub struct Relay {
     pub name: String,
     pub settings: Settings,
     pub db: Database,
-    pub health: Health,
+    pub deps: Dependencies,
     pub metrics: Arc<Metrics>,
     pub wakeups: WakeUps,
     pub shutdown: Shutdown,
@@ -64,17 +64,13 @@ impl Relay {
         if !self.db.wait_ready(&self.shutdown) {
             return;
         }
-        let broker = self
-            .health
-            .broker
-            .clone()
-            .expect("the relay uses the broker");
+        let broker = self.deps.broker.clone().expect("the relay uses the broker");
         let mut backoff = Backoff::new(&self.settings.retry);
         loop {
             match self.session(&mut backoff) {
                 Ok(()) => return,
                 Err(RelayError::Broker(e)) => broker.set_down(&e),
-                Err(e) => self.health.database.set_down(&e),
+                Err(e) => self.deps.database.set_down(&e),
             }
             Metrics::add(&self.metrics.outbox_failed_batches, 1);
             if self.shutdown.sleep(backoff.next_delay()) {
@@ -86,12 +82,12 @@ impl Relay {
     fn session(&self, backoff: &mut Backoff) -> Result<(), RelayError> {
         let settings = &self.settings;
         let mut pg = db::connect(&settings.database, &self.name)?;
-        self.health.database.set_up();
+        self.deps.database.set_up();
         let mut connection = amqp::connect(&settings.amqp, &self.name)?;
         let channel = connection.open_channel(None)?;
         amqp::declare_topology(&channel)?;
         let mut channel = ConfirmingChannel::new(channel)?;
-        if let Some(broker) = &self.health.broker {
+        if let Some(broker) = &self.deps.broker {
             broker.set_up();
         }
         backoff.reset();

@@ -7,9 +7,6 @@
 
 pub mod model;
 pub mod queries;
-mod routes;
-
-pub use routes::API;
 
 use crate::db::coalesce::Coalescer;
 use crate::db::Database;
@@ -21,7 +18,10 @@ use model::Product;
 /// so one runner is not the bound; more only add contention.
 const READ_RUNNERS: usize = 1;
 
+/// Product reads by id, coalesced.
+pub type ProductReads = Coalescer<i64, Product>;
+
 /// `GET /produits/{id}` reads: concurrent ones share a query.
-pub fn reads(db: Database) -> Coalescer<i64, Product> {
+pub fn reads(db: Database) -> ProductReads {
     Coalescer::new(db, READ_RUNNERS, queries::find_many)
 }

@@ -1,9 +1,7 @@
 //! Products as stored, as sent, and as validated.
 
 use crate::db::schema::{mouvements, produits};
-use crate::http::error::FieldError;
-use crate::http::input::{Input, Required};
-use crate::money::Money;
+use crate::domain::{FieldError, Input, Money, Required};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use paperclip::actix::Apiv2Schema;

@@ -3,7 +3,7 @@
 
 use super::model::{Movement, NewProduct, Product, ProductChanges};
 use crate::db::schema::{commandes_produits, mouvements, produits};
-use crate::http::input::Page;
+use crate::domain::Page;
 use diesel::prelude::*;
 
 pub fn insert(conn: &mut PgConnection, new: &NewProduct) -> QueryResult<Product> {

@@ -8,11 +8,9 @@ use uuid::Uuid;
 /// One order-line change to apply, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StockChange {
-    /// The de-duplication key (tracked messages only).
-    pub message_id: Option<Uuid>,
-    /// With `version`: a tracked message (ordersys format).
-    pub ligne_id: Option<i64>,
-    pub version: Option<i64>,
+    /// The line and version of an ordersys-format message; `None` for the
+    /// seed format (applied as a delta, without de-duplication).
+    pub line: Option<LineRef>,
     pub action: Action,
     pub produit_id: i64,
     pub quantite: i32,
@@ -20,6 +18,15 @@ pub struct StockChange {
     /// The line's product and quantity before an UPDATED.
     pub ancien: Option<(i64, i32)>,
     pub occurred_at: Option<DateTime<Utc>>,
+}
+
+/// What makes a message "tracked": its id (the de-duplication key), its
+/// order line, and the line's version it describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRef {
+    pub message_id: Uuid,
+    pub ligne_id: i64,
+    pub version: i64,
 }
 
 impl StockChange {
@@ -51,32 +58,31 @@ impl StockChange {
             }
             _ => None,
         };
-        let tracked = match (m.ligne_id, m.version) {
+        let line = match (m.ligne_id, m.version) {
             (Some(_), Some(v)) if v < 1 => {
                 return Err(format!("version must be at least 1, got {v}"))
             }
-            (Some(_), Some(_)) => true,
-            (None, None) => false,
+            (Some(ligne_id), Some(version)) => {
+                let message_id = match (m.message_id, amqp_message_id) {
+                    (Some(id), _) => id,
+                    (None, Some(text)) => Uuid::parse_str(text)
+                        .map_err(|_| format!("message_id property {text:?} is not a UUID"))?,
+                    (None, None) => {
+                        return Err("a message with ligne_id and version needs a message_id".into())
+                    }
+                };
+                Some(LineRef {
+                    message_id,
+                    ligne_id,
+                    version,
+                })
+            }
+            // Seed format: applied as such, without de-duplication.
+            (None, None) => None,
             _ => return Err("ligne_id and version must be given together".into()),
         };
-        let message_id = if tracked {
-            let id = match (m.message_id, amqp_message_id) {
-                (Some(id), _) => id,
-                (None, Some(text)) => Uuid::parse_str(text)
-                    .map_err(|_| format!("message_id property {text:?} is not a UUID"))?,
-                (None, None) => {
-                    return Err("a message with ligne_id and version needs a message_id".into())
-                }
-            };
-            Some(id)
-        } else {
-            // Seed format: applied as such, without de-duplication (SPEC §5).
-            None
-        };
         Ok(StockChange {
-            message_id,
-            ligne_id: m.ligne_id,
-            version: m.version,
+            line,
             action: m.action,
             produit_id: m.produit_id,
             quantite: m.quantite,
@@ -103,11 +109,11 @@ mod tests {
                 "ancien_produit_id":5,"ancienne_quantite":10,"occurred_at":"2026-11-24T10:00:00Z"}"#,
         )
         .unwrap();
+        let line = c.line.unwrap();
         assert_eq!(
-            (c.ligne_id, c.version, c.ancien),
-            (Some(17), Some(4), Some((5, 10)))
+            (line.ligne_id, line.version, c.ancien),
+            (17, 4, Some((5, 10)))
         );
-        assert!(c.message_id.is_some());
     }
 
     #[test]
@@ -117,14 +123,14 @@ mod tests {
             Some("9b0c5a2e-0000-4000-8000-000000000000"),
         )
         .unwrap();
-        assert_eq!((c.message_id, c.ligne_id), (None, None));
+        assert_eq!(c.line, None);
     }
 
     #[test]
     fn the_amqp_message_id_stands_in_for_a_missing_body_id() {
         let body = br#"{"action":"CREATED","produit_id":1,"quantite":2,"commande_id":3,"ligne_id":1,"version":1}"#;
         let c = StockChange::parse(body, Some("9b0c5a2e-0000-4000-8000-000000000000")).unwrap();
-        assert!(c.message_id.is_some());
+        assert!(c.line.is_some());
         assert!(StockChange::parse(body, None)
             .unwrap_err()
             .contains("message_id"));

@@ -1,5 +1,5 @@
 //! One competing consumer of `product_queue`: its own connection, channel
-//! and database connection. A thin shell around [`stock::apply`]:
+//! and database connection. A thin shell around [`store::apply`]:
 //!
 //! 1. take what is waiting, up to `worker.batch_size` (one message when idle,
 //!    hundreds under load: batching costs no latency);
@@ -15,10 +15,11 @@
 //! second application change nothing.
 
 use super::change::StockChange;
-use super::stock::{self, Outcome};
+use super::plan::Outcome;
+use super::store;
 use crate::amqp::{self, AmqpError, ConfirmingChannel};
 use crate::db::{self, Database};
-use crate::health::Health;
+use crate::dependencies::Dependencies;
 use crate::messages::{DEAD_LETTER_EXCHANGE, ERROR_HEADER, PRODUCT_QUEUE};
 use crate::metrics::Metrics;
 use crate::outbox::Waker;
@@ -41,11 +42,11 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 pub struct Context {
     pub settings: Settings,
     pub db: Database,
-    pub health: Health,
+    pub deps: Dependencies,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     /// Wakes this process's relay after alerts were written.
-    pub relay: Waker,
+    pub waker: Waker,
 }
 
 /// Why a session ended.
@@ -68,11 +69,7 @@ pub fn run(index: usize, ctx: Context) {
     if !ctx.db.wait_ready(&ctx.shutdown) {
         return;
     }
-    let broker = ctx
-        .health
-        .broker
-        .clone()
-        .expect("the worker uses the broker");
+    let broker = ctx.deps.broker.clone().expect("the worker uses the broker");
     let mut backoff = Backoff::new(&ctx.settings.retry);
     let mut consumer = Consumer {
         index,
@@ -111,7 +108,7 @@ impl Consumer<'_> {
         channel.qos(0, settings.amqp.prefetch, false)?;
         let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
         let consumer = channel.basic_consume(PRODUCT_QUEUE, ConsumerOptions::default())?;
-        if let Some(broker) = &self.ctx.health.broker {
+        if let Some(broker) = &self.ctx.deps.broker {
             broker.set_up();
         }
         backoff.reset();
@@ -180,20 +177,12 @@ impl Consumer<'_> {
         }
         let outcomes = self.apply(&changes)?;
         let metrics = &self.ctx.metrics;
-        for ((outcome, change), &i) in outcomes.iter().zip(&changes).zip(&positions) {
+        for (outcome, &i) in outcomes.into_iter().zip(&positions) {
             match outcome {
-                Ok(Outcome::Applied(_)) => Metrics::add(&metrics.stock_applied, 1),
-                Ok(Outcome::Duplicate) => Metrics::add(&metrics.stock_duplicates, 1),
-                Ok(Outcome::Stale) => Metrics::add(&metrics.stock_stale, 1),
-                Ok(Outcome::UnknownProduct) => rejected.push((i, format!("unknown product {}", change.produit_id))),
-                Ok(Outcome::InsufficientStock) => rejected.push((
-                    i,
-                    format!(
-                        "not enough stock on product {} for {} (seed-format message: no order line to mark REJETE)",
-                        change.produit_id, change.quantite
-                    ),
-                )),
-                Err(reason) => rejected.push((i, reason.clone())),
+                Outcome::Applied(_) | Outcome::Rejected => Metrics::add(&metrics.stock_applied, 1),
+                Outcome::Duplicate => Metrics::add(&metrics.stock_duplicates, 1),
+                Outcome::Stale => Metrics::add(&metrics.stock_stale, 1),
+                Outcome::DeadLetter(reason) => rejected.push((i, reason)),
             }
         }
         // In delivery order, whichever step rejected them.
@@ -234,26 +223,26 @@ impl Consumer<'_> {
     }
 
     /// Applies the batch, holding on through database outages. Each change
-    /// gets its outcome, or the reason it must be dead-lettered.
-    fn apply(&mut self, changes: &[StockChange]) -> Result<Vec<Result<Outcome, String>>, Stop> {
+    /// gets its outcome; one the database keeps refusing is dead-lettered.
+    fn apply(&mut self, changes: &[StockChange]) -> Result<Vec<Outcome>, Stop> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
         match self.apply_retrying(changes)? {
-            Ok(outcomes) => Ok(outcomes.into_iter().map(Ok).collect()),
+            Ok(outcomes) => Ok(outcomes),
             // A batch keeps failing for a reason other than the connection:
             // isolate the change responsible.
             Err(_) if changes.len() > 1 => {
                 let mut outcomes = Vec::with_capacity(changes.len());
                 for change in changes {
                     outcomes.push(match self.apply_retrying(std::slice::from_ref(change))? {
-                        Ok(mut one) => Ok(one.remove(0)),
-                        Err(reason) => Err(reason),
+                        Ok(mut one) => one.remove(0),
+                        Err(reason) => Outcome::DeadLetter(reason),
                     });
                 }
                 Ok(outcomes)
             }
-            Err(reason) => Ok(vec![Err(reason)]),
+            Err(reason) => Ok(vec![Outcome::DeadLetter(reason)]),
         }
     }
 
@@ -264,7 +253,7 @@ impl Consumer<'_> {
         changes: &[StockChange],
     ) -> Result<Result<Vec<Outcome>, String>, Stop> {
         let settings = &self.ctx.settings;
-        let database = &self.ctx.health.database;
+        let database = &self.ctx.deps.database;
         let mut backoff = Backoff::new(&settings.retry);
         let mut attempts = 0;
         loop {
@@ -281,13 +270,13 @@ impl Consumer<'_> {
                 }
             }
             let conn = self.conn.as_mut().expect("connected above");
-            match stock::apply(conn, changes, settings.stock.low_threshold) {
-                Ok((outcomes, alerted)) => {
+            match store::apply(conn, changes, settings.stock.low_threshold) {
+                Ok(plan) => {
                     database.set_up();
-                    if alerted {
-                        self.ctx.relay.wake();
+                    if !plan.alerts.is_empty() {
+                        self.ctx.waker.wake();
                     }
-                    return Ok(Ok(outcomes));
+                    return Ok(Ok(plan.outcomes));
                 }
                 Err(e) if db::is_connection_error(&e) => {
                     database.set_down(&e);
@@ -317,7 +306,7 @@ impl Consumer<'_> {
         }
         self.last_housekeeping = Instant::now();
         if let Some(conn) = self.conn.as_mut() {
-            match stock::purge_processed(conn, self.ctx.settings.worker.dedupe_retention_secs) {
+            match store::purge_processed(conn, self.ctx.settings.worker.dedupe_retention_secs) {
                 Ok(n) if n > 0 => log::info!("forgot {n} processed message ids past retention"),
                 Ok(_) => {}
                 Err(e) => log::warn!("could not purge processed message ids: {e}"),

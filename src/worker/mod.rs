@@ -1,18 +1,14 @@
 //! The stock worker (`ordersys worker`): N competing consumers of the work
 //! queue `product_queue`, each applying order-line changes to product stock
-//! exactly once ([`consumer`] is the broker side, [`stock`] the database
-//! side, [`change`] the parsing between them), plus a relay for the stock
-//! alerts they write to the outbox.
+//! exactly once, plus a relay for the stock alerts they write to the outbox.
+//!
+//! One batch of deliveries goes through four steps:
+//! [`change`] parses each body, [`store`] loads the snapshot the batch
+//! touches under row locks, [`plan`] decides (pure: the stock rules live
+//! there and nowhere else), [`store`] writes the plan; [`consumer`] is the
+//! broker shell around them that acknowledges and dead-letters.
 
 pub mod change;
 pub mod consumer;
-pub mod stock;
-
-use crate::http::Api;
-
-/// The worker's HTTP port serves only health and metrics.
-pub const API: Api = Api {
-    title: "ordersys worker",
-    description: "Health and metrics of a stock worker process.",
-    routes: |_| {},
-};
+pub mod plan;
+pub mod store;

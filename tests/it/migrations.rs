@@ -108,3 +108,46 @@ fn migrate_creates_a_missing_database() {
     let created = TestDb { name: missing, url };
     assert_eq!(tables(&created), 7);
 }
+
+/// The words a CHECK constraint on `table`.`column` allows.
+fn allowed_words(db: &TestDb, table: &str, column: &str) -> std::collections::BTreeSet<String> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Check {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        definition: String,
+    }
+    let checks: Vec<Check> = diesel::sql_query(format!(
+        "SELECT pg_get_constraintdef(c.oid) AS definition FROM pg_constraint c \
+         JOIN pg_class t ON t.oid = c.conrelid \
+         WHERE t.relname = '{table}' AND c.contype = 'c' \
+         AND pg_get_constraintdef(c.oid) LIKE '%{column}%'"
+    ))
+    .load(&mut db.conn())
+    .unwrap();
+    assert_eq!(checks.len(), 1, "one CHECK on {table}.{column}");
+    checks[0]
+        .definition
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_schema_allows_exactly_the_status_words_defined_in_rust() {
+    use ordersys::domain::{OrderStatus, StockStatus};
+    use ordersys::messages::Action;
+    let db = TestDb::migrated();
+    let words = |all: Vec<&str>| all.into_iter().map(str::to_owned).collect();
+    let orders: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(allowed_words(&db, "commandes", "statut"), words(orders));
+    let lines: Vec<&str> = StockStatus::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        allowed_words(&db, "commandes_produits", "statut_stock"),
+        words(lines)
+    );
+    let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+    assert_eq!(allowed_words(&db, "mouvements", "action"), words(actions));
+}

@@ -1,20 +1,31 @@
 //! HTTP handlers of the products service: extract, validate, query, answer.
 
-use super::model::{Movement, NewProduct, Product, ProductChanges, ProductCreate, ProductUpdate};
-use super::queries::{self, Deletion};
-use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::input::{Page, Pagination};
-use crate::http::responses::Created;
-use crate::http::{Api, AppState};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::responses::Created;
+use super::{Api, AppState};
+use crate::db::Database;
+use crate::domain::{Page, Pagination};
+use crate::products::model::{
+    Movement, NewProduct, Product, ProductChanges, ProductCreate, ProductUpdate,
+};
+use crate::products::queries::{self, Deletion};
+use crate::products::ProductReads;
 use paperclip::actix::{api_v2_operation, web, NoContent};
 
-pub const API: Api = Api {
-    title: "ordersys products",
-    description: "The product catalog and its stock. Stock is reserved and released by the \
-                  ordersys worker as orders change; see GET /produits/{id}/mouvements.",
-    routes,
-};
+/// The products API; `GET /produits/{id}` reads of `db` are coalesced.
+pub fn api(db: &Database) -> Api {
+    let reads = web::Data::new(crate::products::reads(db.clone()));
+    Api {
+        title: "ordersys products",
+        description: "The product catalog and its stock. Stock is reserved and released by the \
+                      ordersys worker as orders change; see GET /produits/{id}/mouvements.",
+        routes: std::sync::Arc::new(move |cfg| {
+            cfg.app_data(reads.clone());
+            routes(cfg)
+        }),
+    }
+}
 
 fn routes(cfg: &mut web::ServiceConfig) {
     for collection in ["/produits/", "/produits"] {
@@ -74,12 +85,11 @@ async fn list_products(
 /// Get one product.
 #[api_v2_operation(tags(Products))]
 async fn get_product(
-    state: web::Data<AppState>,
+    reads: web::Data<ProductReads>,
     id: web::Path<i64>,
 ) -> Result<web::Json<Product>, ApiError> {
     let id = id.into_inner();
-    state
-        .product_reads
+    reads
         .get::<ApiError>(id)
         .await?
         .map(web::Json)

@@ -49,18 +49,33 @@ impl Dependency {
     }
 }
 
-/// The dependencies of one process. `broker` is absent for `products`.
+/// The dependencies of one process: PostgreSQL, and RabbitMQ except for
+/// `products`.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub struct Dependencies {
     pub database: Arc<Dependency>,
     pub broker: Option<Arc<Dependency>>,
+    /// Whether the process can do its job without the broker: the orders
+    /// API can (its writes wait in the outbox), a worker cannot.
+    pub ready_without_broker: bool,
 }
 
-impl Health {
-    pub fn new(uses_broker: bool) -> Self {
-        Health {
+impl Dependencies {
+    /// `broker`: none, used (ready without it), or required.
+    pub fn new(broker: BrokerUse) -> Self {
+        Dependencies {
             database: Arc::new(Dependency::new("PostgreSQL")),
-            broker: uses_broker.then(|| Arc::new(Dependency::new("RabbitMQ"))),
+            broker: (broker != BrokerUse::None).then(|| Arc::new(Dependency::new("RabbitMQ"))),
+            ready_without_broker: broker != BrokerUse::Required,
         }
     }
+}
+
+/// How a process depends on RabbitMQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerUse {
+    None,
+    /// Used, but the process serves without it.
+    Buffered,
+    Required,
 }

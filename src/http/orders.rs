@@ -1,24 +1,28 @@
-//! HTTP handlers of the orders service. Each canonical path has the seed's
-//! `/api/v1/...` alias with identical behaviour.
+//! HTTP handlers of the orders service: extract, validate, query, answer.
+//! Each canonical path has the seed's `/api/v1/...` alias with identical
+//! behaviour.
 
-use super::model::{
-    LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine, OrderStatus,
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::responses::Created;
+use super::{Api, AppState};
+use crate::domain::{FieldError, OrderStatus, Page, Pagination};
+use crate::orders::model::{
+    LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine,
 };
-use super::queries;
-use crate::http::error::{ApiError, FieldError};
-use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::input::{Page, Pagination};
-use crate::http::responses::Created;
-use crate::http::{Api, AppState};
+use crate::orders::queries;
 use paperclip::actix::{api_v2_operation, web, NoContent};
 
-pub const API: Api = Api {
-    title: "ordersys orders",
-    description: "Orders and their lines. Every line change is carried to the stock worker \
-                  through a transactional outbox and RabbitMQ; a line's `statut_stock` says \
-                  whether its stock is reserved yet.",
-    routes,
-};
+/// The orders API.
+pub fn api() -> Api {
+    Api {
+        title: "ordersys orders",
+        description: "Orders and their lines. Every line change is carried to the stock worker \
+                      through a transactional outbox and RabbitMQ; a line's `statut_stock` says \
+                      whether its stock is reserved yet.",
+        routes: std::sync::Arc::new(routes),
+    }
+}
 
 fn routes(cfg: &mut web::ServiceConfig) {
     for base in ["/commandes", "/api/v1/commandes"] {
@@ -58,8 +62,8 @@ fn page(query: Pagination) -> Result<Page, ApiError> {
 }
 
 fn wake_relay(state: &AppState, wrote: bool) {
-    if let (true, Some(outbox)) = (wrote, &state.outbox) {
-        outbox.wake();
+    if let (true, Some(waker)) = (wrote, &state.waker) {
+        waker.wake();
     }
 }
 

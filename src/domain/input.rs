@@ -1,15 +1,32 @@
-//! Building blocks of request types: fields that may be absent or null, and
-//! pagination.
+//! Building blocks of request types: fields that may be absent or null,
+//! field errors, and pagination.
 //!
 //! Request structs keep every field optional at the serde level so that a
 //! missing field is a rule broken (422, listed with every other problem)
 //! rather than a parse failure (400) that hides the rest; their `TryFrom`
 //! into domain types collects all problems at once.
 
-use super::error::FieldError;
 use paperclip::actix::Apiv2Schema;
 use paperclip::v2::models::DefaultSchemaRaw;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Apiv2Schema)]
+pub struct FieldError {
+    /// The field, as named in the request (`prix`, `lignes[0].quantite`, `id`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// A field as sent: absent, explicitly null, or a value.
 #[derive(Debug, Clone, Default, PartialEq)]

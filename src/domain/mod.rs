@@ -1,0 +1,11 @@
+//! Domain values, the bottom layer: money, status words, field errors,
+//! request building blocks and pagination. They know nothing of HTTP
+//! handlers, the broker or the worker; everything else builds on them.
+
+pub mod input;
+pub mod money;
+pub mod status;
+
+pub use input::{FieldError, Input, Page, Pagination, Required};
+pub use money::Money;
+pub use status::{OrderStatus, StockStatus};

@@ -1,0 +1,444 @@
+//! The stock rules, tested without a database or a broker: plain cases
+//! first, then properties over random histories delivered with duplicates,
+//! reordering and seed-format messages mixed in.
+
+use super::*;
+use crate::worker::change::{LineRef, StockChange};
+
+const LOW: i32 = 5;
+
+fn line(ligne_id: i64, version: i64) -> LineRef {
+    LineRef {
+        message_id: Uuid::new_v4(),
+        ligne_id,
+        version,
+    }
+}
+
+fn change(action: Action, line: Option<LineRef>, produit_id: i64, quantite: i32) -> StockChange {
+    StockChange {
+        line,
+        action,
+        produit_id,
+        quantite,
+        commande_id: 1,
+        ancien: None,
+        occurred_at: None,
+    }
+}
+
+fn created(ligne: i64, version: i64, product: i64, quantite: i32) -> StockChange {
+    change(
+        Action::Created,
+        Some(line(ligne, version)),
+        product,
+        quantite,
+    )
+}
+
+fn updated(ligne: i64, version: i64, product: i64, quantite: i32) -> StockChange {
+    change(
+        Action::Updated,
+        Some(line(ligne, version)),
+        product,
+        quantite,
+    )
+}
+
+fn deleted(ligne: i64, version: i64) -> StockChange {
+    change(Action::Deleted, Some(line(ligne, version)), 0, 0)
+}
+
+fn seed(action: Action, product: i64, quantite: i32) -> StockChange {
+    change(action, None, product, quantite)
+}
+
+fn snapshot(stock: &[(i64, i32)], reservations: &[(i64, i64, i32, i64)]) -> Snapshot {
+    Snapshot {
+        stock: stock.iter().copied().collect(),
+        reservations: reservations
+            .iter()
+            .map(|&(ligne, produit, quantite, version)| {
+                let r = Reservation {
+                    produit_id: Some(produit),
+                    quantite,
+                    version,
+                };
+                (ligne, r)
+            })
+            .collect(),
+        processed: HashSet::new(),
+    }
+}
+
+fn deltas(plan: &Plan) -> Vec<(i64, i32)> {
+    plan.movements
+        .iter()
+        .map(|m| (m.produit_id, m.delta))
+        .collect()
+}
+
+#[test]
+fn a_new_line_reserves_when_the_stock_allows() {
+    let plan = plan(&[created(10, 1, 1, 3)], &snapshot(&[(1, 20)], &[]), LOW);
+    assert_eq!(
+        plan.outcomes,
+        [Outcome::Applied(Some(StockStatus::Reserve))]
+    );
+    assert_eq!(plan.stock[&1], 17);
+    assert_eq!(deltas(&plan), [(1, -3)]);
+    let (reservation, is_new) = plan.reservations[&10];
+    assert!(is_new);
+    assert_eq!((reservation.produit_id, reservation.quantite), (Some(1), 3));
+    assert_eq!(plan.line_statuses[&10], (1, StockStatus::Reserve));
+}
+
+#[test]
+fn a_line_the_stock_cannot_cover_is_rejected_and_reserves_nothing() {
+    let plan = plan(&[created(10, 1, 1, 5)], &snapshot(&[(1, 4)], &[]), LOW);
+    assert_eq!(plan.outcomes, [Outcome::Rejected]);
+    assert!(plan.stock.is_empty() && plan.movements.is_empty());
+    assert_eq!(plan.reservations[&10].0.produit_id, None);
+    assert_eq!(plan.line_statuses[&10], (1, StockStatus::Rejete));
+}
+
+#[test]
+fn growing_past_the_stock_releases_what_the_line_held() {
+    // The line holds 4, stock is 0: 0 + 4 < 6.
+    let plan = plan(
+        &[updated(10, 2, 1, 6)],
+        &snapshot(&[(1, 0)], &[(10, 1, 4, 1)]),
+        LOW,
+    );
+    assert_eq!(plan.outcomes, [Outcome::Rejected]);
+    assert_eq!(plan.stock[&1], 4);
+    assert_eq!(deltas(&plan), [(1, 4)]);
+}
+
+#[test]
+fn a_quantity_change_on_the_same_product_is_one_delta() {
+    let plan = plan(
+        &[updated(10, 2, 1, 8)],
+        &snapshot(&[(1, 15)], &[(10, 1, 5, 1)]),
+        LOW,
+    );
+    assert_eq!(plan.stock[&1], 12);
+    assert_eq!(deltas(&plan), [(1, -3)]);
+    assert!(!plan.reservations[&10].1, "an update, not an insert");
+}
+
+#[test]
+fn moving_a_line_to_another_product_releases_the_old_one() {
+    let plan = plan(
+        &[updated(10, 2, 2, 8)],
+        &snapshot(&[(1, 12), (2, 20)], &[(10, 1, 8, 1)]),
+        LOW,
+    );
+    assert_eq!((plan.stock[&1], plan.stock[&2]), (20, 12));
+    assert_eq!(deltas(&plan), [(1, 8), (2, -8)]);
+}
+
+#[test]
+fn deleting_releases_and_marks_the_line_libere() {
+    let plan = plan(
+        &[deleted(10, 3)],
+        &snapshot(&[(1, 12)], &[(10, 1, 8, 2)]),
+        LOW,
+    );
+    assert_eq!(plan.outcomes, [Outcome::Applied(Some(StockStatus::Libere))]);
+    assert_eq!(plan.stock[&1], 20);
+    assert_eq!(plan.reservations[&10].0.produit_id, None);
+}
+
+#[test]
+fn duplicates_and_stale_versions_change_nothing() {
+    let first = created(10, 1, 1, 3);
+    let mut done = snapshot(&[(1, 20)], &[(10, 1, 3, 2)]);
+    done.processed.insert(first.line.unwrap().message_id);
+    let again = first.clone();
+    let older = updated(10, 2, 1, 9);
+    let plan = plan(&[first, older], &done, LOW);
+    assert_eq!(plan.outcomes, [Outcome::Duplicate, Outcome::Stale]);
+    assert!(plan.stock.is_empty() && plan.movements.is_empty());
+    let twice = super::plan(&[again.clone(), again], &snapshot(&[(1, 20)], &[]), LOW);
+    assert_eq!(twice.outcomes[1], Outcome::Duplicate);
+    assert_eq!(twice.stock[&1], 17);
+}
+
+#[test]
+fn an_unknown_product_is_dead_lettered_and_not_recorded() {
+    let message = created(10, 1, 99, 1);
+    let id = message.line.unwrap().message_id;
+    let plan = plan(&[message], &snapshot(&[(1, 20)], &[]), LOW);
+    assert_eq!(
+        plan.outcomes,
+        [Outcome::DeadLetter("unknown product 99".into())]
+    );
+    assert_eq!(plan.unrecorded, [id]);
+    assert!(plan.reservations.is_empty());
+}
+
+#[test]
+fn releasing_to_a_deleted_product_moves_nothing() {
+    let plan = plan(
+        &[updated(10, 2, 1, 2)],
+        &snapshot(&[(1, 10)], &[(10, 7, 3, 1)]),
+        LOW,
+    );
+    assert_eq!(deltas(&plan), [(1, -2)]);
+}
+
+#[test]
+fn crossing_thresholds_raises_alerts() {
+    let plan = plan(
+        &[
+            created(10, 1, 1, 3),
+            created(11, 1, 1, 3),
+            created(12, 1, 2, 4),
+        ],
+        &snapshot(&[(1, 7), (2, 4)], &[]),
+        LOW,
+    );
+    let alerts: Vec<_> = plan
+        .alerts
+        .iter()
+        .map(|a| (a.event, a.produit_id, a.quantite_en_stock))
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            (AlertEvent::StockBas, 1, 4),
+            (AlertEvent::StockEpuise, 2, 0)
+        ]
+    );
+    assert_eq!(
+        crossed(4, 3, LOW),
+        None,
+        "already below: no second STOCK_BAS"
+    );
+    assert_eq!(crossed(3, 5, LOW), None, "a release raises nothing");
+}
+
+#[test]
+fn seed_format_messages_apply_their_delta_without_deduplication() {
+    let reserve = seed(Action::Created, 1, 3);
+    let plan = plan(
+        &[reserve.clone(), reserve, seed(Action::Deleted, 1, 2)],
+        &snapshot(&[(1, 10)], &[]),
+        LOW,
+    );
+    assert_eq!(plan.outcomes, vec![Outcome::Applied(None); 3]);
+    assert_eq!(plan.stock[&1], 6);
+    assert!(plan.line_statuses.is_empty() && plan.reservations.is_empty());
+}
+
+#[test]
+fn seed_format_rules_refuse_what_cannot_be_applied() {
+    let stock = |p: i64| (p == 1).then_some(2);
+    let short = plan_seed(&seed(Action::Created, 1, 3), stock).unwrap_err();
+    assert!(short.contains("not enough stock"), "{short}");
+    let unknown = plan_seed(&seed(Action::Deleted, 7, 1), stock).unwrap_err();
+    assert_eq!(unknown, "unknown product 7");
+    let mut moved = seed(Action::Updated, 1, 4);
+    moved.ancien = Some((1, 3));
+    assert_eq!(plan_seed(&moved, stock).unwrap(), [(1, 3), (1, -4)]);
+}
+
+mod properties {
+    //! A simple model against the planner: whatever the order, the
+    //! duplicates and the batch boundaries, each line ends holding the
+    //! state of its newest version (when the stock allows), and stock is
+    //! conserved and never negative.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const PRODUCTS: [i64; 3] = [1, 2, 3];
+
+    /// One line's history: its product and quantity per version, and
+    /// whether it ends deleted.
+    #[derive(Debug, Clone)]
+    struct History {
+        versions: Vec<(i64, i32)>,
+        deleted: bool,
+    }
+
+    fn history() -> impl Strategy<Value = History> {
+        (
+            prop::collection::vec((prop::sample::select(&PRODUCTS[..]), 1..6i32), 1..5),
+            any::<bool>(),
+        )
+            .prop_map(|(versions, deleted)| History { versions, deleted })
+    }
+
+    fn messages(histories: &[History]) -> Vec<StockChange> {
+        let mut out = Vec::new();
+        for (i, h) in histories.iter().enumerate() {
+            let ligne = 100 + i as i64;
+            for (v, &(product, quantite)) in h.versions.iter().enumerate() {
+                let version = v as i64 + 1;
+                out.push(if v == 0 {
+                    created(ligne, version, product, quantite)
+                } else {
+                    updated(ligne, version, product, quantite)
+                });
+            }
+            if h.deleted {
+                out.push(deleted(ligne, h.versions.len() as i64 + 1));
+            }
+        }
+        out
+    }
+
+    /// The database, as the store would leave it after each batch.
+    struct Db {
+        snapshot: Snapshot,
+    }
+
+    impl Db {
+        fn apply(&mut self, batch: &[StockChange]) -> Plan {
+            let ids: HashSet<Uuid> = batch
+                .iter()
+                .filter_map(|c| c.line)
+                .map(|l| l.message_id)
+                .collect();
+            let mut view = self.snapshot.clone();
+            view.processed.retain(|id| ids.contains(id));
+            let plan = plan(batch, &view, LOW);
+            for (product, stock) in &plan.stock {
+                assert!(*stock >= 0, "negative stock on {product}");
+                self.snapshot.stock.insert(*product, *stock);
+            }
+            for (ligne, (reservation, _)) in &plan.reservations {
+                self.snapshot.reservations.insert(*ligne, *reservation);
+            }
+            self.snapshot.processed.extend(ids);
+            for id in &plan.unrecorded {
+                self.snapshot.processed.remove(id);
+            }
+            plan
+        }
+    }
+
+    /// Delivers `messages` in the order given by `order` (indexes, which
+    /// may repeat: duplicates), in batches of the given sizes.
+    fn deliver(db: &mut Db, messages: &[StockChange], order: &[usize], sizes: &[usize]) {
+        let delivered: Vec<StockChange> = order
+            .iter()
+            .map(|&i| messages[i % messages.len()].clone())
+            .collect();
+        let mut rest = &delivered[..];
+        let mut sizes = sizes.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+            let plan = db.apply(&rest[..n]);
+            assert!(plan
+                .outcomes
+                .iter()
+                .all(|o| !matches!(o, Outcome::DeadLetter(_))));
+            rest = &rest[n..];
+        }
+    }
+
+    /// Every message at least once, in a shuffled order, some twice.
+    fn order(n: usize) -> impl Strategy<Value = Vec<usize>> {
+        (
+            Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+            prop::collection::vec(0..n, 0..n),
+        )
+            .prop_map(|(mut all, extra)| {
+                all.extend(extra);
+                all
+            })
+            .prop_shuffle()
+    }
+
+    fn case() -> impl Strategy<Value = (Vec<History>, Vec<usize>, Vec<usize>)> {
+        prop::collection::vec(history(), 1..6).prop_flat_map(|histories| {
+            let n = messages(&histories).len();
+            (
+                Just(histories),
+                order(n),
+                prop::collection::vec(1..8usize, 1..5),
+            )
+        })
+    }
+
+    fn reserved_on(db: &Db, product: i64) -> i32 {
+        db.snapshot
+            .reservations
+            .values()
+            .filter(|r| r.produit_id == Some(product))
+            .map(|r| r.quantite)
+            .sum()
+    }
+
+    proptest! {
+        #[test]
+        fn with_enough_stock_every_line_ends_as_its_newest_version((histories, order, sizes) in case()) {
+            let messages = messages(&histories);
+            let mut db = Db { snapshot: snapshot(&[(1, 1000), (2, 1000), (3, 1000)], &[]) };
+            deliver(&mut db, &messages, &order, &sizes);
+            for (i, h) in histories.iter().enumerate() {
+                let r = db.snapshot.reservations[&(100 + i as i64)];
+                let (product, quantite) = *h.versions.last().unwrap();
+                let expected = if h.deleted { (None, 0) } else { (Some(product), quantite) };
+                prop_assert_eq!((r.produit_id, r.quantite), expected);
+                prop_assert_eq!(r.version, h.versions.len() as i64 + i64::from(h.deleted));
+            }
+            for product in PRODUCTS {
+                prop_assert_eq!(db.snapshot.stock[&product], 1000 - reserved_on(&db, product));
+            }
+        }
+
+        #[test]
+        fn with_scarce_stock_stock_is_conserved_and_never_negative(
+            (histories, order, sizes) in case(),
+            initial in prop::collection::vec(0..8i32, 3),
+        ) {
+            let messages = messages(&histories);
+            let stock: Vec<(i64, i32)> = PRODUCTS.iter().copied().zip(initial.iter().copied()).collect();
+            let mut db = Db { snapshot: snapshot(&stock, &[]) };
+            deliver(&mut db, &messages, &order, &sizes);
+            for (product, start) in &stock {
+                prop_assert!(db.snapshot.stock[product] >= 0);
+                prop_assert_eq!(db.snapshot.stock[product] + reserved_on(&db, *product), *start);
+            }
+            for (i, h) in histories.iter().enumerate() {
+                let r = db.snapshot.reservations[&(100 + i as i64)];
+                let (product, quantite) = *h.versions.last().unwrap();
+                prop_assert_eq!(r.version, h.versions.len() as i64 + i64::from(h.deleted));
+                let held = (r.produit_id, r.quantite);
+                prop_assert!(held == (None, 0) || (!h.deleted && held == (Some(product), quantite)));
+            }
+        }
+
+        #[test]
+        fn seed_format_messages_mixed_in_add_their_deltas(
+            (histories, order, sizes) in case(),
+            seeds in prop::collection::vec((prop::sample::select(&PRODUCTS[..]), 1..4i32, any::<bool>()), 0..10),
+        ) {
+            let mut messages = messages(&histories);
+            let tracked = messages.len();
+            let mut net: HashMap<i64, i32> = HashMap::new();
+            for &(product, quantite, release) in &seeds {
+                let action = if release { Action::Deleted } else { Action::Created };
+                messages.push(seed(action, product, quantite));
+                *net.entry(product).or_default() += if release { quantite } else { -quantite };
+            }
+            // Every tracked message in the given order, each seed message
+            // once, spread among them.
+            let mut order = order;
+            for (k, index) in (tracked..messages.len()).enumerate() {
+                order.insert((k * 7919) % (order.len() + 1), index);
+            }
+            let mut db = Db { snapshot: snapshot(&[(1, 1000), (2, 1000), (3, 1000)], &[]) };
+            deliver(&mut db, &messages, &order, &sizes);
+            for product in PRODUCTS {
+                let seeded = net.get(&product).copied().unwrap_or(0);
+                prop_assert_eq!(db.snapshot.stock[&product], 1000 - reserved_on(&db, product) + seeded);
+            }
+        }
+    }
+}
