@@ -17,11 +17,13 @@ WORKDIR /src
 # Dependencies first, in their own layer: built against empty sources, so a
 # change to src/ rebuilds only ordersys itself.
 COPY Cargo.toml Cargo.lock ./
-# (benches/ only needs to exist for the manifest; the benchmark is not built.)
-RUN mkdir src benches \
+# The workspace's test kit and the benchmark only need to exist for the
+# manifest; neither is built.
+COPY tests/kit/Cargo.toml tests/kit/
+RUN mkdir -p src benches/ordersys tests/kit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && echo 'fn main() {}' > benches/ordersys.rs \
+ && touch src/lib.rs tests/kit/src/lib.rs \
+ && echo 'fn main() {}' > benches/ordersys/main.rs \
  && cargo build --release --locked --bin ordersys \
  && rm -rf src target/release/ordersys target/release/deps/ordersys-* target/release/deps/libordersys-* \
       target/release/.fingerprint/ordersys-*

@@ -8,6 +8,7 @@ use crate::dependencies::{BrokerUse, Dependencies};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::outbox::relay::Relay;
+use crate::outbox::Waker;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::worker::consumer;
@@ -138,21 +139,18 @@ impl Application {
             }
         })?;
 
-        let mut waker = None;
-        if mode != Mode::Products {
-            let (relay_waker, wakeups) = crate::outbox::wake_channel();
-            let relay = Relay {
-                name: format!("ordersys-{}-relay", mode.name()),
-                settings: settings.clone(),
-                db: db.clone(),
-                deps: deps.clone(),
-                metrics: metrics.clone(),
-                wakeups,
-                shutdown: shutdown.clone(),
-            };
-            background.spawn("outbox-relay", move || relay.run())?;
-            waker = Some(relay_waker);
-        }
+        let waker = match mode {
+            Mode::Products => None,
+            _ => Some(start_relay(
+                mode,
+                settings,
+                &db,
+                &deps,
+                &metrics,
+                &shutdown,
+                &mut background,
+            )?),
+        };
         if let (Mode::Worker, Some(waker)) = (mode, &waker) {
             let context = consumer::Context {
                 settings: settings.clone(),
@@ -162,13 +160,7 @@ impl Application {
                 shutdown: shutdown.clone(),
                 waker: waker.clone(),
             };
-            for index in 0..settings.worker.replicas {
-                let context = context.clone();
-                background.spawn(&format!("consumer-{index}"), move || {
-                    consumer::run(index, context)
-                })?;
-            }
-            log::info!("{} stock consumer(s) starting", settings.worker.replicas);
+            start_consumers(context, &mut background)?;
         }
 
         let api = match mode {
@@ -237,6 +229,43 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Starts the outbox relay thread; returns the handle that wakes it.
+fn start_relay(
+    mode: Mode,
+    settings: &Settings,
+    db: &Database,
+    deps: &Dependencies,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+    background: &mut Background,
+) -> anyhow::Result<Waker> {
+    let (waker, wakeups) = crate::outbox::wake_channel();
+    let relay = Relay {
+        name: format!("ordersys-{}-relay", mode.name()),
+        settings: settings.clone(),
+        db: db.clone(),
+        deps: deps.clone(),
+        metrics: metrics.clone(),
+        wakeups,
+        shutdown: shutdown.clone(),
+    };
+    background.spawn("outbox-relay", move || relay.run())?;
+    Ok(waker)
+}
+
+/// Starts `worker.replicas` consumer threads.
+fn start_consumers(context: consumer::Context, background: &mut Background) -> anyhow::Result<()> {
+    let replicas = context.settings.worker.replicas;
+    for index in 0..replicas {
+        let context = context.clone();
+        background.spawn(&format!("consumer-{index}"), move || {
+            consumer::run(index, context)
+        })?;
+    }
+    log::info!("{replicas} stock consumer(s) starting");
+    Ok(())
 }
 
 /// Runs applications side by side (one mode, or every mode for `ordersys

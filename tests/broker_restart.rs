@@ -2,10 +2,7 @@
 //! RabbitMQ node, so it lives in its own test binary: `cargo test` runs test
 //! binaries one after the other, and this one has a single test.
 
-#[path = "it/common/mod.rs"]
-mod common;
-
-use common::{load, TestApp};
+use ordersys_testkit::{load, TestApp};
 use std::process::Command;
 use std::time::Duration;
 
@@ -44,7 +41,7 @@ async fn a_broker_restart_under_load_loses_and_doubles_nothing() {
     );
     app.orders_server.wait_ready().await;
     let orders_metrics = app.orders.get("/metrics").await.expect(200).body;
-    let failed = common::metric(
+    let failed = ordersys_testkit::metric(
         orders_metrics.as_str().unwrap(),
         "ordersys_outbox_failed_batches_total",
     );

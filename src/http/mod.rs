@@ -68,15 +68,7 @@ pub fn server(
     state: AppState,
     api: Api,
 ) -> std::io::Result<Server> {
-    let spec = DefaultApiRaw {
-        info: Info {
-            title: api.title.into(),
-            description: Some(api.description.into()),
-            version: env!("CARGO_PKG_VERSION").into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let spec = spec(&api);
     let http = settings.http.clone();
     let limit = extract::BodyLimit(http.max_body_bytes);
     let routes = api.routes.clone();
@@ -112,15 +104,7 @@ pub fn server(
             .with_json_spec_v3_at(&http.openapi_path)
             .with_swagger_ui_at(&http.docs_path)
             .build()
-            .default_service(actix_web::web::to(
-                |req: actix_web::HttpRequest| async move {
-                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(
-                        "no route for {} {}",
-                        req.method(),
-                        req.path()
-                    )))
-                },
-            ))
+            .default_service(actix_web::web::to(no_route))
             .wrap(ErrorHandlers::new().default_handler(as_problem))
             .wrap_fn(move |req, srv| {
                 let metrics = metrics.clone();
@@ -143,6 +127,27 @@ pub fn server(
         server = server.workers(http.workers);
     }
     Ok(server.listen(listener)?.run())
+}
+
+/// The head of the API's OpenAPI document.
+fn spec(api: &Api) -> DefaultApiRaw {
+    DefaultApiRaw {
+        info: Info {
+            title: api.title.into(),
+            description: Some(api.description.into()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn no_route(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// Turns error responses that did not come from [`ApiError`] (actix's own

@@ -1,7 +1,8 @@
 //! The database side of a batch: load the snapshot the stock rules need,
 //! under row locks, then write the plan — all in one transaction, with a
 //! fixed number of set-based statements whatever the batch size (never one
-//! per message).
+//! per message): lock the reservations, lock the products, record the
+//! message ids, lock the lines, write everything, and the alerts if any.
 //!
 //! Locks are taken in one fixed order — the batch's reservations by line,
 //! then its products by id, then its lines by id — so concurrent batches
@@ -13,11 +14,13 @@
 
 use super::change::StockChange;
 use super::plan::{self, Plan, Reservation, Snapshot};
-use crate::db::schema::{messages_traites, mouvements, produits, reservations};
+use crate::db::schema::{commandes_produits, messages_traites, produits, reservations};
 use crate::outbox;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Integer, Text};
+use diesel::sql_types::{
+    Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use std::collections::{BTreeSet, HashSet};
 use uuid::Uuid;
 
@@ -82,17 +85,15 @@ fn load(conn: &mut PgConnection, changes: &[StockChange]) -> QueryResult<Snapsho
         .collect();
     // Recorded now, in this transaction: a concurrent batch with the same
     // id waits here until this one commits (then it sees a duplicate).
-    let recorded: HashSet<Uuid> = diesel::insert_into(messages_traites::table)
-        .values(
-            ids.iter()
-                .map(|id| messages_traites::message_id.eq(*id))
-                .collect::<Vec<_>>(),
-        )
-        .on_conflict_do_nothing()
-        .returning(messages_traites::message_id)
-        .get_results(conn)?
-        .into_iter()
-        .collect();
+    let recorded: HashSet<Uuid> = diesel::sql_query(
+        "INSERT INTO messages_traites (message_id) SELECT unnest($1) \
+         ON CONFLICT DO NOTHING RETURNING message_id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .load::<Recorded>(conn)?
+    .into_iter()
+    .map(|r| r.message_id)
+    .collect();
     Ok(Snapshot {
         stock: stock.into_iter().collect(),
         reservations: reservations
@@ -113,159 +114,142 @@ fn load(conn: &mut PgConnection, changes: &[StockChange]) -> QueryResult<Snapsho
     })
 }
 
-/// Writes the plan: one statement per kind of row, each skipped when empty.
+#[derive(QueryableByName)]
+struct Recorded {
+    #[diesel(sql_type = SqlUuid)]
+    message_id: Uuid,
+}
+
+/// Writes the plan: the lines' row locks, in id order, then every write in
+/// one statement (stock, reservations, movements, line statuses), then the
+/// alerts into the outbox. Arrays, not one row per message: the SQL text is
+/// fixed (its prepared statement is reused) whatever the batch size.
 fn write(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
     if !plan.unrecorded.is_empty() {
         diesel::delete(messages_traites::table)
             .filter(messages_traites::message_id.eq_any(&plan.unrecorded))
             .execute(conn)?;
     }
-    write_stock(conn, plan)?;
-    write_reservations(conn, plan)?;
-    write_movements(conn, plan)?;
-    write_line_statuses(conn, plan)?;
+    let lines: Vec<i64> = plan.line_statuses.keys().copied().collect();
+    // A line changed since (a newer version) or deleted is left alone by
+    // the status update: its own message will set it.
+    commandes_produits::table
+        .filter(commandes_produits::id.eq_any(&lines))
+        .order(commandes_produits::id)
+        .select(commandes_produits::id)
+        .for_no_key_update()
+        .load::<i64>(conn)?;
+    let rows = Rows::of(plan);
+    diesel::sql_query(WRITE)
+        .bind::<Array<BigInt>, _>(rows.stock_ids)
+        .bind::<Array<Integer>, _>(rows.stock)
+        .bind::<Array<BigInt>, _>(rows.reservation_lines)
+        .bind::<Array<Nullable<BigInt>>, _>(rows.reservation_products)
+        .bind::<Array<Integer>, _>(rows.reservation_quantities)
+        .bind::<Array<BigInt>, _>(rows.reservation_versions)
+        .bind::<Array<Bool>, _>(rows.reservation_new)
+        .bind::<Array<BigInt>, _>(rows.movement_products)
+        .bind::<Array<Nullable<BigInt>>, _>(rows.movement_lines)
+        .bind::<Array<BigInt>, _>(rows.movement_orders)
+        .bind::<Array<Nullable<SqlUuid>>, _>(rows.movement_messages)
+        .bind::<Array<Text>, _>(rows.movement_actions)
+        .bind::<Array<Integer>, _>(rows.movement_deltas)
+        .bind::<Array<Integer>, _>(rows.movement_stock)
+        .bind::<Array<Nullable<Timestamptz>>, _>(rows.movement_times)
+        .bind::<Array<BigInt>, _>(lines)
+        .bind::<Array<BigInt>, _>(rows.status_versions)
+        .bind::<Array<Text>, _>(rows.statuses)
+        .execute(conn)?;
     outbox::enqueue_alerts(conn, &plan.alerts)
 }
 
-fn write_stock(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
-    if plan.stock.is_empty() {
-        return Ok(());
-    }
-    let (ids, stock): (Vec<i64>, Vec<i32>) = plan.stock.iter().map(|(p, s)| (*p, *s)).unzip();
-    diesel::sql_query(
-        "UPDATE produits p SET quantite_en_stock = u.stock \
-         FROM unnest($1, $2) AS u (id, stock) WHERE p.id = u.id",
-    )
-    .bind::<Array<BigInt>, _>(ids)
-    .bind::<Array<Integer>, _>(stock)
-    .execute(conn)?;
-    Ok(())
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = reservations)]
-struct ReservationRow {
-    ligne_id: i64,
-    produit_id: Option<i64>,
-    quantite: i32,
-    version: i64,
-}
-
+/// Every write of a batch. The sub-statements touch different rows, so
+/// running them as one statement changes nothing but the round trips.
 /// Existing reservations (locked by [`load`]) are updated; new lines' are
-/// inserted. A concurrent batch that inserted the same new line first makes
-/// the insert fail: this batch rolls back, is retried, and then sees it.
-fn write_reservations(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
-    let (new, changed): (Vec<_>, Vec<_>) = plan
-        .reservations
-        .iter()
-        .map(|(ligne_id, (r, is_new))| {
-            let row = ReservationRow {
-                ligne_id: *ligne_id,
-                produit_id: r.produit_id,
-                quantite: r.quantite,
-                version: r.version,
-            };
-            (row, *is_new)
-        })
-        .partition(|(_, is_new)| *is_new);
-    if !changed.is_empty() {
-        let rows = changed.into_iter().map(|(row, _)| row);
-        let (lines, products, quantities, versions) = unzip4(rows);
-        diesel::sql_query(
-            "UPDATE reservations r SET produit_id = u.p, quantite = u.q, version = u.v \
-             FROM unnest($1, $2, $3, $4) AS u (l, p, q, v) WHERE r.ligne_id = u.l",
-        )
-        .bind::<Array<BigInt>, _>(lines)
-        .bind::<Array<diesel::sql_types::Nullable<BigInt>>, _>(products)
-        .bind::<Array<Integer>, _>(quantities)
-        .bind::<Array<BigInt>, _>(versions)
-        .execute(conn)?;
-    }
-    if !new.is_empty() {
-        let rows: Vec<ReservationRow> = new.into_iter().map(|(row, _)| row).collect();
-        diesel::insert_into(reservations::table)
-            .values(&rows)
-            .execute(conn)?;
-    }
-    Ok(())
+/// inserted: a concurrent batch that inserted the same new line first makes
+/// the insert fail, and this batch is rolled back and retried.
+const WRITE: &str = "\
+WITH stock AS (
+    UPDATE produits p SET quantite_en_stock = u.stock
+      FROM unnest($1, $2) AS u (id, stock) WHERE p.id = u.id
+    RETURNING 1
+), reservation AS (
+    SELECT * FROM unnest($3, $4, $5, $6, $7) AS u (l, p, q, v, is_new)
+), changed AS (
+    UPDATE reservations r SET produit_id = u.p, quantite = u.q, version = u.v
+      FROM reservation u WHERE r.ligne_id = u.l AND NOT u.is_new
+    RETURNING 1
+), added AS (
+    INSERT INTO reservations (ligne_id, produit_id, quantite, version)
+    SELECT l, p, q, v FROM reservation WHERE is_new ORDER BY l
+    RETURNING 1
+), moved AS (
+    INSERT INTO mouvements (produit_id, ligne_id, commande_id, message_id, action, delta,
+                            quantite_en_stock, occurred_at)
+    SELECT p, l, c, m, a, d, s, o
+      FROM unnest($8, $9, $10, $11, $12, $13, $14, $15) WITH ORDINALITY AS u (p, l, c, m, a, d, s, o, n)
+     ORDER BY n
+    RETURNING 1
+), status AS (
+    UPDATE commandes_produits c SET statut_stock = u.statut
+      FROM unnest($16, $17, $18) AS u (id, version, statut)
+     WHERE c.id = u.id AND c.version = u.version
+    RETURNING 1
+)
+SELECT 1";
+
+/// The plan's rows as the columns [`WRITE`] takes.
+#[derive(Default)]
+struct Rows {
+    stock_ids: Vec<i64>,
+    stock: Vec<i32>,
+    reservation_lines: Vec<i64>,
+    reservation_products: Vec<Option<i64>>,
+    reservation_quantities: Vec<i32>,
+    reservation_versions: Vec<i64>,
+    reservation_new: Vec<bool>,
+    movement_products: Vec<i64>,
+    movement_lines: Vec<Option<i64>>,
+    movement_orders: Vec<i64>,
+    movement_messages: Vec<Option<Uuid>>,
+    movement_actions: Vec<&'static str>,
+    movement_deltas: Vec<i32>,
+    movement_stock: Vec<i32>,
+    movement_times: Vec<Option<DateTime<Utc>>>,
+    status_versions: Vec<i64>,
+    statuses: Vec<&'static str>,
 }
 
-fn unzip4(
-    rows: impl Iterator<Item = ReservationRow>,
-) -> (Vec<i64>, Vec<Option<i64>>, Vec<i32>, Vec<i64>) {
-    let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for row in rows {
-        out.0.push(row.ligne_id);
-        out.1.push(row.produit_id);
-        out.2.push(row.quantite);
-        out.3.push(row.version);
+impl Rows {
+    fn of(plan: &Plan) -> Rows {
+        let mut rows = Rows::default();
+        for (id, stock) in &plan.stock {
+            rows.stock_ids.push(*id);
+            rows.stock.push(*stock);
+        }
+        for (line, (reservation, is_new)) in &plan.reservations {
+            rows.reservation_lines.push(*line);
+            rows.reservation_products.push(reservation.produit_id);
+            rows.reservation_quantities.push(reservation.quantite);
+            rows.reservation_versions.push(reservation.version);
+            rows.reservation_new.push(*is_new);
+        }
+        for m in &plan.movements {
+            rows.movement_products.push(m.produit_id);
+            rows.movement_lines.push(m.ligne_id);
+            rows.movement_orders.push(m.commande_id);
+            rows.movement_messages.push(m.message_id);
+            rows.movement_actions.push(m.action.as_str());
+            rows.movement_deltas.push(m.delta);
+            rows.movement_stock.push(m.quantite_en_stock);
+            rows.movement_times.push(m.occurred_at);
+        }
+        for (version, status) in plan.line_statuses.values() {
+            rows.status_versions.push(*version);
+            rows.statuses.push(status.as_str());
+        }
+        rows
     }
-    out
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = mouvements)]
-struct MovementRow {
-    produit_id: i64,
-    ligne_id: Option<i64>,
-    commande_id: Option<i64>,
-    message_id: Option<Uuid>,
-    action: &'static str,
-    delta: i32,
-    quantite_en_stock: i32,
-    occurred_at: Option<DateTime<Utc>>,
-}
-
-fn write_movements(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
-    if plan.movements.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<MovementRow> = plan
-        .movements
-        .iter()
-        .map(|m| MovementRow {
-            produit_id: m.produit_id,
-            ligne_id: m.ligne_id,
-            commande_id: Some(m.commande_id),
-            message_id: m.message_id,
-            action: m.action.as_str(),
-            delta: m.delta,
-            quantite_en_stock: m.quantite_en_stock,
-            occurred_at: m.occurred_at,
-        })
-        .collect();
-    diesel::insert_into(mouvements::table)
-        .values(&rows)
-        .execute(conn)?;
-    Ok(())
-}
-
-/// Line statuses last, lines locked in id order; a line changed since (a
-/// newer version) or deleted is left alone: its own message will set it.
-fn write_line_statuses(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
-    if plan.line_statuses.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(plan.line_statuses.len());
-    let mut versions = Vec::with_capacity(ids.capacity());
-    let mut statuses = Vec::with_capacity(ids.capacity());
-    for (id, (version, status)) in &plan.line_statuses {
-        ids.push(*id);
-        versions.push(*version);
-        statuses.push(status.as_str());
-    }
-    diesel::sql_query(
-        "WITH locked AS (SELECT id FROM commandes_produits WHERE id = ANY ($1) \
-                          ORDER BY id FOR NO KEY UPDATE) \
-         UPDATE commandes_produits c SET statut_stock = u.statut \
-           FROM unnest($1, $2, $3) AS u (id, version, statut), locked \
-          WHERE c.id = u.id AND locked.id = u.id AND c.version = u.version",
-    )
-    .bind::<Array<BigInt>, _>(ids)
-    .bind::<Array<BigInt>, _>(versions)
-    .bind::<Array<Text>, _>(statuses)
-    .execute(conn)?;
-    Ok(())
 }
 
 /// Forgets processed message ids older than `retention_secs`. Safe: a

@@ -3,7 +3,7 @@
 //! when they are unreachable.
 
 mod cli;
-mod common;
+use ordersys_testkit as common;
 mod faults;
 mod migrations;
 mod openapi;

@@ -1,12 +1,13 @@
-//! The test harness: real PostgreSQL (a fresh database per test), real
-//! HTTP servers started in-process on port 0, and helpers that read like
-//! the user's story (`app.create_product(...)`).
-
-// Helpers serve many test modules; not every build uses each one.
-#![allow(dead_code)]
+//! The test kit of ordersys, shared by the integration tests (`tests/it`),
+//! the broker-restart test and the benchmark: real PostgreSQL (a fresh
+//! database per test, cloned from a migrated template), a RabbitMQ vhost per
+//! test, the services in-process on port 0 or as child processes, one HTTP
+//! client, one `wait_for`, load generators and fault injection, with
+//! helpers that read like the user's story (`app.create_product(...)`).
 
 pub mod broker;
 pub mod db;
+pub mod http_load;
 pub mod load;
 pub mod process;
 pub mod proxy;
@@ -271,6 +272,10 @@ impl Client {
         Some((status, body))
     }
 
+    pub async fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        self.attempt(Method::GET, path, None).await
+    }
+
     pub async fn try_post(&self, path: &str, body: Value) -> Option<(u16, Value)> {
         self.attempt(Method::POST, path, Some(body)).await
     }
@@ -309,7 +314,7 @@ impl TestApp {
     }
 
     pub async fn build(worker: bool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
-        let db = TestDb::empty();
+        let db = TestDb::migrated();
         let broker = TestBroker::create();
         let mut settings = settings(&db, &broker);
         adjust(&mut settings);

@@ -1,0 +1,174 @@
+//! `cargo bench --bench ordersys`: how fast ordersys is, next to its own
+//! ceilings.
+//!
+//! Cargo builds ordersys in release mode; this starts `products`, `orders`
+//! and `worker` as separate processes against the local PostgreSQL and
+//! RabbitMQ on a fresh database and vhost (the test kit's), and measures
+//! from this process, the load generator (keep-alive HTTP/1.1 connections):
+//!
+//! 1. HTTP ([`http`]): GET /produits/{id}, GET /commandes/{id}, POST
+//!    /commandes-produits, next to /healthz on the same servers;
+//! 2. the pipeline ([`pipeline`]): line changes per second from HTTP to
+//!    RESERVE, sustained, and the change-to-applied latency at half that
+//!    rate, by stage;
+//! 3. the worker alone ([`worker`]), draining a pre-filled product_queue;
+//! 4. the ceilings ([`ceilings`]): the broker alone, the database alone;
+//! 5. each process's peak RSS.
+//!
+//! Then it checks the stock invariant, prints one table ([`report`]) and
+//! writes it, with the machine's description, to docs/benchmarks.md.
+//!
+//! `-- --smoke` runs every step for a second or so (CI does, so the harness
+//! cannot rot) and writes nothing; `-- --worker-only` measures step 3 alone.
+
+mod ceilings;
+mod cpu;
+mod http;
+mod pipeline;
+mod report;
+mod setup;
+mod sizes;
+mod sql;
+mod worker;
+
+use report::{verdict, Report};
+use setup::Bench;
+use sizes::{target, Sizes, STOCK};
+use sql::{count, until_applied};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let arg = |name: &str| std::env::args().any(|a| a == name);
+    let sizes = if arg("--smoke") {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    eprintln!(
+        "benchmarking ordersys ({})",
+        if sizes.smoke {
+            "smoke mode"
+        } else {
+            "full run"
+        }
+    );
+    let mut bench = Bench::start(sizes).await;
+    if arg("--worker-only") {
+        let catalog = bench
+            .create_products("queue", sizes::WORKER_CATALOG, 1.into())
+            .await;
+        let (rate, cpu, _worker) = worker::drain(&mut bench, &catalog, sizes.worker_messages).await;
+        println!(
+            "worker alone: {rate:.0} msg/s ({} messages); CPU {cpu}",
+            sizes.worker_messages
+        );
+        return;
+    }
+    let mut report = Report::default();
+    let (catalog, worker_catalog) = bench.catalog().await;
+    bench.start_orders().await;
+    let sample_orders = bench.sample_orders(&catalog).await;
+    let bench_orders = bench.empty_orders(sizes.concurrency).await;
+
+    // The worker reserves the sample lines before anything is measured.
+    let worker = bench.start_worker().await;
+    until_applied(&mut bench.pg, "sample lines to be reserved").await;
+    let ceilings =
+        http::measure(&bench, &mut report, &catalog, &sample_orders, &bench_orders).await;
+    let orders_and_catalog = (&bench_orders[..], &catalog[..]);
+    let rate = pipeline::saturated(
+        &mut bench,
+        &mut report,
+        &worker,
+        &ceilings,
+        orders_and_catalog,
+    )
+    .await;
+    pipeline::paced(&mut bench, &mut report, rate, orders_and_catalog).await;
+    worker.terminate(std::time::Duration::from_secs(30));
+
+    let (worker_rate, worker_cpu, worker) =
+        worker::drain(&mut bench, &worker_catalog, sizes.worker_messages).await;
+    let (publish, consume) =
+        tokio::task::block_in_place(|| ceilings::broker(&bench.broker, sizes.broker_messages));
+    let database = tokio::task::block_in_place(|| ceilings::database(&bench.db, sizes.db_updates));
+    worker::report(
+        &mut report,
+        sizes.worker_messages,
+        worker_rate,
+        worker_cpu,
+        consume,
+    );
+    for (figure, value) in [
+        (
+            "broker ceiling: amiquip publish with confirms (windows of 100)",
+            format!("{publish:.0} msg/s"),
+        ),
+        (
+            "broker ceiling: amiquip consume with acks",
+            format!("{consume:.0} msg/s"),
+        ),
+        (
+            "database ceiling: single-row UPDATE loop, autocommit",
+            format!("{database:.0} updates/s"),
+        ),
+    ] {
+        report.add(figure, value, None, 0.0, "");
+    }
+    for process in [&bench.products, bench.orders(), &worker] {
+        let rss = process.peak_rss_mib();
+        let verdict = verdict(rss <= target::PEAK_RSS_MIB);
+        let target = format!("≤ {:.0} MiB: {verdict}", target::PEAK_RSS_MIB);
+        report.add(
+            &format!("peak RSS, ordersys {}", process.name),
+            format!("{rss:.1} MiB"),
+            None,
+            0.0,
+            &target,
+        );
+    }
+    let invariant = check_invariant(&mut bench, &mut report, sizes.worker_messages as i64);
+    println!("\n{}", report.table());
+    for note in &report.notes {
+        println!("{note}");
+    }
+    assert!(
+        invariant,
+        "the stock invariant does not hold after the benchmark"
+    );
+    if !sizes.smoke {
+        report::write_doc(&report);
+    }
+}
+
+/// No lost or doubled change: every product's stock is its initial stock
+/// minus its RESERVE lines and the queued messages' reservations, every
+/// line is RESERVE, and every queued unit was applied once.
+fn check_invariant(bench: &mut Bench, report: &mut Report, queued_units: i64) -> bool {
+    let pg = &mut bench.pg;
+    let first = worker::FIRST_QUEUED_LINE;
+    let wrong = count(
+        pg,
+        &format!(
+            "SELECT count(*) AS n FROM produits p WHERE p.quantite_en_stock <> {STOCK} - coalesce((SELECT sum(l.quantite) \
+             FROM commandes_produits l WHERE l.produit_id = p.id AND l.statut_stock = 'RESERVE'), 0) \
+             - coalesce((SELECT sum(r.quantite) FROM reservations r WHERE r.produit_id = p.id AND r.ligne_id >= {first}), 0)"
+        ),
+    );
+    let waiting = count(
+        pg,
+        "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock <> 'RESERVE'",
+    );
+    let applied = count(
+        pg,
+        &format!("SELECT coalesce(sum(quantite), 0)::bigint AS n FROM reservations WHERE ligne_id >= {first}"),
+    );
+    let products = count(pg, "SELECT count(*) AS n FROM produits");
+    let holds = wrong == 0 && waiting == 0 && queued_units == applied;
+    report.notes.push(format!(
+        "Stock invariant after the run: {} ({products} products checked; {waiting} lines not RESERVE; \
+         {applied} of {queued_units} queued units applied).",
+        if holds { "holds" } else { "VIOLATED" },
+    ));
+    holds
+}

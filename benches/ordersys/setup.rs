@@ -1,0 +1,116 @@
+//! The system under test: products and orders as separate processes on a
+//! fresh database and vhost, a catalog, and sample orders.
+
+use crate::sizes::{Sizes, CATALOG, LINES_PER_ORDER, SAMPLE_ORDERS, STOCK, WORKER_CATALOG};
+use diesel::PgConnection;
+use ordersys::settings::Settings;
+use ordersys_testkit::process::Process;
+use ordersys_testkit::{Client, TestBroker, TestDb};
+use serde_json::{json, Value};
+
+pub struct Bench {
+    pub sizes: Sizes,
+    pub settings: Settings,
+    pub pg: PgConnection,
+    pub products: Process,
+    pub orders: Option<Process>,
+    pub broker: TestBroker,
+    pub db: TestDb,
+}
+
+impl Bench {
+    /// A fresh database and vhost, and the products service.
+    pub async fn start(sizes: Sizes) -> Bench {
+        let db = TestDb::migrated();
+        let broker = TestBroker::create();
+        let settings = ordersys_testkit::settings(&db, &broker);
+        let products = Process::serve(&settings, "products", &[]);
+        products.wait_ready().await;
+        Bench {
+            sizes,
+            pg: db.conn(),
+            settings,
+            products,
+            orders: None,
+            broker,
+            db,
+        }
+    }
+
+    /// Starts the orders service.
+    pub async fn start_orders(&mut self) -> &Process {
+        let orders = Process::serve(&self.settings, "orders", &[]);
+        orders.wait_ready().await;
+        self.orders.insert(orders)
+    }
+
+    pub fn orders(&self) -> &Process {
+        self.orders.as_ref().expect("orders started")
+    }
+
+    /// A worker, ready.
+    pub async fn start_worker(&self) -> Process {
+        let worker = Process::serve(&self.settings, "worker", &[]);
+        worker.wait_ready().await;
+        worker
+    }
+
+    pub fn client(process: &Process) -> Client {
+        Client::new_at(process.addr.expect("an HTTP port"))
+    }
+
+    /// Creates `n` products named `{prefix}-{i}`; returns their ids.
+    pub async fn create_products(&self, prefix: &str, n: usize, prix: Value) -> Vec<i64> {
+        let products = Self::client(&self.products);
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let body =
+                json!({"nom": format!("{prefix}-{i}"), "prix": prix, "quantite_en_stock": STOCK});
+            ids.push(
+                products.post("/produits/", body).await.expect(201).body["id"]
+                    .as_i64()
+                    .unwrap(),
+            );
+        }
+        ids
+    }
+
+    pub async fn catalog(&self) -> (Vec<i64>, Vec<i64>) {
+        (
+            self.create_products("bench", CATALOG, json!(9.99)).await,
+            self.create_products("queue", WORKER_CATALOG, json!(1))
+                .await,
+        )
+    }
+
+    /// Orders with a few lines each, for `GET /commandes/{id}`.
+    pub async fn sample_orders(&self, catalog: &[i64]) -> Vec<i64> {
+        let orders = Self::client(self.orders());
+        let mut ids = Vec::with_capacity(SAMPLE_ORDERS);
+        for i in 0..SAMPLE_ORDERS {
+            ids.push(self.new_order(&orders).await);
+            for k in 0..LINES_PER_ORDER {
+                let product = catalog[(i * LINES_PER_ORDER + k) % catalog.len()];
+                let line = json!({"commande_id": ids[i], "produit_id": product, "quantite": 1});
+                orders.post("/commandes-produits", line).await.expect(201);
+            }
+        }
+        ids
+    }
+
+    /// `n` empty orders, one per load connection.
+    pub async fn empty_orders(&self, n: usize) -> Vec<i64> {
+        let orders = Self::client(self.orders());
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(self.new_order(&orders).await);
+        }
+        ids
+    }
+
+    async fn new_order(&self, orders: &Client) -> i64 {
+        orders.post("/commandes", json!({})).await.expect(201).body["id"]
+            .as_i64()
+            .unwrap()
+    }
+}
