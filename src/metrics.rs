@@ -94,6 +94,21 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The outbox backlog gauges.
+    pub fn render_backlog(mode: &str, backlog: crate::outbox::Backlog) -> String {
+        format!(
+            "# HELP ordersys_outbox_unsent Outbox messages not yet confirmed by the broker.\n\
+             # TYPE ordersys_outbox_unsent gauge\n\
+             ordersys_outbox_unsent{{mode=\"{mode}\"}} {}\n\
+             # HELP ordersys_outbox_oldest_unsent_seconds Age of the oldest unsent outbox message (0 when none).\n\
+             # TYPE ordersys_outbox_oldest_unsent_seconds gauge\n\
+             ordersys_outbox_oldest_unsent_seconds{{mode=\"{mode}\"}} {:.3}\n",
+            backlog.unsent, backlog.oldest_secs
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     pub pool_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +50,9 @@ pub struct AmqpSettings {
 pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub workers: usize,
+    pub max_connections: usize,
+    pub request_timeout_ms: u64,
+    pub body_timeout_ms: u64,
     pub docs_path: String,
     pub openapi_path: String,
 }
@@ -58,6 +62,7 @@ pub struct HttpSettings {
 pub struct WorkerSettings {
     pub replicas: usize,
     pub batch_size: usize,
+    pub max_message_bytes: usize,
     pub dedupe_retention_secs: u64,
 }
 
@@ -205,10 +210,23 @@ impl Settings {
             self.database.connect_timeout_ms,
             1,
         )?;
+        at_least(
+            "database.statement_timeout_ms",
+            self.database.statement_timeout_ms,
+            1,
+        )?;
         at_least("amqp.prefetch", self.amqp.prefetch.into(), 1)?;
         at_least("http.max_body_bytes", self.http.max_body_bytes as u64, 1)?;
+        at_least("http.max_connections", self.http.max_connections as u64, 1)?;
+        at_least("http.request_timeout_ms", self.http.request_timeout_ms, 1)?;
+        at_least("http.body_timeout_ms", self.http.body_timeout_ms, 1)?;
         at_least("worker.replicas", self.worker.replicas as u64, 1)?;
         at_least("worker.batch_size", self.worker.batch_size as u64, 1)?;
+        at_least(
+            "worker.max_message_bytes",
+            self.worker.max_message_bytes as u64,
+            1,
+        )?;
         at_least("outbox.batch_size", self.outbox.batch_size as u64, 1)?;
         at_least("outbox.poll_interval_ms", self.outbox.poll_interval_ms, 1)?;
         at_least("retry.initial_backoff_ms", self.retry.initial_backoff_ms, 1)?;
@@ -235,10 +253,6 @@ impl Settings {
             }
         }
         Ok(())
-    }
-
-    pub fn pool_timeout(&self) -> Duration {
-        Duration::from_millis(self.database.pool_timeout_ms)
     }
 
     pub fn grace_period(&self) -> Duration {

@@ -44,6 +44,9 @@ fn with_lock<T>(
     conn: &mut PgConnection,
     f: impl FnOnce(&mut PgConnection) -> Result<T, BoxError>,
 ) -> Result<T, BoxError> {
+    // Waiting for another process's migrations, or a long migration, is
+    // not a runaway statement.
+    diesel::sql_query("SET statement_timeout = 0").execute(conn)?;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(LOCK_KEY)
         .execute(conn)?;

@@ -15,17 +15,103 @@ pub mod schema;
 pub use pool::{connect, Database, DbUnavailable};
 
 use diesel::result::{DatabaseErrorKind, Error};
+use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
-/// Errors that may mean "the connection is gone" (server restarted, backend
-/// terminated, network cut), as opposed to an error in the query.
+/// Deletes rows past retention with `delete_chunk` (a `DELETE` of at most
+/// [`PURGE_CHUNK`] rows older than `$1` seconds, on an indexed column),
+/// chunk after chunk until one comes back short or [`PURGE_BUDGET`] is
+/// spent: retention keeps up with sustained load, and one purge never holds
+/// its caller for long. Returns the rows deleted.
+pub fn purge(
+    conn: &mut PgConnection,
+    delete_chunk: &str,
+    retention: std::time::Duration,
+) -> QueryResult<usize> {
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    loop {
+        let deleted = diesel::sql_query(delete_chunk)
+            .bind::<diesel::sql_types::Double, _>(retention.as_secs_f64())
+            .execute(conn)?;
+        total += deleted;
+        if deleted < PURGE_CHUNK || started.elapsed() >= PURGE_BUDGET {
+            return Ok(total);
+        }
+    }
+}
+
+/// Rows one purge statement deletes at most.
+pub const PURGE_CHUNK: usize = 5000;
+/// How long one purge may go on.
+pub const PURGE_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often to purge a table whose rows are kept `retention`: twice per
+/// retention period, at most every `max`, at least every second.
+pub fn purge_interval(
+    retention: std::time::Duration,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    (retention / 2).clamp(std::time::Duration::from_secs(1), max)
+}
+
+/// What a database error says about what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection is gone or unusable (server restarted or shutting
+    /// down, backend terminated, too many connections, network cut): drop
+    /// it, reconnect, try again.
+    Connection,
+    /// The statement lost a race or ran out of time (serialization failure,
+    /// deadlock, read-only transaction during a failover, statement or lock
+    /// timeout, a concurrent insert of the same key): try again.
+    Transient,
+    /// The statement itself is refused (a constraint, a value out of
+    /// range): trying again changes nothing.
+    Refused,
+}
+
+/// Classifies `error`. diesel names some kinds; the others are told by
+/// PostgreSQL's message (the server's messages are in English unless its
+/// `lc_messages` says otherwise).
+pub fn classify(error: &Error) -> Failure {
+    use DatabaseErrorKind as Kind;
+    let Error::DatabaseError(kind, info) = error else {
+        return match error {
+            Error::BrokenTransactionManager => Failure::Connection,
+            _ => Failure::Refused,
+        };
+    };
+    match kind {
+        Kind::ClosedConnection | Kind::UnableToSendCommand => Failure::Connection,
+        Kind::SerializationFailure | Kind::ReadOnlyTransaction | Kind::UniqueViolation => {
+            Failure::Transient
+        }
+        _ => {
+            let message = info.message();
+            let has = |needle: &str| message.contains(needle);
+            if has("terminating connection")
+                || has("too many clients")
+                || has("the database system is")
+                || has("server closed the connection")
+            {
+                Failure::Connection
+            } else if has("deadlock detected")
+                || has("canceling statement due to")
+                || has("could not serialize access")
+                || has("could not obtain lock")
+            {
+                Failure::Transient
+            } else {
+                Failure::Refused
+            }
+        }
+    }
+}
+
+/// Errors that may mean "the connection is gone", as opposed to an error in
+/// the query.
 pub fn is_connection_error(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            _
-        ) | Error::BrokenTransactionManager
-    )
+    classify(error) == Failure::Connection
 }
 
 /// Errors that callers of [`Database::run`] return: they must say when the
@@ -46,5 +132,58 @@ impl From<DbUnavailable> for Error {
             DatabaseErrorKind::ClosedConnection,
             Box::new(error.to_string()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(kind: DatabaseErrorKind, message: &str) -> Error {
+        Error::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_to_do_next() {
+        use DatabaseErrorKind as Kind;
+        let cases = [
+            (database(Kind::ClosedConnection, "x"), Failure::Connection),
+            (
+                database(
+                    Kind::Unknown,
+                    "terminating connection due to administrator command",
+                ),
+                Failure::Connection,
+            ),
+            (
+                database(Kind::Unknown, "sorry, too many clients already"),
+                Failure::Connection,
+            ),
+            (
+                database(Kind::SerializationFailure, "x"),
+                Failure::Transient,
+            ),
+            (
+                database(Kind::Unknown, "deadlock detected"),
+                Failure::Transient,
+            ),
+            (
+                database(
+                    Kind::Unknown,
+                    "canceling statement due to statement timeout",
+                ),
+                Failure::Transient,
+            ),
+            (database(Kind::ReadOnlyTransaction, "x"), Failure::Transient),
+            (database(Kind::CheckViolation, "x"), Failure::Refused),
+            (
+                database(Kind::Unknown, "integer out of range"),
+                Failure::Refused,
+            ),
+            (Error::NotFound, Failure::Refused),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(classify(&error), expected, "{error}");
+        }
     }
 }

@@ -15,10 +15,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The database cannot serve this request now (down, pool exhausted, or
-/// migrations not applied yet).
+/// migrations not applied yet): `reason` may be shown to a client,
+/// `detail` (libpq's or the pool's words: host names, roles) only logged.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DbUnavailable(pub String);
+#[error("{reason}: {detail}")]
+pub struct DbUnavailable {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl DbUnavailable {
+    pub fn new(reason: &'static str, detail: impl std::fmt::Display) -> Self {
+        DbUnavailable {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+}
 
 /// Opens one connection, named after the process mode in `pg_stat_activity`.
 pub fn connect(
@@ -28,23 +41,34 @@ pub fn connect(
     PgConnection::establish(&connection_url(settings, application))
 }
 
-/// Adds `connect_timeout` and `application_name` unless the URL sets them.
+/// Adds `connect_timeout`, `application_name` and the statement timeout
+/// (`options=-c statement_timeout=…`) unless the URL sets them. Values are
+/// percent-encoded as libpq reads them (`%20`, never `+`).
 fn connection_url(settings: &DatabaseSettings, application: &str) -> String {
     let Ok(mut url) = url::Url::parse(&settings.url) else {
         return settings.url.clone();
     };
     let present: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
-    {
-        let mut query = url.query_pairs_mut();
-        if !present.iter().any(|k| k == "connect_timeout") {
-            // libpq counts whole seconds and treats values below 2 as 2.
-            let secs = settings.connect_timeout_ms.div_ceil(1000).max(2);
-            query.append_pair("connect_timeout", &secs.to_string());
-        }
-        if !present.iter().any(|k| k == "application_name") {
-            query.append_pair("application_name", application);
+    // libpq counts whole seconds and treats values below 2 as 2.
+    let connect_secs = settings
+        .connect_timeout_ms
+        .div_ceil(1000)
+        .max(2)
+        .to_string();
+    let timeout = format!("-c statement_timeout={}", settings.statement_timeout_ms);
+    let mut query: Vec<String> = url.query().map(|q| vec![q.to_owned()]).unwrap_or_default();
+    for (key, value) in [
+        ("connect_timeout", connect_secs.as_str()),
+        ("application_name", application),
+        ("options", timeout.as_str()),
+    ] {
+        if !present.iter().any(|k| k == key) {
+            let value =
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+            query.push(format!("{key}={value}"));
         }
     }
+    url.set_query(Some(&query.join("&")));
     url.to_string()
 }
 
@@ -144,14 +168,13 @@ impl Database {
         E: DbFailure + Send + 'static,
     {
         if !self.is_ready() {
-            return Err(
-                DbUnavailable("database not ready yet (connecting or migrating)".into()).into(),
-            );
+            let reason = "the database is not ready yet (connecting or migrating)";
+            return Err(DbUnavailable::new(reason, "not migrated yet").into());
         }
         let db = self.clone();
         match tokio::task::spawn_blocking(move || db.run_blocking(f)).await {
             Ok(result) => result,
-            Err(join) => Err(DbUnavailable(format!("database task failed: {join}")).into()),
+            Err(join) => Err(DbUnavailable::new("the database task failed", join).into()),
         }
     }
 
@@ -162,9 +185,7 @@ impl Database {
         E: DbFailure,
     {
         let mut pooled = self.pool.get().map_err(|e| {
-            DbUnavailable(format!(
-                "no database connection available within the pool timeout: {e}"
-            ))
+            DbUnavailable::new("no database connection is available; retry later", e)
         })?;
         let result = f(&mut pooled.conn);
         match &result {
@@ -181,15 +202,16 @@ impl Database {
     pub async fn ping(&self) -> Result<(), DbUnavailable> {
         let db = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            let mut pooled = db.pool.get().map_err(|e| DbUnavailable(e.to_string()))?;
+            let unavailable = |e: &dyn std::fmt::Display| DbUnavailable::new("down", e);
+            let mut pooled = db.pool.get().map_err(|e| unavailable(&e))?;
             let result = pooled.conn.batch_execute("SELECT 1");
             if result.is_err() {
                 pooled.broken = true;
             }
-            result.map_err(|e| DbUnavailable(e.to_string()))
+            result.map_err(|e| unavailable(&e))
         })
         .await
-        .map_err(|e| DbUnavailable(e.to_string()))?;
+        .map_err(|e| DbUnavailable::new("down", e))?;
         match &outcome {
             Ok(()) => self.health.set_up(),
             Err(e) => self.health.set_down(e),

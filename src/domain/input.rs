@@ -6,6 +6,7 @@
 //! rather than a parse failure (400) that hides the rest; their `TryFrom`
 //! into domain types collects all problems at once.
 
+use super::limits::{check_range, LIMIT_MAX, SKIP_MAX};
 use paperclip::actix::Apiv2Schema;
 use paperclip::v2::models::DefaultSchemaRaw;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -128,12 +129,11 @@ impl<T: paperclip::v2::schema::Apiv2Schema> paperclip::v2::schema::Apiv2Schema f
 }
 
 pub const DEFAULT_LIMIT: i64 = 100;
-pub const MAX_LIMIT: i64 = 1000;
 
 /// `?skip=0&limit=100` on every list route.
 #[derive(Debug, Clone, Default, Deserialize, Apiv2Schema)]
 pub struct Pagination {
-    /// How many items to skip (default 0).
+    /// How many items to skip: 0 to 100000 (default 0).
     pub skip: Option<i64>,
     /// How many items to return: 1 to 1000 (default 100).
     pub limit: Option<i64>,
@@ -153,15 +153,8 @@ impl TryFrom<Pagination> for Page {
         let mut errors = Vec::new();
         let skip = p.skip.unwrap_or(0);
         let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
-        if skip < 0 {
-            errors.push(FieldError::new("skip", "must not be negative"));
-        }
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        check_range("skip", skip, 0, SKIP_MAX, &mut errors);
+        check_range("limit", limit, 1, LIMIT_MAX, &mut errors);
         if errors.is_empty() {
             Ok(Page { skip, limit })
         } else {

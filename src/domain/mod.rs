@@ -3,6 +3,7 @@
 //! handlers, the broker or the worker; everything else builds on them.
 
 pub mod input;
+pub mod limits;
 pub mod money;
 pub mod status;
 

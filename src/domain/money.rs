@@ -19,8 +19,7 @@ use serde_json::value::RawValue;
 use std::fmt;
 use std::str::FromStr;
 
-/// The largest amount NUMERIC(12, 2) holds is just below this.
-const LIMIT: i64 = 10_000_000_000;
+use super::limits::PRIX_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, AsExpression, FromSqlRow)]
 #[diesel(sql_type = Numeric)]
@@ -42,8 +41,8 @@ impl Money {
             Some("must not be negative")
         } else if self.0.normalized().fractional_digit_count() > 2 {
             Some("must have at most two decimals")
-        } else if self.0 >= LIMIT {
-            Some("must be below 10000000000")
+        } else if self.0 > PRIX_MAX {
+            Some("must be at most 1000000000")
         } else {
             None
         }
@@ -176,9 +175,10 @@ mod tests {
             money("1.234").price_problem(),
             Some("must have at most two decimals")
         );
+        assert_eq!(money("1e9").price_problem(), None);
         assert_eq!(
-            money("1e10").price_problem(),
-            Some("must be below 10000000000")
+            money("1000000000.01").price_problem(),
+            Some("must be at most 1000000000")
         );
     }
 }

@@ -6,6 +6,7 @@
 //! exhausted); 500 is only for bugs, and its cause is logged here, once,
 //! with the full chain, while the client sees a generic message.
 
+use crate::db::Failure;
 use crate::domain::FieldError;
 use crate::orders::model::OrderError;
 use actix_web::http::StatusCode;
@@ -46,6 +47,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("the request body was not received within {0:?}")]
+    RequestTimeout(std::time::Duration),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -55,8 +58,12 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// Retry later; the text may be shown to the client.
     #[error("{0}")]
     Unavailable(String),
+    /// The database connection broke under the request: retry later.
+    #[error("the database is unavailable; retry later")]
+    ConnectionLost,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -94,12 +101,15 @@ impl ApiError {
             ApiError::NotFound(_) => ("not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
+            ApiError::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             ApiError::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large"),
             ApiError::UnsupportedMediaType(_) => {
                 ("unsupported-media-type", "Unsupported media type")
             }
             ApiError::Unprocessable { .. } => ("validation", "Validation failed"),
-            ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
+            ApiError::Unavailable(_) | ApiError::ConnectionLost => {
+                ("unavailable", "Service unavailable")
+            }
             ApiError::Internal(_) => ("internal", "Internal error"),
         }
     }
@@ -129,10 +139,11 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ConnectionLost => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -144,7 +155,7 @@ impl ResponseError for ApiError {
             other => log::debug!("{}: {other}", other.status_code()),
         }
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unavailable(_) = self {
+        if let ApiError::Unavailable(_) | ApiError::ConnectionLost = self {
             response.insert_header(("Retry-After", "1"));
         }
         response
@@ -153,12 +164,22 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Database errors: what libpq says stays in the log; the client learns
+/// only whether to retry.
 impl From<diesel::result::Error> for ApiError {
     fn from(error: diesel::result::Error) -> Self {
-        if crate::db::is_connection_error(&error) {
-            ApiError::Unavailable(format!("database unavailable: {error}"))
-        } else {
-            ApiError::Internal(anyhow::Error::new(error).context("database query failed"))
+        match crate::db::classify(&error) {
+            Failure::Connection => {
+                log::debug!("database connection lost: {error}");
+                ApiError::ConnectionLost
+            }
+            Failure::Transient => {
+                log::warn!("a query gave way, the client is told to retry: {error}");
+                ApiError::Unavailable("the database is busy; retry later".into())
+            }
+            Failure::Refused => {
+                ApiError::Internal(anyhow::Error::new(error).context("database query failed"))
+            }
         }
     }
 }
@@ -176,13 +197,14 @@ impl From<OrderError> for ApiError {
 
 impl From<crate::db::DbUnavailable> for ApiError {
     fn from(error: crate::db::DbUnavailable) -> Self {
-        ApiError::Unavailable(error.to_string())
+        log::debug!("503: {error}");
+        ApiError::Unavailable(error.reason.to_owned())
     }
 }
 
 impl crate::db::DbFailure for ApiError {
     fn is_connection_error(&self) -> bool {
-        matches!(self, ApiError::Unavailable(_))
+        matches!(self, ApiError::ConnectionLost)
     }
 }
 

@@ -20,9 +20,13 @@ use paperclip::v2::schema::Apiv2Schema;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 
-/// The largest accepted body, from `http.max_body_bytes`.
+/// The largest accepted body (`http.max_body_bytes`) and how long a client
+/// may take to send it (`http.body_timeout_ms`).
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyLimit {
+    pub max_bytes: usize,
+    pub timeout: std::time::Duration,
+}
 
 /// A JSON request body, parsed into `T`.
 pub struct ApiJson<T>(pub T);
@@ -32,7 +36,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<BodyLimit>().map(|l| l.0).unwrap_or(65_536);
+        let BodyLimit {
+            max_bytes: limit,
+            timeout,
+        } = req.app_data::<BodyLimit>().copied().unwrap_or(BodyLimit {
+            max_bytes: 65_536,
+            timeout: std::time::Duration::from_secs(10),
+        });
         let content_type = check_content_type(req);
         let declared_length = req
             .headers()
@@ -45,16 +55,24 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
             if declared_length.is_some_and(|n| n > limit) {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            let mut body = Vec::with_capacity(declared_length.unwrap_or(256).min(limit));
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_field("body", format!("could not read the body: {e}"))
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge { limit });
+            // Grown as the body arrives, never sized from what the client
+            // declares.
+            let read = async {
+                let mut body = Vec::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        ApiError::bad_field("body", format!("could not read the body: {e}"))
+                    })?;
+                    if body.len() + chunk.len() > limit {
+                        return Err(ApiError::PayloadTooLarge { limit });
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::RequestTimeout(timeout))??;
             parse_json(&body).map(ApiJson)
         })
     }

@@ -28,6 +28,7 @@ use paperclip::actix::OpenApiExt;
 use paperclip::v2::models::{DefaultApiRaw, Info};
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Everything a handler may need, shared by all workers of one server.
 #[derive(Clone)]
@@ -70,7 +71,10 @@ pub fn server(
 ) -> std::io::Result<Server> {
     let spec = spec(&api);
     let http = settings.http.clone();
-    let limit = extract::BodyLimit(http.max_body_bytes);
+    let limit = extract::BodyLimit {
+        max_bytes: http.max_body_bytes,
+        timeout: Duration::from_millis(http.body_timeout_ms),
+    };
     let routes = api.routes.clone();
     let data = actix_web::web::Data::new(state);
     let mut server = HttpServer::new(move || {
@@ -122,10 +126,15 @@ pub fn server(
             )
     })
     .disable_signals()
-    .shutdown_timeout(settings.shutdown.grace_secs);
-    if http.workers > 0 {
-        server = server.workers(http.workers);
-    }
+    .shutdown_timeout(settings.shutdown.grace_secs)
+    .client_request_timeout(Duration::from_millis(settings.http.request_timeout_ms));
+    let workers = match settings.http.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    server = server
+        .workers(workers)
+        .max_connections(settings.http.max_connections.div_ceil(workers));
     Ok(server.listen(listener)?.run())
 }
 
@@ -170,7 +179,7 @@ fn as_problem<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerRespo
         413 => ApiError::PayloadTooLarge {
             limit: req
                 .app_data::<extract::BodyLimit>()
-                .map(|l| l.0)
+                .map(|l| l.max_bytes)
                 .unwrap_or_default(),
         },
         415 => ApiError::UnsupportedMediaType("unsupported content type".into()),

@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::responses::PlainText;
 use super::AppState;
+use crate::metrics::Metrics;
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
 use serde::Serialize;
 
@@ -43,7 +44,11 @@ async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiErro
     } else {
         match state.db.ping().await {
             Ok(()) => "up".to_owned(),
-            Err(e) => format!("down: {e}"),
+            Err(e) => {
+                // The detail (libpq's words) is for the log only.
+                log::debug!("readiness: PostgreSQL down: {e}");
+                "down".to_owned()
+            }
         }
     };
     if database != "up" {
@@ -70,10 +75,23 @@ async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiErro
     }
 }
 
-/// Counters in the Prometheus text format.
+/// Counters and gauges in the Prometheus text format.
+///
+/// Processes with an outbox relay (orders, worker) also report the outbox
+/// backlog: unsent messages, and the age of the oldest one.
 #[api_v2_operation(tags(Health), produces = "text/plain")]
 async fn metrics(state: web::Data<AppState>) -> Result<PlainText, ApiError> {
-    Ok(PlainText(state.metrics.render(state.mode)))
+    let mut text = state.metrics.render(state.mode);
+    if state.waker.is_some() {
+        // Left out, not an error, while the database is unreachable.
+        let backlog = state
+            .db
+            .run(|conn| crate::outbox::backlog(conn).map_err(ApiError::from));
+        if let Ok(backlog) = backlog.await {
+            text.push_str(&Metrics::render_backlog(state.mode, backlog));
+        }
+    }
+    Ok(PlainText(text))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

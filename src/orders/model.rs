@@ -1,6 +1,7 @@
 //! Orders and order lines as stored, as sent, and as validated.
 
 use crate::db::schema::commandes_produits;
+use crate::domain::limits::{check_range, QUANTITE_MAX};
 use crate::domain::{FieldError, Input, Money, OrderStatus, Required, StockStatus};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -169,9 +170,7 @@ pub struct LineChanges {
 }
 
 fn check_quantite(quantite: i32, errors: &mut Vec<FieldError>) {
-    if quantite < 1 {
-        errors.push(FieldError::new("quantite", "must be at least 1"));
-    }
+    check_range("quantite", quantite.into(), 1, QUANTITE_MAX, errors);
 }
 
 impl TryFrom<LineCreate> for NewLine {

@@ -7,6 +7,7 @@
 
 use super::model::{LineChanges, LineRow, NewLine, Order, OrderError, OrderLine, OrderRow};
 use crate::db::schema::{commandes, commandes_produits, produits};
+use crate::domain::limits::LINES_PER_ORDER_MAX;
 use crate::domain::Money;
 use crate::domain::{FieldError, Page};
 use crate::domain::{OrderStatus, StockStatus};
@@ -202,6 +203,33 @@ fn lock_open_order(conn: &mut PgConnection, id: i64, field: &str) -> Result<(), 
         .for_share()
         .first::<OrderStatus>(conn)
         .optional()?;
+    check_open(id, status, field)
+}
+
+/// Like [`lock_open_order`], for adding a line: the order is locked
+/// exclusively (concurrent additions to one order wait in turn) and must
+/// have room for one more line.
+fn lock_order_for_a_new_line(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
+    let status = commandes::table
+        .find(id)
+        .select(commandes::statut)
+        .for_no_key_update()
+        .first::<OrderStatus>(conn)
+        .optional()?;
+    check_open(id, status, "commande_id")?;
+    let lines: i64 = commandes_produits::table
+        .filter(commandes_produits::commande_id.eq(id))
+        .count()
+        .get_result(conn)?;
+    if lines >= LINES_PER_ORDER_MAX {
+        return Err(OrderError::Conflict(format!(
+            "order {id} already has {lines} lines, the most an order may hold"
+        )));
+    }
+    Ok(())
+}
+
+fn check_open(id: i64, status: Option<OrderStatus>, field: &str) -> Result<(), OrderError> {
     match status {
         None => Err(OrderError::Invalid(vec![FieldError::new(
             field,
@@ -229,7 +257,7 @@ fn missing_product(id: i64) -> FieldError {
 
 pub fn create_line(conn: &mut PgConnection, new: NewLine) -> Result<OrderLine, OrderError> {
     conn.transaction(|conn| {
-        let order = lock_open_order(conn, new.commande_id, "commande_id");
+        let order = lock_order_for_a_new_line(conn, new.commande_id);
         let price = product_price(conn, new.produit_id)?;
         match (order, &price) {
             (Err(OrderError::Invalid(mut errors)), None) => {
@@ -314,7 +342,7 @@ pub fn update_line(
         let quantite = changes.quantite.unwrap_or(old.quantite);
         let mut errors = Vec::new();
         if commande_id != old.commande_id {
-            match lock_open_order(conn, commande_id, "commande_id") {
+            match lock_order_for_a_new_line(conn, commande_id) {
                 Err(OrderError::Invalid(mut e)) => errors.append(&mut e),
                 other => other?,
             }

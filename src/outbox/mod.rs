@@ -78,6 +78,25 @@ pub fn enqueue_alerts(conn: &mut PgConnection, alerts: &[StockAlert]) -> QueryRe
     insert(conn, rows)
 }
 
+/// How far behind the relays are: unsent rows, and the age in seconds of
+/// the oldest one (0 when none waits).
+#[derive(Debug, Clone, Copy, PartialEq, diesel::QueryableByName)]
+pub struct Backlog {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub unsent: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub oldest_secs: f64,
+}
+
+pub fn backlog(conn: &mut PgConnection) -> QueryResult<Backlog> {
+    diesel::sql_query(
+        "SELECT count(*) AS unsent, \
+                coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_secs \
+           FROM outbox WHERE sent_at IS NULL",
+    )
+    .get_result(conn)
+}
+
 fn insert(conn: &mut PgConnection, rows: Vec<NewRow<'_>>) -> QueryResult<()> {
     if rows.is_empty() {
         return Ok(());

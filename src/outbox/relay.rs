@@ -92,26 +92,25 @@ impl Relay {
         }
         backoff.reset();
         let poll = Duration::from_millis(settings.outbox.poll_interval_ms);
-        let mut last_housekeeping = Instant::now() - HOUSEKEEPING_EVERY;
+        let retention = Duration::from_secs(settings.outbox.retention_secs);
+        let purge_every = db::purge_interval(retention, HOUSEKEEPING_EVERY);
+        let mut last_purge = Instant::now() - purge_every;
         loop {
-            // Drain everything pending, a batch at a time.
-            while publish_batch(
-                &mut pg,
-                &mut channel,
-                settings.outbox.batch_size,
-                &self.metrics,
-            )? == settings.outbox.batch_size
-            {}
+            // Drain everything pending, a batch at a time, purging on the
+            // way: sustained publishing must not starve retention.
+            loop {
+                let batch_size = settings.outbox.batch_size;
+                let sent = publish_batch(&mut pg, &mut channel, batch_size, &self.metrics)?;
+                if last_purge.elapsed() >= purge_every {
+                    last_purge = Instant::now();
+                    purge_sent(&mut pg, retention);
+                }
+                if sent < batch_size {
+                    break;
+                }
+            }
             if self.shutdown.is_triggered() {
                 break;
-            }
-            if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-                last_housekeeping = Instant::now();
-                match purge_sent(&mut pg, settings.outbox.retention_secs) {
-                    Ok(n) if n > 0 => log::debug!("purged {n} sent outbox rows"),
-                    Ok(_) => {}
-                    Err(e) => log::warn!("could not purge sent outbox rows: {e}"),
-                }
             }
             crossbeam_channel::select! {
                 recv(self.wakeups.0) -> _ => {}
@@ -171,12 +170,13 @@ fn publish_batch(
     Ok(sent)
 }
 
-/// Deletes rows sent more than `retention_secs` ago, a chunk at a time.
-fn purge_sent(pg: &mut PgConnection, retention_secs: u64) -> QueryResult<usize> {
-    diesel::sql_query(
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL \
-         AND sent_at < now() - make_interval(secs => $1) LIMIT 10000)",
-    )
-    .bind::<diesel::sql_types::Double, _>(retention_secs as f64)
-    .execute(pg)
+/// Deletes rows sent longer than `retention` ago.
+fn purge_sent(pg: &mut PgConnection, retention: Duration) {
+    const CHUNK: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+        WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT 5000)";
+    match db::purge(pg, CHUNK, retention) {
+        Ok(n) if n > 0 => log::debug!("purged {n} sent outbox rows"),
+        Ok(_) => {}
+        Err(e) => log::warn!("could not purge sent outbox rows: {e}"),
+    }
 }

@@ -1,6 +1,9 @@
 //! Products as stored, as sent, and as validated.
 
 use crate::db::schema::{mouvements, produits};
+use crate::domain::limits::{
+    check_range, check_text, DESCRIPTION_MAX_CHARS, NOM_MAX_CHARS, STOCK_MAX,
+};
 use crate::domain::{FieldError, Input, Money, Required};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -83,15 +86,20 @@ impl ProductChanges {
 }
 
 fn check_nom(nom: &str, errors: &mut Vec<FieldError>) {
-    let chars = nom.chars().count();
     if nom.trim().is_empty() {
         errors.push(FieldError::new("nom", "must not be empty"));
-    } else if chars > 200 {
-        errors.push(FieldError::new(
-            "nom",
-            format!("must be at most 200 characters, got {chars}"),
-        ));
     }
+    check_text("nom", nom, NOM_MAX_CHARS, false, errors);
+}
+
+fn check_description(description: &str, errors: &mut Vec<FieldError>) {
+    check_text(
+        "description",
+        description,
+        DESCRIPTION_MAX_CHARS,
+        true,
+        errors,
+    );
 }
 
 fn check_prix(prix: &Money, errors: &mut Vec<FieldError>) {
@@ -101,9 +109,7 @@ fn check_prix(prix: &Money, errors: &mut Vec<FieldError>) {
 }
 
 fn check_stock(stock: i32, errors: &mut Vec<FieldError>) {
-    if stock < 0 {
-        errors.push(FieldError::new("quantite_en_stock", "must not be negative"));
-    }
+    check_range("quantite_en_stock", stock.into(), 0, STOCK_MAX, errors);
 }
 
 impl TryFrom<ProductCreate> for NewProduct {
@@ -114,8 +120,12 @@ impl TryFrom<ProductCreate> for NewProduct {
         let nom = input.nom.require("nom", &mut errors);
         let prix = input.prix.require("prix", &mut errors);
         let quantite_en_stock = input.quantite_en_stock.optional().unwrap_or(0);
+        let description = input.description.optional();
         if let Some(nom) = &nom {
             check_nom(nom, &mut errors);
+        }
+        if let Some(description) = &description {
+            check_description(description, &mut errors);
         }
         if let Some(prix) = &prix {
             check_prix(prix, &mut errors);
@@ -124,7 +134,7 @@ impl TryFrom<ProductCreate> for NewProduct {
         match (nom, prix) {
             (Some(nom), Some(prix)) if errors.is_empty() => Ok(NewProduct {
                 nom,
-                description: input.description.optional(),
+                description,
                 prix,
                 quantite_en_stock,
             }),
@@ -148,6 +158,9 @@ impl TryFrom<ProductUpdate> for ProductChanges {
         };
         if let Some(nom) = &changes.nom {
             check_nom(nom, &mut errors);
+        }
+        if let Some(Some(description)) = &changes.description {
+            check_description(description, &mut errors);
         }
         if let Some(prix) = &changes.prix {
             check_prix(prix, &mut errors);

@@ -1,6 +1,7 @@
 //! Turning a delivery into a stock change, or into the reason it can never
 //! be applied (it then goes to the dead-letter queue with that reason).
 
+use crate::domain::limits::QUANTITE_MAX;
 use crate::messages::{Action, StockMessage};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -30,6 +31,21 @@ pub struct LineRef {
 }
 
 impl StockChange {
+    /// Decodes a delivery: a body over `max_bytes` is refused unread.
+    pub fn decode(
+        body: &[u8],
+        amqp_message_id: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<StockChange, String> {
+        if body.len() > max_bytes {
+            return Err(format!(
+                "the body has {} bytes, more than worker.max_message_bytes ({max_bytes})",
+                body.len()
+            ));
+        }
+        Self::parse(body, amqp_message_id)
+    }
+
     /// Parses a message body; `amqp_message_id` is the AMQP property, used
     /// when the body has no `message_id`.
     pub fn parse(body: &[u8], amqp_message_id: Option<&str>) -> Result<StockChange, String> {
@@ -37,6 +53,12 @@ impl StockChange {
             serde_json::from_slice(body).map_err(|e| format!("malformed message: {e}"))?;
         if m.quantite < 0 {
             return Err(format!("quantite must not be negative, got {}", m.quantite));
+        }
+        if i64::from(m.quantite) > QUANTITE_MAX {
+            return Err(format!(
+                "quantite must be at most {QUANTITE_MAX}, got {}",
+                m.quantite
+            ));
         }
         if m.action != Action::Deleted && m.quantite < 1 {
             return Err(format!(
@@ -46,6 +68,11 @@ impl StockChange {
             ));
         }
         let ancien = match (m.action, m.ancien_produit_id, m.ancienne_quantite) {
+            (Action::Updated, Some(_), Some(q)) if i64::from(q) > QUANTITE_MAX => {
+                return Err(format!(
+                    "ancienne_quantite must be at most {QUANTITE_MAX}, got {q}"
+                ))
+            }
             (Action::Updated, Some(p), Some(q)) if q >= 0 => Some((p, q)),
             (Action::Updated, Some(_), Some(q)) => {
                 return Err(format!("ancienne_quantite must not be negative, got {q}"))
@@ -140,6 +167,14 @@ mod tests {
     }
 
     #[test]
+    fn oversized_bodies_are_refused_unread() {
+        let body = br#"{"action":"CREATED","produit_id":1,"quantite":2,"commande_id":3}"#;
+        assert!(StockChange::decode(body, None, body.len()).is_ok());
+        let reason = StockChange::decode(body, None, 10).unwrap_err();
+        assert!(reason.contains("max_message_bytes"), "{reason}");
+    }
+
+    #[test]
     fn poison_messages_say_why() {
         let cases = [
             ("not json", "malformed"),
@@ -166,6 +201,10 @@ mod tests {
             (
                 r#"{"action":"CREATED","produit_id":1,"quantite":1,"commande_id":1,"ligne_id":4}"#,
                 "together",
+            ),
+            (
+                r#"{"action":"DELETED","produit_id":1,"quantite":2000000,"commande_id":1}"#,
+                "at most 1000000",
             ),
         ];
         for (body, why) in cases {

@@ -18,7 +18,7 @@ use super::change::StockChange;
 use super::plan::Outcome;
 use super::store;
 use crate::amqp::{self, AmqpError, ConfirmingChannel};
-use crate::db::{self, Database};
+use crate::db::{self, Database, Failure};
 use crate::dependencies::Dependencies;
 use crate::messages::{DEAD_LETTER_EXCHANGE, ERROR_HEADER, PRODUCT_QUEUE};
 use crate::metrics::Metrics;
@@ -32,9 +32,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Non-connection database errors retried this many times before the
-/// batch is split and a change that still fails is dead-lettered.
-const MAX_ATTEMPTS: u32 = 3;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
 /// What a consumer thread needs.
@@ -166,8 +163,10 @@ impl Consumer<'_> {
         let mut changes = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
         let mut rejected: Vec<(usize, String)> = Vec::new();
+        let max_bytes = self.ctx.settings.worker.max_message_bytes;
         for (i, delivery) in batch.iter().enumerate() {
-            match StockChange::parse(&delivery.body, delivery.properties.message_id().as_deref()) {
+            let id = delivery.properties.message_id().as_deref();
+            match StockChange::decode(&delivery.body, id, max_bytes) {
                 Ok(change) => {
                     changes.push(change);
                     positions.push(i);
@@ -189,14 +188,15 @@ impl Consumer<'_> {
         rejected.sort_by_key(|(i, _)| *i);
         for (i, reason) in &rejected {
             let delivery = &batch[*i];
+            // What a producer sent is logged escaped: no control character
+            // or forged line reaches the log as such.
+            let id = delivery.properties.message_id().clone();
+            let body = &delivery.body[..delivery.body.len().min(200)];
             log::warn!(
-                "dead-lettering message {} ({}): {reason}",
-                delivery
-                    .properties
-                    .message_id()
-                    .as_deref()
-                    .unwrap_or("without id"),
-                String::from_utf8_lossy(&delivery.body[..delivery.body.len().min(200)])
+                "dead-lettering message {} ({}): {}",
+                id.as_deref().unwrap_or("without id").escape_debug(),
+                String::from_utf8_lossy(body).escape_debug(),
+                reason.escape_debug()
             );
             let mut headers = delivery.properties.headers().clone().unwrap_or_default();
             headers.insert(ERROR_HEADER.into(), AmqpValue::LongString(reason.clone()));
@@ -223,39 +223,44 @@ impl Consumer<'_> {
     }
 
     /// Applies the batch, holding on through database outages. Each change
-    /// gets its outcome; one the database keeps refusing is dead-lettered.
+    /// gets its outcome. A batch the database refuses (a constraint, a value
+    /// out of range: the stock rules should never let one through) is
+    /// bisected until the change responsible is alone, and that one is
+    /// dead-lettered: the others are applied as usual.
     fn apply(&mut self, changes: &[StockChange]) -> Result<Vec<Outcome>, Stop> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        match self.apply_retrying(changes)? {
+        match self.apply_while_transient(changes)? {
             Ok(outcomes) => Ok(outcomes),
-            // A batch keeps failing for a reason other than the connection:
-            // isolate the change responsible.
-            Err(_) if changes.len() > 1 => {
-                let mut outcomes = Vec::with_capacity(changes.len());
-                for change in changes {
-                    outcomes.push(match self.apply_retrying(std::slice::from_ref(change))? {
-                        Ok(mut one) => one.remove(0),
-                        Err(reason) => Outcome::DeadLetter(reason),
-                    });
-                }
+            Err(refused) if changes.len() == 1 => Ok(vec![Outcome::DeadLetter(format!(
+                "the database refused it: {refused}"
+            ))]),
+            Err(refused) => {
+                log::warn!(
+                    "the database refused a batch of {} change(s), bisecting it: {refused}",
+                    changes.len()
+                );
+                let (first, second) = changes.split_at(changes.len() / 2);
+                let mut outcomes = self.apply(first)?;
+                outcomes.extend(self.apply(second)?);
                 Ok(outcomes)
             }
-            Err(reason) => Ok(vec![Outcome::DeadLetter(reason)]),
         }
     }
 
-    /// Ok(Ok(outcomes)), or Ok(Err(reason)) after MAX_ATTEMPTS failures
-    /// that were not about the connection; Err only at shutdown.
-    fn apply_retrying(
+    /// Ok(Ok(outcomes)), or Ok(Err(why)) when the database refuses the
+    /// batch itself. Connection and transient failures (a restart, a
+    /// failover, a deadlock, a timeout) are retried with backoff for as long
+    /// as they last, the messages staying unacknowledged; Err only at
+    /// shutdown.
+    fn apply_while_transient(
         &mut self,
         changes: &[StockChange],
     ) -> Result<Result<Vec<Outcome>, String>, Stop> {
         let settings = &self.ctx.settings;
         let database = &self.ctx.deps.database;
         let mut backoff = Backoff::new(&settings.retry);
-        let mut attempts = 0;
         loop {
             if self.conn.is_none() {
                 match db::connect(&settings.database, "ordersys-worker") {
@@ -278,20 +283,17 @@ impl Consumer<'_> {
                     }
                     return Ok(Ok(plan.outcomes));
                 }
-                Err(e) if db::is_connection_error(&e) => {
-                    database.set_down(&e);
-                    self.conn = None;
-                }
-                Err(e) => {
-                    attempts += 1;
-                    log::warn!(
-                        "applying {} stock change(s) failed (attempt {attempts}/{MAX_ATTEMPTS}): {e}",
-                        changes.len()
-                    );
-                    if attempts >= MAX_ATTEMPTS {
-                        return Ok(Err(format!("the database refused it: {e}")));
+                Err(e) => match db::classify(&e) {
+                    Failure::Connection => {
+                        database.set_down(&e);
+                        self.conn = None;
                     }
-                }
+                    Failure::Transient => log::debug!(
+                        "applying {} stock change(s) gave way, retrying: {e}",
+                        changes.len()
+                    ),
+                    Failure::Refused => return Ok(Err(e.to_string())),
+                },
             }
             if self.ctx.shutdown.sleep(backoff.next_delay()) {
                 return Err(Stop::Shutdown);
@@ -301,12 +303,14 @@ impl Consumer<'_> {
 
     /// Consumer 0 forgets old processed ids now and then.
     fn housekeeping(&mut self) {
-        if self.index != 0 || self.last_housekeeping.elapsed() < HOUSEKEEPING_EVERY {
+        let retention = Duration::from_secs(self.ctx.settings.worker.dedupe_retention_secs);
+        let every = db::purge_interval(retention, HOUSEKEEPING_EVERY);
+        if self.index != 0 || self.last_housekeeping.elapsed() < every {
             return;
         }
         self.last_housekeeping = Instant::now();
         if let Some(conn) = self.conn.as_mut() {
-            match store::purge_processed(conn, self.ctx.settings.worker.dedupe_retention_secs) {
+            match store::purge_processed(conn, retention) {
                 Ok(n) if n > 0 => log::info!("forgot {n} processed message ids past retention"),
                 Ok(_) => {}
                 Err(e) => log::warn!("could not purge processed message ids: {e}"),

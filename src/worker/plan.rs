@@ -147,6 +147,19 @@ impl State<'_> {
             .unwrap_or_default()
     }
 
+    /// Why `quantite` units cannot be given back to `product`: its stock
+    /// would pass what the column holds (only after inventory corrections
+    /// far beyond the input bounds).
+    fn cannot_release(&self, product: i64, quantite: i32) -> Option<String> {
+        let stock = self.stock_of(product)?;
+        stock.checked_add(quantite).is_none().then(|| {
+            format!(
+                "releasing {quantite} units would take product {product}'s stock {stock} past {}",
+                i32::MAX
+            )
+        })
+    }
+
     /// Moves `delta` units on `product` (which exists) and records it.
     fn move_stock(&mut self, change: &StockChange, product: i64, delta: i32) -> (i32, i32) {
         let before = self.stock_of(product).expect("the product exists");
@@ -187,6 +200,13 @@ impl State<'_> {
         let old = self.reservation(line.ligne_id);
         if line.version <= old.version {
             return Outcome::Stale;
+        }
+        if let Some(reason) = old
+            .produit_id
+            .and_then(|p| self.cannot_release(p, old.quantite))
+        {
+            self.plan.unrecorded.push(line.message_id);
+            return Outcome::DeadLetter(reason);
         }
         let target = match change.action {
             Action::Deleted => None,
@@ -236,7 +256,8 @@ impl State<'_> {
         // Same product: one delta, if the stock covers the difference.
         if let (Some((product, quantite)), Some(old_product)) = (target, old.produit_id) {
             let stock = self.stock_of(product).expect("target product exists");
-            if product == old_product && stock + old.quantite >= quantite {
+            let covered = i64::from(stock) + i64::from(old.quantite) >= i64::from(quantite);
+            if product == old_product && covered {
                 if old.quantite != quantite {
                     let (before, after) = self.move_stock(change, product, old.quantite - quantite);
                     self.alert_if_crossed(product, before, after);
@@ -262,7 +283,16 @@ impl State<'_> {
 
     /// The seed format: the delta, as such.
     fn seed(&mut self, change: &StockChange) -> Outcome {
-        match plan_seed(change, |p| self.stock_of(p)) {
+        let deltas = plan_seed(change, |p| self.stock_of(p)).and_then(|deltas| {
+            match deltas
+                .iter()
+                .find_map(|&(p, d)| (d > 0).then(|| self.cannot_release(p, d)).flatten())
+            {
+                Some(reason) => Err(reason),
+                None => Ok(deltas),
+            }
+        });
+        match deltas {
             Err(reason) => Outcome::DeadLetter(reason),
             Ok(deltas) => {
                 for (product, delta) in deltas {
@@ -293,17 +323,17 @@ pub fn plan_seed(
         });
     }
     let mut deltas = Vec::with_capacity(2);
-    let mut can_give = available;
+    let mut can_give = i64::from(available);
     if let Some((old_product, old_quantite)) = change.ancien {
         stock(old_product).ok_or_else(|| unknown(old_product))?;
         if old_product == change.produit_id {
-            can_give += old_quantite;
+            can_give += i64::from(old_quantite);
         }
         if old_quantite > 0 {
             deltas.push((old_product, old_quantite));
         }
     }
-    if can_give < change.quantite {
+    if can_give < i64::from(change.quantite) {
         return Err(format!(
             "not enough stock on product {} for {} (seed-format message: no order line to mark REJETE)",
             change.produit_id, change.quantite

@@ -252,13 +252,16 @@ impl Rows {
     }
 }
 
-/// Forgets processed message ids older than `retention_secs`. Safe: a
-/// tracked message that old is also older than its line's applied version.
-pub fn purge_processed(conn: &mut PgConnection, retention_secs: u64) -> QueryResult<usize> {
-    diesel::sql_query(
+/// Forgets processed message ids older than `retention`. Safe: a tracked
+/// message that old is also older than its line's applied version.
+pub fn purge_processed(
+    conn: &mut PgConnection,
+    retention: std::time::Duration,
+) -> QueryResult<usize> {
+    crate::db::purge(
+        conn,
         "DELETE FROM messages_traites WHERE message_id IN (SELECT message_id FROM messages_traites \
-         WHERE traite_le < now() - make_interval(secs => $1) LIMIT 10000)",
+         WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)",
+        retention,
     )
-    .bind::<diesel::sql_types::Double, _>(retention_secs as f64)
-    .execute(conn)
 }

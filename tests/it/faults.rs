@@ -163,6 +163,9 @@ async fn the_api_keeps_accepting_writes_while_the_broker_is_down() {
             .count("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"),
         13
     );
+    let metrics = app.orders.get("/metrics").await.expect(200).body;
+    let metrics = metrics.as_str().unwrap();
+    assert_eq!(crate::common::metric(metrics, "ordersys_outbox_unsent"), 13);
 
     proxy.restore();
     app.orders_server.wait_ready().await;

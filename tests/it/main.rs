@@ -5,6 +5,7 @@
 mod cli;
 use ordersys_testkit as common;
 mod faults;
+mod hostile;
 mod migrations;
 mod openapi;
 mod orders;

@@ -189,6 +189,18 @@ fn releasing_to_a_deleted_product_moves_nothing() {
 }
 
 #[test]
+fn a_release_that_would_overflow_the_stock_is_dead_lettered() {
+    let plan = plan(
+        &[deleted(10, 2), seed(Action::Deleted, 2, 5)],
+        &snapshot(&[(1, i32::MAX - 3), (2, i32::MAX)], &[(10, 1, 4, 1)]),
+        LOW,
+    );
+    assert!(matches!(&plan.outcomes[0], Outcome::DeadLetter(r) if r.contains("past 2147483647")));
+    assert!(matches!(&plan.outcomes[1], Outcome::DeadLetter(_)));
+    assert!(plan.stock.is_empty());
+}
+
+#[test]
 fn crossing_thresholds_raises_alerts() {
     let plan = plan(
         &[

@@ -384,6 +384,20 @@ impl TestApp {
             .collect()
     }
 
+    /// The outbox's message ids, oldest first.
+    pub fn outbox_message_ids(&self) -> Vec<String> {
+        use diesel::prelude::*;
+        use ordersys::db::schema::outbox;
+        outbox::table
+            .select(outbox::message_id)
+            .order(outbox::id)
+            .load::<uuid::Uuid>(&mut self.db.conn())
+            .expect("read outbox")
+            .iter()
+            .map(|id| id.to_string())
+            .collect()
+    }
+
     pub fn stock(&self, product: i64) -> i64 {
         self.db.count(&format!(
             "SELECT quantite_en_stock::bigint AS n FROM produits WHERE id = {product}"

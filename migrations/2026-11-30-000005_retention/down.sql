@@ -1,0 +1,1 @@
+DROP INDEX messages_traites_traite_le_idx;

@@ -1,0 +1,400 @@
+//! Hostile input: whatever a client or a producer sends, the answer is a
+//! clear 4xx naming the problem or a dead letter with its reason, never a
+//! 500, a leak of the database's words, a stall or unbounded growth.
+
+use crate::common::{id, wait_for, Client, TestApp, TestBroker, TestDb};
+use ordersys::messages::{DEAD_LETTER_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE, PRODUCT_ROUTING_KEY};
+use ordersys::worker::consumer::error_header;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn control_characters_and_overlong_texts_are_refused_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (json!({"nom": "a\u{0}b", "prix": 1}), "nom"),
+        (json!({"nom": "bell\u{7}", "prix": 1}), "nom"),
+        (
+            json!({"nom": "ok", "prix": 1, "description": "x\u{0}"}),
+            "description",
+        ),
+        (
+            json!({"nom": "ok", "prix": 1, "description": "é".repeat(2001)}),
+            "description",
+        ),
+        (json!({"nom": "n".repeat(201), "prix": 1}), "nom"),
+    ];
+    for (body, field) in cases {
+        let answer = app.products.post("/produits/", body).await.expect(422);
+        assert_eq!(answer.error_fields(), [field], "{answer:?}");
+    }
+    let multiline = json!({"nom": "ok", "prix": 1, "description": "line 1\nline 2\ttab"});
+    app.products.post("/produits/", multiline).await.expect(201);
+    let p = app.create_product("p", 1.0, 1).await;
+    let answer = app
+        .products
+        .put(&format!("/produits/{p}"), json!({"nom": "\u{1b}[31m"}))
+        .await;
+    assert_eq!(answer.expect(422).error_fields(), ["nom"]);
+}
+
+#[tokio::test]
+async fn numbers_have_bounds_that_keep_arithmetic_far_from_overflow() {
+    let app = TestApp::spawn().await;
+    let product = |stock: i64, prix: &str| {
+        format!(r#"{{"nom":"x","prix":{prix},"quantite_en_stock":{stock}}}"#)
+    };
+    for (body, field) in [
+        (product(1_000_000_001, "1"), "quantite_en_stock"),
+        (product(-1, "1"), "quantite_en_stock"),
+        (product(1, "1000000000.01"), "prix"),
+    ] {
+        let answer = app
+            .products
+            .raw(
+                reqwest::Method::POST,
+                "/produits/",
+                Some("application/json"),
+                Some(body.into_bytes()),
+            )
+            .await;
+        assert_eq!(answer.expect(422).error_fields(), [field]);
+    }
+    let ceiling = product(1_000_000_000, "1000000000");
+    let answer = app
+        .products
+        .raw(
+            reqwest::Method::POST,
+            "/produits/",
+            Some("application/json"),
+            Some(ceiling.into_bytes()),
+        )
+        .await;
+    let p = id(&answer.expect(201).body);
+    let order = app.create_order().await;
+    for quantite in [0, 1_000_001] {
+        let line = json!({"commande_id": order, "produit_id": p, "quantite": quantite});
+        let answer = app
+            .orders
+            .post("/commandes-produits", line)
+            .await
+            .expect(422);
+        assert_eq!(answer.error_fields(), ["quantite"]);
+    }
+    let answer = app.products.get("/produits/?skip=100001").await.expect(422);
+    assert_eq!(answer.error_fields(), ["skip"]);
+    app.products
+        .get("/produits/?skip=100000&limit=1000")
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn an_order_holds_at_most_a_hundred_lines() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let (full, other) = (app.create_order().await, app.create_order().await);
+    for _ in 0..100 {
+        app.create_line(full, p, 1).await;
+    }
+    let line = json!({"commande_id": full, "produit_id": p, "quantite": 1});
+    let answer = app
+        .orders
+        .post("/commandes-produits", line)
+        .await
+        .expect(409);
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("100 lines"),
+        "{answer:?}"
+    );
+    let moving = id(&app.create_line(other, p, 1).await);
+    let moved = app
+        .orders
+        .put(
+            &format!("/commandes-produits/{moving}"),
+            json!({"commande_id": full}),
+        )
+        .await;
+    moved.expect(409);
+    let orders = app
+        .orders
+        .get("/commandes?limit=1000")
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(orders[0]["lignes"].as_array().unwrap().len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_answers_never_carry_the_database_s_words() {
+    let db = TestDb::empty();
+    let broker = TestBroker::create();
+    let mut settings = crate::common::settings(&db, &broker);
+    settings.database.url = "postgres://secret_role:hunter2@127.0.0.1:1/secret_db".into();
+    let app = ordersys::Application::build(
+        ordersys::Mode::Products,
+        &settings,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let client = Client::new_at(app.addr());
+    let shutdown = app.shutdown_handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    for path in ["/produits/1", "/readyz"] {
+        let answer = client.get(path).await.expect(503);
+        let text = answer.body.to_string();
+        for secret in [
+            "secret_role",
+            "hunter2",
+            "secret_db",
+            "127.0.0.1",
+            "Connection refused",
+        ] {
+            assert!(!text.contains(secret), "{path} leaks {secret}: {text}");
+        }
+    }
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+}
+
+/// Sends `head` (and nothing more), then reads what the server answers
+/// before closing; returns the status line and how long it took.
+fn stall(addr: std::net::SocketAddr, head: &str) -> (String, Duration) {
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    (
+        text.lines().next().unwrap_or("").to_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let app = TestApp::build(false, |s| {
+        s.http.request_timeout_ms = 300;
+        s.http.body_timeout_ms = 300;
+    })
+    .await;
+    let addr = app.products_server.addr;
+    let (headers, took) =
+        tokio::task::spawn_blocking(move || stall(addr, "POST /produits/ HTTP/1.1\r\nHost: x\r\n"))
+            .await
+            .unwrap();
+    assert!(
+        took < Duration::from_secs(10),
+        "headers never finished: cut after {took:?} ({headers})"
+    );
+    let body = "POST /produits/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"nom\":";
+    let (status, took) = tokio::task::spawn_blocking(move || stall(addr, body))
+        .await
+        .unwrap();
+    assert!(status.contains("408"), "{status}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[tokio::test]
+async fn every_statement_runs_under_a_timeout() {
+    let db = TestDb::migrated();
+    let mut settings = ordersys::settings::Settings::load_from(None, &[], &|_| None).unwrap();
+    settings.database.url = db.url.clone();
+    settings.database.statement_timeout_ms = 100;
+    let mut conn = ordersys::db::connect(&settings.database, "timeout-test").unwrap();
+    use diesel::RunQueryDsl;
+    let error = diesel::sql_query("SELECT pg_sleep(2)")
+        .execute(&mut conn)
+        .unwrap_err();
+    assert_eq!(
+        ordersys::db::classify(&error),
+        ordersys::db::Failure::Transient,
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_or_out_of_bounds_messages_are_dead_lettered_with_their_reason() {
+    let app = TestApp::build(true, |s| s.worker.max_message_bytes = 1000).await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let padded = json!({"action": "CREATED", "produit_id": p, "quantite": 1, "commande_id": 1, "pad": "x".repeat(2000)});
+    let huge =
+        json!({"action": "DELETED", "produit_id": p, "quantite": 5_000_000, "commande_id": 1});
+    for body in [padded, huge] {
+        app.broker.publish(
+            PRODUCT_EXCHANGE,
+            PRODUCT_ROUTING_KEY,
+            body.to_string().as_bytes(),
+            None,
+        );
+    }
+    let dead = wait_for("two dead letters", Duration::from_secs(20), || async {
+        let n = app.broker.ready(DEAD_LETTER_QUEUE);
+        (n >= 2).then_some(())
+    });
+    dead.await;
+    let reasons: Vec<String> = app
+        .broker
+        .drain(DEAD_LETTER_QUEUE)
+        .iter()
+        .map(|(_, properties)| error_header(properties.headers()).unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("max_message_bytes")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("at most 1000000")),
+        "{reasons:?}"
+    );
+    assert_eq!(app.stock(p), 10);
+    assert_eq!(app.broker.ready(PRODUCT_QUEUE), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processed_ids_and_sent_messages_are_purged_past_retention() {
+    let app = TestApp::build(true, |s| {
+        s.outbox.retention_secs = 1;
+        s.worker.dedupe_retention_secs = 1;
+    })
+    .await;
+    let p = app.create_product("p", 1.0, 1000).await;
+    let order = app.create_order().await;
+    for _ in 0..40 {
+        app.create_line(order, p, 1).await;
+    }
+    app.wait_until_settled(Duration::from_secs(30)).await;
+    assert_eq!(app.stock(p), 960);
+    // The burst's 40 message ids, in the outbox and recorded as processed.
+    let burst: Vec<String> = app.outbox_message_ids();
+    let ids = burst
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let left = |table: &str| {
+        app.db.count(&format!(
+            "SELECT count(*) AS n FROM {table} WHERE message_id IN ({ids})"
+        ))
+    };
+    assert_eq!((burst.len(), left("messages_traites")), (40, 40));
+    // Past retention, with a trickle going on: the next batches and the
+    // relay's loop purge them.
+    wait_for(
+        "the burst to be purged",
+        Duration::from_secs(30),
+        || async {
+            let trickle = app.create_order().await;
+            app.create_line(trickle, p, 1).await;
+            (left("outbox") == 0 && left("messages_traites") == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_backlog_is_a_gauge() {
+    let app = TestApp::spawn().await;
+    let backlog = |text: &str| crate::common::metric(text, "ordersys_outbox_unsent");
+    let metrics = app.orders.get("/metrics").await.expect(200).body;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("ordersys_outbox_oldest_unsent_seconds"));
+    // No worker, but the relay publishes: the backlog drains to 0.
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    app.create_line(order, p, 1).await;
+    wait_for("an empty backlog", Duration::from_secs(20), || async {
+        let text = app.orders.get("/metrics").await.body;
+        (backlog(text.as_str().unwrap()) == 0).then_some(())
+    })
+    .await;
+}
+
+/// A tracked CREATED message for `line`, one unit of `product`.
+fn created(line: i64, product: i64) -> Vec<u8> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = json!({"action": "CREATED", "produit_id": product, "quantite": 1, "commande_id": 1,
+                      "message_id": id, "ligne_id": line, "version": 1});
+    body.to_string().into_bytes()
+}
+
+/// Queues one message per line before a worker starts, so that they form
+/// one batch; returns the app with its worker running.
+async fn one_batch(app: &mut TestApp, product: i64, lines: &[i64]) {
+    for line in lines {
+        app.broker.publish(
+            PRODUCT_EXCHANGE,
+            PRODUCT_ROUTING_KEY,
+            &created(*line, product),
+            None,
+        );
+    }
+    app.worker = Some(crate::common::Running::start(ordersys::Mode::Worker, &app.settings).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_database_refuses_is_bisected_and_only_the_culprit_dead_lettered() {
+    let mut app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 100).await;
+    use diesel::connection::SimpleConnection;
+    app.db.conn().batch_execute(
+        "CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.ligne_id = 666 THEN RAISE EXCEPTION 'line 666 refused by a test trigger' \
+         USING ERRCODE = '23514'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT ON reservations FOR EACH ROW EXECUTE FUNCTION refuse_666()",
+    )
+    .unwrap();
+    one_batch(&mut app, p, &[601, 602, 603, 666, 604, 605, 606, 607]).await;
+    app.wait_for_stock(p, 93).await;
+    let dead = wait_for("the dead letter", Duration::from_secs(20), || async {
+        (app.broker.ready(DEAD_LETTER_QUEUE) == 1).then_some(())
+    });
+    dead.await;
+    let (body, properties) = app.broker.drain(DEAD_LETTER_QUEUE).remove(0);
+    assert!(String::from_utf8_lossy(&body).contains("\"ligne_id\":666"));
+    let reason = error_header(properties.headers()).unwrap();
+    assert!(
+        reason.contains("refused it") && reason.contains("line 666"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_database_errors_are_retried_not_dead_lettered() {
+    let mut app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 100).await;
+    use diesel::connection::SimpleConnection;
+    // Five deadlocks in a row (a sequence: its count survives the rollbacks).
+    app.db
+        .conn()
+        .batch_execute(
+            "CREATE SEQUENCE attempts; \
+         CREATE FUNCTION flaky() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF nextval('attempts') <= 5 THEN RAISE EXCEPTION 'deadlock detected' \
+         USING ERRCODE = '40P01'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER flaky BEFORE INSERT ON reservations FOR EACH ROW EXECUTE FUNCTION flaky()",
+        )
+        .unwrap();
+    one_batch(&mut app, p, &[701, 702, 703]).await;
+    app.wait_for_stock(p, 97).await;
+    assert_eq!(
+        app.worker_metric("ordersys_stock_dead_lettered_total")
+            .await,
+        0
+    );
+    assert_eq!(app.broker.ready(DEAD_LETTER_QUEUE), 0);
+    assert!(
+        app.db.count("SELECT last_value AS n FROM attempts") > 5,
+        "the deadlocks happened"
+    );
+}
