@@ -3,9 +3,15 @@
 //! paperclip attaches every error an [`ApiError`](super::error::ApiError)
 //! can carry to every operation, as `application/json`. Here each operation
 //! keeps only the errors it can answer (413/415 need a body, 404 a path
-//! parameter, …), served as `application/problem+json`.
+//! parameter, …), served as `application/problem+json`. And every bound the
+//! handlers enforce ([`crate::domain::limits`]) is written into the schemas
+//! (`minLength`, `maxLength`, `pattern`, `minimum`, `maximum`), with
+//! `nullable` where null is sent or accepted, so that a client generated
+//! from the document sends what the handlers accept.
 
-use serde_json::Value;
+use crate::domain::limits::*;
+use crate::domain::OrderStatus;
+use serde_json::{json, Value};
 
 pub fn refine(mut spec: Value) -> Value {
     if let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) {
@@ -18,6 +24,7 @@ pub fn refine(mut spec: Value) -> Value {
             }
         }
     }
+    constrain(&mut spec);
     // `errors` is omitted when empty.
     if let Some(required) = spec
         .pointer_mut("/components/schemas/Problem/required")
@@ -26,6 +33,84 @@ pub fn refine(mut spec: Value) -> Value {
         required.retain(|field| field != "errors");
     }
     spec
+}
+
+/// The bounds of each constrained property, by schema.
+fn constraints() -> Vec<(&'static str, &'static str, Value)> {
+    let nom = json!({"minLength": 1, "maxLength": NOM_MAX_CHARS, "pattern": NOM_PATTERN});
+    let description =
+        json!({"maxLength": DESCRIPTION_MAX_CHARS, "pattern": FREE_TEXT_PATTERN, "nullable": true});
+    let prix = json!({"minimum": 0, "maximum": PRIX_MAX, "multipleOf": 0.01});
+    let stock = json!({"minimum": 0, "maximum": STOCK_MAX});
+    let id = json!({"minimum": ID_MIN});
+    let quantite = json!({"minimum": 1, "maximum": QUANTITE_MAX});
+    let mut out = Vec::new();
+    for schema in ["ProductCreate", "ProductUpdate"] {
+        out.push((schema, "nom", nom.clone()));
+        out.push((schema, "description", description.clone()));
+        out.push((schema, "prix", prix.clone()));
+        out.push((schema, "quantite_en_stock", stock.clone()));
+    }
+    for schema in ["LineCreate", "LineUpdate"] {
+        out.push((schema, "commande_id", id.clone()));
+        out.push((schema, "produit_id", id.clone()));
+        out.push((schema, "quantite", quantite.clone()));
+    }
+    out
+}
+
+/// `nom`: not blank, no control character.
+const NOM_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$";
+
+/// Writes the bounds into the schemas; marks the optional properties of
+/// the answers (sent as null) nullable; bounds `skip` and `limit`.
+fn constrain(spec: &mut Value) {
+    for (schema, property, bounds) in constraints() {
+        let pointer = format!("/components/schemas/{schema}/properties/{property}");
+        if let (Some(target), Some(bounds)) = (spec.pointer_mut(&pointer), bounds.as_object()) {
+            if let Some(target) = target.as_object_mut() {
+                target.extend(bounds.clone());
+            }
+        }
+    }
+    for schema in ["Product", "Movement"] {
+        let Some(schema) = spec.pointer_mut(&format!("/components/schemas/{schema}")) else {
+            continue;
+        };
+        let required: Vec<Value> = schema["required"].as_array().cloned().unwrap_or_default();
+        if let Some(properties) = schema["properties"].as_object_mut() {
+            for (name, property) in properties.iter_mut() {
+                if !required.contains(&Value::from(name.as_str())) {
+                    property["nullable"] = json!(true);
+                }
+            }
+        }
+    }
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for parameter in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("parameters").and_then(Value::as_array_mut))
+        .flatten()
+    {
+        let bounds = match parameter["name"].as_str() {
+            Some("skip") => json!({"minimum": 0, "maximum": SKIP_MAX}),
+            Some("limit") => json!({"minimum": 1, "maximum": LIMIT_MAX}),
+            Some("statut") => {
+                let words: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+                json!({ "enum": words })
+            }
+            _ => continue,
+        };
+        if let (Some(schema), Some(bounds)) =
+            (parameter["schema"].as_object_mut(), bounds.as_object())
+        {
+            schema.extend(bounds.clone());
+        }
+    }
 }
 
 fn refine_operation(path: &str, method: &str, op: &mut Value) {

@@ -1,5 +1,5 @@
-//! Both services document every route of SPEC §4 in their OpenAPI
-//! document, and serve Swagger UI at /docs.
+//! Both services document every route of the contract in their OpenAPI
+//! document, with the bounds the handlers enforce, and serve Swagger UI at /docs.
 
 use crate::common::TestApp;
 use serde_json::Value;
@@ -140,4 +140,49 @@ async fn swagger_ui_is_served_at_docs() {
         client.get("/docs/no-such-file.js").await.expect(404);
         client.get("/docs?url=x").await.expect(404);
     }
+}
+
+#[tokio::test]
+async fn the_documents_state_every_bound_the_handlers_enforce() {
+    let app = TestApp::spawn().await;
+    let products = app.products.get("/openapi.json").await.expect(200).body;
+    let schema = |spec: &Value, name: &str, property: &str| {
+        spec["components"]["schemas"][name]["properties"][property].clone()
+    };
+    let nom = schema(&products, "ProductCreate", "nom");
+    assert_eq!(
+        (nom["minLength"].as_i64(), nom["maxLength"].as_i64()),
+        (Some(1), Some(200))
+    );
+    assert!(nom["pattern"].as_str().unwrap().contains("\\u0000"));
+    let description = schema(&products, "ProductUpdate", "description");
+    assert_eq!(description["maxLength"], 2000);
+    assert_eq!(description["nullable"], true);
+    assert_eq!(
+        schema(&products, "ProductCreate", "prix")["maximum"],
+        1_000_000_000
+    );
+    assert_eq!(
+        schema(&products, "ProductCreate", "quantite_en_stock")["maximum"],
+        1_000_000_000
+    );
+    assert_eq!(
+        schema(&products, "Product", "description")["nullable"],
+        true
+    );
+    let skip = products["paths"]["/produits/"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "skip")
+        .unwrap()
+        .clone();
+    assert_eq!(skip["schema"]["maximum"], 100_000);
+    let orders = app.orders.get("/openapi.json").await.expect(200).body;
+    let quantite = schema(&orders, "LineCreate", "quantite");
+    assert_eq!(
+        (quantite["minimum"].as_i64(), quantite["maximum"].as_i64()),
+        (Some(1), Some(1_000_000))
+    );
+    assert_eq!(schema(&orders, "LineUpdate", "produit_id")["minimum"], 1);
 }
