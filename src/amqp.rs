@@ -39,6 +39,8 @@ pub enum AmqpError {
     Nacked(usize),
     #[error("no publisher confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    #[error("the broker returned {count} message(s) it could not route ({reason})")]
+    Returned { count: usize, reason: String },
     #[error("the connection to RabbitMQ was closed")]
     Closed,
 }
@@ -147,9 +149,62 @@ fn durable_queue(arguments: FieldTable) -> QueueDeclareOptions {
     }
 }
 
-/// Declares every exchange, queue and binding of SPEC §5. Idempotent: every
-/// process does it on connect, whoever comes first creates them.
-pub fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
+/// Dead letters kept at most (the oldest go first beyond).
+pub const DEAD_LETTER_MAX_LENGTH: i64 = 100_000;
+/// Stock alerts kept at most, and for at most a week.
+pub const ALERTS_MAX_LENGTH: i64 = 100_000;
+pub const ALERTS_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
+fn long_arg(arguments: &mut FieldTable, name: &str, value: i64) {
+    arguments.insert(name.into(), AmqpValue::LongLongInt(value));
+}
+
+/// Each queue with the arguments this version declares it with.
+fn queues(settings: &AmqpSettings) -> [(&'static str, FieldTable); 3] {
+    let mut dead = FieldTable::new();
+    long_arg(&mut dead, "x-max-length", DEAD_LETTER_MAX_LENGTH);
+    let mut work = FieldTable::new();
+    work.insert(
+        "x-dead-letter-exchange".into(),
+        AmqpValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+    );
+    if settings.delivery_limit > 0 {
+        // A quorum queue counts deliveries: a message redelivered this many
+        // times (it crashed or stalled every consumer that took it) is
+        // dead-lettered by the broker instead of looping forever.
+        work.insert(
+            "x-queue-type".into(),
+            AmqpValue::LongString("quorum".into()),
+        );
+        long_arg(
+            &mut work,
+            "x-delivery-limit",
+            settings.delivery_limit.into(),
+        );
+    }
+    let mut alerts = FieldTable::new();
+    long_arg(&mut alerts, "x-max-length", ALERTS_MAX_LENGTH);
+    long_arg(&mut alerts, "x-message-ttl", ALERTS_TTL_MS);
+    [
+        (DEAD_LETTER_QUEUE, dead),
+        (PRODUCT_QUEUE, work),
+        (ALERTS_QUEUE, alerts),
+    ]
+}
+
+/// Declares every exchange, queue and binding of the contract. Idempotent:
+/// every process does it on connect, whoever comes first creates them.
+///
+/// A queue that already exists with other arguments (declared by an older
+/// version: a classic `product_queue`, queues without limits) is used as
+/// it is, with one warning naming what differs: the broker refuses to
+/// change a queue's arguments, and ordersys never deletes a queue that may
+/// hold messages. The README's "Upgrading the queues" says how to move it.
+pub fn declare_topology(
+    connection: &mut Connection,
+    settings: &AmqpSettings,
+) -> Result<(), AmqpError> {
+    let mut channel = connection.open_channel(None)?;
     channel.exchange_declare(ExchangeType::Direct, PRODUCT_EXCHANGE, durable_exchange())?;
     channel.exchange_declare(
         ExchangeType::Fanout,
@@ -157,27 +212,27 @@ pub fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
         durable_exchange(),
     )?;
     channel.exchange_declare(ExchangeType::Fanout, ALERTS_EXCHANGE, durable_exchange())?;
-    channel.queue_declare(DEAD_LETTER_QUEUE, durable_queue(FieldTable::new()))?;
-    channel.queue_bind(
-        DEAD_LETTER_QUEUE,
-        DEAD_LETTER_EXCHANGE,
-        "",
-        FieldTable::new(),
-    )?;
-    let mut arguments = FieldTable::new();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AmqpValue::LongString(DEAD_LETTER_EXCHANGE.into()),
-    );
-    channel.queue_declare(PRODUCT_QUEUE, durable_queue(arguments))?;
-    channel.queue_bind(
-        PRODUCT_QUEUE,
-        PRODUCT_EXCHANGE,
-        PRODUCT_ROUTING_KEY,
-        FieldTable::new(),
-    )?;
-    channel.queue_declare(ALERTS_QUEUE, durable_queue(FieldTable::new()))?;
-    channel.queue_bind(ALERTS_QUEUE, ALERTS_EXCHANGE, "", FieldTable::new())?;
+    for (name, arguments) in queues(settings) {
+        match channel.queue_declare(name, durable_queue(arguments)) {
+            Ok(_) => {}
+            Err(amiquip::Error::ServerClosedChannel {
+                code: 406, message, ..
+            }) => {
+                log::warn!(
+                    "queue {name} exists with other arguments than this version declares; \
+                     using it as it is (see the README, \"Upgrading the queues\"): {message}"
+                );
+                channel = connection.open_channel(None)?;
+                channel.queue_declare_passive(name)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let none = FieldTable::new;
+    channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", none())?;
+    channel.queue_bind(PRODUCT_QUEUE, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY, none())?;
+    channel.queue_bind(ALERTS_QUEUE, ALERTS_EXCHANGE, "", none())?;
+    channel.close()?;
     Ok(())
 }
 
@@ -191,10 +246,14 @@ pub fn properties(message_id: &str) -> AmqpProperties {
 }
 
 /// A channel in confirm mode that publishes in windows: publish many, then
-/// wait once for all their confirms.
+/// wait once for all their confirms. Every message is published
+/// `mandatory`: one the broker cannot route to a queue (a binding or a
+/// queue deleted under us) comes back, and the window counts as not sent,
+/// instead of being confirmed and silently dropped.
 pub struct ConfirmingChannel {
     channel: Channel,
     confirms: Receiver<Confirm>,
+    returns: Receiver<amiquip::Return>,
     next_tag: u64,
     outstanding: BTreeSet<u64>,
     nacked: usize,
@@ -203,10 +262,12 @@ pub struct ConfirmingChannel {
 impl ConfirmingChannel {
     pub fn new(channel: Channel) -> Result<Self, AmqpError> {
         let confirms = channel.listen_for_publisher_confirms()?;
+        let returns = channel.listen_for_returns()?;
         channel.enable_publisher_confirms()?;
         Ok(ConfirmingChannel {
             channel,
             confirms,
+            returns,
             next_tag: 1,
             outstanding: BTreeSet::new(),
             nacked: 0,
@@ -224,10 +285,9 @@ impl ConfirmingChannel {
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<(), AmqpError> {
-        self.channel.basic_publish(
-            exchange,
-            Publish::with_properties(body, routing_key, properties),
-        )?;
+        let mut publish = Publish::with_properties(body, routing_key, properties);
+        publish.mandatory = true;
+        self.channel.basic_publish(exchange, publish)?;
         self.outstanding.insert(self.next_tag);
         self.next_tag += 1;
         Ok(())
@@ -263,6 +323,18 @@ impl ConfirmingChannel {
         let nacked = std::mem::take(&mut self.nacked);
         if nacked > 0 {
             return Err(AmqpError::Nacked(nacked));
+        }
+        // The broker sends a message's return before its confirm: every
+        // return of this window has arrived by now.
+        let returned: Vec<amiquip::Return> = self.returns.try_iter().collect();
+        if let Some(first) = returned.first() {
+            return Err(AmqpError::Returned {
+                count: returned.len(),
+                reason: format!(
+                    "{} {} via {:?}",
+                    first.reply_code, first.reply_text, first.exchange
+                ),
+            });
         }
         Ok(())
     }

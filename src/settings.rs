@@ -43,6 +43,7 @@ pub struct AmqpSettings {
     pub url: String,
     pub prefetch: u16,
     pub heartbeat_secs: u16,
+    pub delivery_limit: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -71,7 +71,7 @@ async fn main() {
     let bench_orders = bench.empty_orders(sizes.concurrency).await;
 
     // The worker reserves the sample lines before anything is measured.
-    let worker = bench.start_worker().await;
+    let mut worker = bench.start_worker().await;
     until_applied(&mut bench.pg, "sample lines to be reserved").await;
     let ceilings =
         http::measure(&bench, &mut report, &catalog, &sample_orders, &bench_orders).await;

@@ -18,8 +18,8 @@ pub const FIRST_QUEUED_LINE: i64 = 10_000_000;
 /// each, for lines that exist only in the messages, on `products`.
 fn prefill(broker: &TestBroker, products: &[i64], n: usize) {
     let mut connection = broker.connect();
+    ordersys::amqp::declare_topology(&mut connection, &broker.settings()).unwrap();
     let channel = connection.open_channel(None).unwrap();
-    ordersys::amqp::declare_topology(&channel).unwrap();
     let mut publisher = ordersys::amqp::ConfirmingChannel::new(channel).unwrap();
     for i in 0..n {
         let product = products[i % products.len()];

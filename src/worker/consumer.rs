@@ -100,8 +100,8 @@ impl Consumer<'_> {
         let settings = &self.ctx.settings;
         let mut connection =
             amqp::connect(&settings.amqp, &format!("ordersys-worker-{}", self.index))?;
+        amqp::declare_topology(&mut connection, &settings.amqp)?;
         let channel = connection.open_channel(None)?;
-        amqp::declare_topology(&channel)?;
         channel.qos(0, settings.amqp.prefetch, false)?;
         let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
         let consumer = channel.basic_consume(PRODUCT_QUEUE, ConsumerOptions::default())?;

@@ -225,15 +225,22 @@ async fn sigterm_lets_a_worker_finish_its_batch_and_exit_0() {
     let app = TestApp::spawn().await;
     let initial = load::products(&app, 4, 20).await;
     load::run(std::slice::from_ref(&app.orders), &ids(&initial), 300, 6, 6).await;
-    let worker = Process::worker(&app.settings, 2);
+    let args = ["worker", "--replicas", "2", "--bind", "127.0.0.1:0"];
+    let mut worker = Process::spawn_capturing(&app.settings, &args, &[]);
     wait_for("the worker to be busy", Duration::from_secs(30), || async {
         (app.db.count("SELECT count(*) AS n FROM messages_traites") >= 30).then_some(())
     })
     .await;
-    let status = tokio::task::spawn_blocking(move || worker.terminate(Duration::from_secs(15)))
-        .await
-        .unwrap();
+    let (status, worker) =
+        tokio::task::spawn_blocking(move || (worker.terminate(Duration::from_secs(15)), worker))
+            .await
+            .unwrap();
     assert!(status.success(), "{status}");
+    let log = worker.stderr();
+    assert!(
+        !log.contains(" ERROR "),
+        "a clean stop logs no ERROR: {log}"
+    );
     let _next = Process::worker(&app.settings, 1);
     app.wait_until_settled(SETTLE).await;
     assert_eq!(app.assert_stock_invariant(&initial), 4);

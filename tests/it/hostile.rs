@@ -398,3 +398,101 @@ async fn transient_database_errors_are_retried_not_dead_lettered() {
         "the deadlocks happened"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_cannot_route_is_not_marked_sent() {
+    let app = TestApp::spawn().await;
+    wait_for(
+        "the relay to be connected",
+        Duration::from_secs(20),
+        || async {
+            let ready = app.orders.get("/readyz").await;
+            (ready.body["checks"]["broker"] == "up").then_some(())
+        },
+    )
+    .await;
+    // Unroutable: product_queue no longer bound (as after an operator's
+    // mistake). A plain publish would be confirmed and dropped.
+    app.broker
+        .with_channel(|channel| {
+            let args = amiquip::FieldTable::new();
+            channel.queue_unbind(PRODUCT_QUEUE, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY, args)
+        })
+        .unwrap();
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    app.create_line(order, p, 1).await;
+    // Returned, so left unsent; the relay reconnects, declares the topology
+    // again (the binding is back) and sends it.
+    wait_for(
+        "the message in product_queue",
+        Duration::from_secs(30),
+        || async { (app.broker.ready(PRODUCT_QUEUE) == 1).then_some(()) },
+    )
+    .await;
+    let metrics = app.orders.get("/metrics").await.expect(200).body;
+    let failed = crate::common::metric(
+        metrics.as_str().unwrap(),
+        "ordersys_outbox_failed_batches_total",
+    );
+    assert!(failed >= 1, "the returned publish failed its batch");
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_message_redelivered_past_the_limit_is_dead_lettered_by_the_broker() {
+    let app = TestApp::build(false, |s| s.amqp.delivery_limit = 3).await;
+    // The topology as the services declare it, with this delivery limit.
+    let mut settings = app.broker.settings();
+    settings.delivery_limit = 3;
+    let mut connection = app.broker.connect();
+    ordersys::amqp::declare_topology(&mut connection, &settings).unwrap();
+    let body = created(900, 1);
+    app.broker
+        .publish(PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY, &body, None);
+    // A consumer that takes the message and dies with it, again and again.
+    let channel = connection.open_channel(None).unwrap();
+    for _ in 0..10 {
+        match channel.basic_get(PRODUCT_QUEUE, false).unwrap() {
+            Some(get) => get.nack(&channel, true).unwrap(),
+            None => break,
+        }
+    }
+    let _ = channel.close();
+    let _ = connection.close();
+    wait_for(
+        "the broker to dead-letter it",
+        Duration::from_secs(20),
+        || async { (app.broker.ready(DEAD_LETTER_QUEUE) == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(app.broker.ready(PRODUCT_QUEUE), 0);
+}
+
+#[tokio::test]
+async fn queues_declared_by_an_older_version_are_used_as_they_are() {
+    let broker = TestBroker::create();
+    // The older version's queue: classic, no delivery limit.
+    broker.with_raw_channel(|channel| {
+        let options = amiquip::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel.queue_declare(PRODUCT_QUEUE, options).map(|_| ())
+    });
+    let db = TestDb::migrated();
+    let settings = crate::common::settings(&db, &broker);
+    let mut connection = broker.connect();
+    ordersys::amqp::declare_topology(&mut connection, &settings.amqp)
+        .expect("declared, with a warning");
+    let _ = connection.close();
+    let app = TestApp::build(true, |s| s.amqp.url = broker.url.clone()).await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 2).await);
+    app.wait_for_line(line, "RESERVE").await;
+}

@@ -102,12 +102,18 @@ impl TestBroker {
     /// Connects as ordersys does (TCP_NODELAY set), so that broker figures
     /// measured through this connection are not bounded by Nagle's delay.
     fn try_connect(&self) -> Result<Connection, ordersys::amqp::AmqpError> {
-        let settings = ordersys::settings::AmqpSettings {
+        ordersys::amqp::connect(&self.settings(), "ordersys-tests")
+    }
+
+    /// The default AMQP settings, pointed at this vhost.
+    pub fn settings(&self) -> ordersys::settings::AmqpSettings {
+        let defaults = ordersys::settings::Settings::load_from(None, &[], &|_| None)
+            .expect("default settings");
+        ordersys::settings::AmqpSettings {
             url: self.url.clone(),
-            prefetch: 500,
             heartbeat_secs: 0,
-        };
-        ordersys::amqp::connect(&settings, "ordersys-tests")
+            ..defaults.amqp
+        }
     }
 
     pub fn connect(&self) -> Connection {
@@ -117,12 +123,22 @@ impl TestBroker {
     /// Runs `f` with a channel on which the topology is declared.
     pub fn with_channel<T>(&self, f: impl FnOnce(&Channel) -> T) -> T {
         let mut connection = self.connect();
+        ordersys::amqp::declare_topology(&mut connection, &self.settings())
+            .expect("declare topology");
         let channel = connection.open_channel(None).expect("open channel");
-        ordersys::amqp::declare_topology(&channel).expect("declare topology");
         let value = f(&channel);
         let _ = channel.close();
         let _ = connection.close();
         value
+    }
+
+    /// Runs `f` with a channel on which nothing was declared.
+    pub fn with_raw_channel(&self, f: impl FnOnce(&Channel) -> Result<(), amiquip::Error>) {
+        let mut connection = self.connect();
+        let channel = connection.open_channel(None).expect("open channel");
+        f(&channel).expect("raw channel work");
+        let _ = channel.close();
+        let _ = connection.close();
     }
 
     /// Publishes a raw body, persistent, as a producer other than ordersys would.

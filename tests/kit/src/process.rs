@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Process {
     pub name: String,
     child: Child,
+    /// Where its standard error goes, when captured.
+    stderr: Option<std::path::PathBuf>,
     /// Where its HTTP port listens, when started by [`Process::serve`].
     pub addr: Option<SocketAddr>,
 }
@@ -23,6 +25,30 @@ impl Process {
 
     /// Same, with extra environment variables.
     pub fn spawn_with(settings: &Settings, args: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::start(settings, args, env, None)
+    }
+
+    /// Same, its standard error written to a file that [`Process::stderr`]
+    /// reads back.
+    pub fn spawn_capturing(settings: &Settings, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let path = std::env::temp_dir().join(format!("ordersys-{}.stderr", uuid::Uuid::new_v4()));
+        Self::start(settings, args, env, Some(path))
+    }
+
+    /// What the process wrote to standard error (when captured).
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    }
+
+    fn start(
+        settings: &Settings,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Option<std::path::PathBuf>,
+    ) -> Process {
         let retry = &settings.retry;
         let child = Command::new(binary())
             .args(args)
@@ -43,11 +69,16 @@ impl Process {
             )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
+            .stderr(match &stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("stderr file")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start ordersys");
         Process {
             name: args.first().copied().unwrap_or("ordersys").to_owned(),
             child,
+            stderr,
             addr: None,
         }
     }
@@ -101,7 +132,7 @@ impl Process {
     }
 
     /// SIGTERM, then the exit status (waits at most `timeout`).
-    pub fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let sent = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
