@@ -3,7 +3,7 @@
 //! `/healthz` (the HTTP ceiling).
 
 use crate::report::{verdict, Report};
-use crate::setup::Bench;
+use crate::setup::{Bench, LoadOrders};
 use crate::sizes::target;
 use ordersys_testkit::http_load::{closed_loop, LoadResult};
 use serde_json::json;
@@ -20,7 +20,7 @@ pub async fn measure(
     report: &mut Report,
     catalog: &[i64],
     sample_orders: &[i64],
-    bench_orders: &[i64],
+    load_orders: &LoadOrders,
 ) -> Ceilings {
     let (c, secs) = (bench.sizes.concurrency, bench.sizes.http_secs);
     let products = bench.products.addr.unwrap();
@@ -31,10 +31,11 @@ pub async fn measure(
         closed_loop(orders, c, secs, |_, _| ("GET", "/healthz".into(), None)).await;
     let get_order = get_each(orders, bench, "/commandes/", sample_orders).await;
     let post_line = {
-        let (orders_ids, products_ids) = (bench_orders.to_vec(), catalog.to_vec());
+        let (orders_ids, products_ids) = (load_orders.clone(), catalog.to_vec());
         closed_loop(orders, c, secs, move |t, n| {
             let product = products_ids[(t + n as usize) % products_ids.len()];
-            let body = json!({"commande_id": orders_ids[t], "produit_id": product, "quantite": 1});
+            let order = orders_ids.for_request(t, n);
+            let body = json!({"commande_id": order, "produit_id": product, "quantite": 1});
             ("POST", "/commandes-produits".into(), Some(body.to_string()))
         })
         .await

@@ -19,13 +19,16 @@
 //! writes it, with the machine's description, to docs/benchmarks.md.
 //!
 //! `-- --smoke` runs every step for a second or so (CI does, so the harness
-//! cannot rot) and writes nothing; `-- --worker-only` measures step 3 alone.
+//! cannot rot) and writes nothing; `-- --worker-only` measures step 3 alone;
+//! `-- --retention` shows that the outbox and the processed ids stay bounded
+//! while the pipeline runs flat out ([`retention`]).
 
 mod ceilings;
 mod cpu;
 mod http;
 mod pipeline;
 mod report;
+mod retention;
 mod setup;
 mod sizes;
 mod sql;
@@ -53,6 +56,10 @@ async fn main() {
         }
     );
     let mut bench = Bench::start(sizes).await;
+    if arg("--retention") {
+        retention::measure(&mut bench).await;
+        return;
+    }
     if arg("--worker-only") {
         let catalog = bench
             .create_products("queue", sizes::WORKER_CATALOG, 1.into())
@@ -68,23 +75,14 @@ async fn main() {
     let (catalog, worker_catalog) = bench.catalog().await;
     bench.start_orders().await;
     let sample_orders = bench.sample_orders(&catalog).await;
-    let bench_orders = bench.empty_orders(sizes.concurrency).await;
 
     // The worker reserves the sample lines before anything is measured.
     let mut worker = bench.start_worker().await;
     until_applied(&mut bench.pg, "sample lines to be reserved").await;
-    let ceilings =
-        http::measure(&bench, &mut report, &catalog, &sample_orders, &bench_orders).await;
-    let orders_and_catalog = (&bench_orders[..], &catalog[..]);
-    let rate = pipeline::saturated(
-        &mut bench,
-        &mut report,
-        &worker,
-        &ceilings,
-        orders_and_catalog,
-    )
-    .await;
-    pipeline::paced(&mut bench, &mut report, rate, orders_and_catalog).await;
+    let load_orders = bench.load_orders(sizes.concurrency);
+    let ceilings = http::measure(&bench, &mut report, &catalog, &sample_orders, &load_orders).await;
+    let rate = pipeline::saturated(&mut bench, &mut report, &worker, &ceilings, &catalog).await;
+    pipeline::paced(&mut bench, &mut report, rate, &catalog).await;
     worker.terminate(std::time::Duration::from_secs(30));
 
     let (worker_rate, worker_cpu, worker) =

@@ -5,7 +5,7 @@
 use crate::cpu::CpuSample;
 use crate::http::Ceilings;
 use crate::report::{verdict, Report};
-use crate::setup::Bench;
+use crate::setup::{Bench, LoadOrders};
 use crate::sizes::{target, PACED_CONNECTIONS};
 use crate::sql::{count, seconds, until_applied};
 use diesel::PgConnection;
@@ -16,16 +16,17 @@ use std::time::Instant;
 
 /// A line creation on task `t`'s order, the product chosen by `spread`.
 fn line(
-    orders: &[i64],
+    orders: LoadOrders,
     products: &[i64],
     spread: usize,
     quantite: u64,
 ) -> impl Fn(usize, u64) -> Request {
-    let (orders, products) = (orders.to_vec(), products.to_vec());
+    let products = products.to_vec();
     move |t, n| {
         let product = products[(t * spread + n as usize) % products.len()];
         let quantite = 1 + n % quantite;
-        let body = json!({"commande_id": orders[t], "produit_id": product, "quantite": quantite});
+        let order = orders.for_request(t, n);
+        let body = json!({"commande_id": order, "produit_id": product, "quantite": quantite});
         ("POST", "/commandes-produits".into(), Some(body.to_string()))
     }
 }
@@ -36,8 +37,9 @@ pub async fn saturated(
     report: &mut Report,
     worker: &Process,
     ceilings: &Ceilings,
-    (orders, catalog): (&[i64], &[i64]),
+    catalog: &[i64],
 ) -> f64 {
+    let orders = bench.load_orders(bench.sizes.concurrency);
     until_applied(&mut bench.pg, "earlier lines to be reserved").await;
     let before = count(&mut bench.pg, "SELECT count(*) AS n FROM outbox");
     let pids = [
@@ -73,12 +75,8 @@ pub async fn saturated(
 
 /// Paces line creations at `rate` and reports the change-to-applied
 /// latency, in all and by stage.
-pub async fn paced(
-    bench: &mut Bench,
-    report: &mut Report,
-    rate: f64,
-    (orders, catalog): (&[i64], &[i64]),
-) {
+pub async fn paced(bench: &mut Bench, report: &mut Report, rate: f64, catalog: &[i64]) {
+    let orders = bench.load_orders(bench.sizes.concurrency.min(PACED_CONNECTIONS));
     let half = (rate / 2.0).max(10.0);
     let since = "SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint AS n";
     let window_start = count(&mut bench.pg, since);

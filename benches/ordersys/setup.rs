@@ -2,14 +2,39 @@
 //! fresh database and vhost, a catalog, and sample orders.
 
 use crate::sizes::{Sizes, CATALOG, LINES_PER_ORDER, SAMPLE_ORDERS, STOCK, WORKER_CATALOG};
-use diesel::PgConnection;
+use diesel::prelude::*;
+use ordersys::domain::limits::LINES_PER_ORDER_MAX;
 use ordersys::settings::Settings;
 use ordersys_testkit::process::Process;
 use ordersys_testkit::{Client, TestBroker, TestDb};
 use serde_json::{json, Value};
 
+/// Orders one load connection uses in turn.
+pub const ORDERS_PER_CONNECTION: usize = 500;
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// The orders of a load, [`ORDERS_PER_CONNECTION`] per connection.
+#[derive(Clone)]
+pub struct LoadOrders(Vec<i64>);
+
+impl LoadOrders {
+    /// The order of connection `t`'s `n`-th line: the next one every
+    /// hundred lines.
+    pub fn for_request(&self, t: usize, n: u64) -> i64 {
+        let turn = (n / LINES_PER_ORDER_MAX as u64) as usize % ORDERS_PER_CONNECTION;
+        self.0[t * ORDERS_PER_CONNECTION + turn]
+    }
+}
+
 pub struct Bench {
     pub sizes: Sizes,
+    /// Environment given to the orders and worker processes.
+    pub env: Vec<(&'static str, &'static str)>,
     pub settings: Settings,
     pub pg: PgConnection,
     pub products: Process,
@@ -28,6 +53,7 @@ impl Bench {
         products.wait_ready().await;
         Bench {
             sizes,
+            env: Vec::new(),
             pg: db.conn(),
             settings,
             products,
@@ -39,7 +65,7 @@ impl Bench {
 
     /// Starts the orders service.
     pub async fn start_orders(&mut self) -> &Process {
-        let orders = Process::serve(&self.settings, "orders", &[]);
+        let orders = Process::serve(&self.settings, "orders", &self.env);
         orders.wait_ready().await;
         self.orders.insert(orders)
     }
@@ -50,7 +76,7 @@ impl Bench {
 
     /// A worker, ready.
     pub async fn start_worker(&self) -> Process {
-        let worker = Process::serve(&self.settings, "worker", &[]);
+        let worker = Process::serve(&self.settings, "worker", &self.env);
         worker.wait_ready().await;
         worker
     }
@@ -98,14 +124,18 @@ impl Bench {
         ids
     }
 
-    /// `n` empty orders, one per load connection.
-    pub async fn empty_orders(&self, n: usize) -> Vec<i64> {
-        let orders = Self::client(self.orders());
-        let mut ids = Vec::with_capacity(n);
-        for _ in 0..n {
-            ids.push(self.new_order(&orders).await);
-        }
-        ids
+    /// Fresh empty orders for a load of line creations over `connections`
+    /// connections: [`ORDERS_PER_CONNECTION`] each (made in one statement),
+    /// taken in turn by [`LoadOrders::for_request`] so that none reaches the
+    /// limit of lines per order.
+    pub fn load_orders(&mut self, connections: usize) -> LoadOrders {
+        let n = connections * ORDERS_PER_CONNECTION;
+        let ids = diesel::sql_query(format!(
+            "INSERT INTO commandes (statut) SELECT 'EN_ATTENTE' FROM generate_series(1, {n}) RETURNING id"
+        ))
+        .load::<Id>(&mut self.pg)
+        .expect("create load orders");
+        LoadOrders(ids.into_iter().map(|r| r.id).collect())
     }
 
     async fn new_order(&self, orders: &Client) -> i64 {

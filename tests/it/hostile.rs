@@ -496,3 +496,92 @@ async fn queues_declared_by_an_older_version_are_used_as_they_are() {
     let line = id(&app.create_line(order, p, 2).await);
     app.wait_for_line(line, "RESERVE").await;
 }
+
+/// An open connection that sent one request and read its answer.
+fn kept_alive(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    let n = stream.read(&mut buffer).unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_their_turn() {
+    // Only raw connections reach this server: no client pool holds a slot.
+    let (db, broker) = (TestDb::migrated(), TestBroker::create());
+    let mut settings = crate::common::settings(&db, &broker);
+    settings.http.max_connections = 2;
+    let app = ordersys::Application::build(
+        ordersys::Mode::Products,
+        &settings,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = app.addr();
+    let shutdown = app.shutdown_handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    let verdict = tokio::task::spawn_blocking(move || {
+        let first = kept_alive(addr);
+        let _second = kept_alive(addr);
+        // The third is accepted by the kernel, but not served while two are open.
+        let mut third = std::net::TcpStream::connect(addr).unwrap();
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buffer = [0u8; 512];
+        let waited = third.read(&mut buffer).is_err();
+        drop(first);
+        third
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let served = third
+            .read(&mut buffer)
+            .map(|n| String::from_utf8_lossy(&buffer[..n]).into_owned());
+        (waited, served.unwrap_or_default())
+    })
+    .await
+    .unwrap();
+    assert!(
+        verdict.0,
+        "the third connection was served while two were open"
+    );
+    assert!(verdict.1.starts_with("HTTP/1.1 200"), "{}", verdict.1);
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_producer_sends_is_logged_escaped() {
+    let app = TestApp::spawn().await;
+    let args = ["worker", "--replicas", "1", "--bind", "127.0.0.1:0"];
+    let mut worker = crate::common::process::Process::spawn_capturing(&app.settings, &args, &[]);
+    let forged = b"not json\n[2026-01-01T00:00:00Z ERROR ordersys] forged line\x1b[31m";
+    app.broker
+        .publish(PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY, forged, None);
+    wait_for("the dead letter", Duration::from_secs(30), || async {
+        (app.broker.ready(DEAD_LETTER_QUEUE) == 1).then_some(())
+    })
+    .await;
+    let log = tokio::task::spawn_blocking(move || {
+        worker.terminate(Duration::from_secs(15));
+        worker.stderr()
+    })
+    .await
+    .unwrap();
+    assert!(
+        log.contains("not json\\n[2026"),
+        "escaped in the log: {log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("[2026-01-01")),
+        "no forged line: {log}"
+    );
+    assert!(!log.contains('\x1b'), "no raw escape sequence: {log}");
+}
