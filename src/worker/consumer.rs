@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping consumer waits for the broker to confirm its cancel.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
 /// What a consumer thread needs.
@@ -145,8 +147,19 @@ impl Consumer<'_> {
             self.housekeeping();
         }
         // Shutdown: stop deliveries; unacknowledged prefetched messages go
-        // back to the queue when the channel closes.
-        let _ = consumer.cancel();
+        // back to the queue when the channel closes. amiquip answers our
+        // cancel before it tells the consumer's own receiver; dropping the
+        // receiver in between makes its I/O loop fail with an ERROR line
+        // ("channel client dropped without being disconnected"), so the
+        // receiver is kept until that last message arrives.
+        if consumer.cancel().is_ok() {
+            let deadline = Instant::now() + CANCEL_TIMEOUT;
+            while let Ok(message) = receiver.recv_deadline(deadline) {
+                if matches!(message, ConsumerMessage::ClientCancelled) {
+                    break;
+                }
+            }
+        }
         drop(consumer);
         dead_letters.close();
         let _ = channel.close();
