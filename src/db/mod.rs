@@ -61,50 +61,55 @@ pub enum Failure {
     /// down, backend terminated, too many connections, network cut): drop
     /// it, reconnect, try again.
     Connection,
-    /// The statement lost a race or ran out of time (serialization failure,
-    /// deadlock, read-only transaction during a failover, statement or lock
-    /// timeout, a concurrent insert of the same key): try again.
+    /// Anything else the server reports (a deadlock, a serialization
+    /// failure, a read-only transaction during a failover, a statement or
+    /// lock timeout, a concurrent insert of the same key, a full disk, a
+    /// missing privilege): not the data's fault; try again.
     Transient,
-    /// The statement itself is refused (a constraint, a value out of
-    /// range): trying again changes nothing.
+    /// The data breaks a rule of the schema (a constraint, a value out of
+    /// range or of the wrong form): trying again changes nothing.
     Refused,
 }
 
-/// Classifies `error`. diesel names some kinds; the others are told by
-/// PostgreSQL's message (the server's messages are in English unless its
-/// `lc_messages` says otherwise).
+/// Classifies `error`. Only what the data itself breaks is `Refused`: a
+/// change is dead-lettered for nothing else. diesel names some kinds; the
+/// others are told by PostgreSQL's message (English unless the server's
+/// `lc_messages` says otherwise; an unrecognised message counts as
+/// transient, so a translated one delays, it never dead-letters).
 pub fn classify(error: &Error) -> Failure {
     use DatabaseErrorKind as Kind;
-    let Error::DatabaseError(kind, info) = error else {
-        return match error {
-            Error::BrokenTransactionManager => Failure::Connection,
-            _ => Failure::Refused,
-        };
+    let (kind, info) = match error {
+        Error::DatabaseError(kind, info) => (kind, info),
+        Error::BrokenTransactionManager => return Failure::Connection,
+        Error::RollbackErrorOnCommit { commit_error, .. } => return classify(commit_error),
+        // Errors of ours (building or reading a query): deterministic.
+        _ => return Failure::Refused,
     };
+    let message = info.message();
+    let has = |needle: &str| message.contains(needle);
     match kind {
         Kind::ClosedConnection | Kind::UnableToSendCommand => Failure::Connection,
-        Kind::SerializationFailure | Kind::ReadOnlyTransaction | Kind::UniqueViolation => {
-            Failure::Transient
+        Kind::CheckViolation
+        | Kind::NotNullViolation
+        | Kind::ForeignKeyViolation
+        | Kind::RestrictViolation
+        | Kind::ExclusionViolation => Failure::Refused,
+        _ if has("terminating connection")
+            || has("too many clients")
+            || has("the database system is")
+            || has("server closed the connection") =>
+        {
+            Failure::Connection
         }
-        _ => {
-            let message = info.message();
-            let has = |needle: &str| message.contains(needle);
-            if has("terminating connection")
-                || has("too many clients")
-                || has("the database system is")
-                || has("server closed the connection")
-            {
-                Failure::Connection
-            } else if has("deadlock detected")
-                || has("canceling statement due to")
-                || has("could not serialize access")
-                || has("could not obtain lock")
-            {
-                Failure::Transient
-            } else {
-                Failure::Refused
-            }
+        _ if has("out of range")
+            || has("invalid input")
+            || has("value too long")
+            || has("violates check constraint")
+            || has("division by zero") =>
+        {
+            Failure::Refused
         }
+        _ => Failure::Transient,
     }
 }
 
@@ -179,6 +184,14 @@ mod tests {
             (
                 database(Kind::Unknown, "integer out of range"),
                 Failure::Refused,
+            ),
+            (
+                database(Kind::Unknown, "could not extend file: No space left"),
+                Failure::Transient,
+            ),
+            (
+                database(Kind::Unknown, "impasse détectée"),
+                Failure::Transient,
             ),
             (Error::NotFound, Failure::Refused),
         ];

@@ -48,28 +48,83 @@ fn connection_url(settings: &DatabaseSettings, application: &str) -> String {
     let Ok(mut url) = url::Url::parse(&settings.url) else {
         return settings.url.clone();
     };
-    let present: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let given = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     // libpq counts whole seconds and treats values below 2 as 2.
     let connect_secs = settings
         .connect_timeout_ms
         .div_ceil(1000)
         .max(2)
         .to_string();
+    // Options the URL gives are kept; a statement timeout it sets wins.
     let timeout = format!("-c statement_timeout={}", settings.statement_timeout_ms);
-    let mut query: Vec<String> = url.query().map(|q| vec![q.to_owned()]).unwrap_or_default();
+    let options = match given("options") {
+        Some(options) if options.contains("statement_timeout") => options,
+        Some(options) => format!("{options} {timeout}"),
+        None => timeout,
+    };
+    let mut query: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k != "options")
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
     for (key, value) in [
         ("connect_timeout", connect_secs.as_str()),
         ("application_name", application),
-        ("options", timeout.as_str()),
     ] {
-        if !present.iter().any(|k| k == key) {
-            let value =
-                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
-            query.push(format!("{key}={value}"));
+        if given(key).is_none() {
+            query.push(format!("{key}={}", encode(value)));
         }
     }
+    query.push(format!("options={}", encode(&options)));
     url.set_query(Some(&query.join("&")));
     url.to_string()
+}
+
+/// Percent-encodes a query value as libpq reads it (`%20`, never `+`).
+fn encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> DatabaseSettings {
+        DatabaseSettings {
+            url: url.into(),
+            pool_size: 1,
+            pool_timeout_ms: 1,
+            connect_timeout_ms: 5000,
+            statement_timeout_ms: 250,
+        }
+    }
+
+    #[test]
+    fn the_statement_timeout_joins_the_options_the_url_gives() {
+        let url = connection_url(&settings("postgres://u@h/db?sslmode=disable"), "app");
+        assert!(url.contains("sslmode=disable"), "{url}");
+        assert!(
+            url.contains("options=%2Dc%20statement%5Ftimeout%3D250"),
+            "{url}"
+        );
+        let url = connection_url(
+            &settings("postgres://u@h/db?options=-c%20search_path%3Dx"),
+            "app",
+        );
+        assert!(
+            url.contains("search%5Fpath%3Dx%20%2Dc%20statement%5Ftimeout%3D250"),
+            "{url}"
+        );
+        let url = connection_url(
+            &settings("postgres://u@h/db?options=-c%20statement_timeout%3D9"),
+            "a",
+        );
+        assert!(
+            url.contains("statement%5Ftimeout%3D9") && !url.contains("250"),
+            "{url}"
+        );
+    }
 }
 
 /// A pooled connection and whether it was seen to break.

@@ -40,7 +40,9 @@ fn constraints() -> Vec<(&'static str, &'static str, Value)> {
     let nom = json!({"minLength": 1, "maxLength": NOM_MAX_CHARS, "pattern": NOM_PATTERN});
     let description =
         json!({"maxLength": DESCRIPTION_MAX_CHARS, "pattern": FREE_TEXT_PATTERN, "nullable": true});
-    let prix = json!({"minimum": 0, "maximum": PRIX_MAX, "multipleOf": 0.01});
+    // Two decimals at most: said in the description (a float multipleOf
+    // 0.01 makes common validators refuse 19.99).
+    let prix = json!({"minimum": 0, "maximum": PRIX_MAX});
     let stock = json!({"minimum": 0, "maximum": STOCK_MAX});
     let id = json!({"minimum": ID_MIN});
     let quantite = json!({"minimum": 1, "maximum": QUANTITE_MAX});

@@ -48,6 +48,18 @@ pub struct Context {
     pub waker: Waker,
 }
 
+/// Transient failures in a row after which a batch of several is split.
+const SPLIT_AFTER: u32 = 5;
+
+/// Why a batch was not applied as a whole.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error("the database refused it: {0}")]
+    Refused(String),
+    #[error("it kept giving way: {0}")]
+    KeepsGivingWay(String),
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum Stop {
@@ -246,12 +258,12 @@ impl Consumer<'_> {
         }
         match self.apply_while_transient(changes)? {
             Ok(outcomes) => Ok(outcomes),
-            Err(refused) if changes.len() == 1 => Ok(vec![Outcome::DeadLetter(format!(
-                "the database refused it: {refused}"
-            ))]),
-            Err(refused) => {
+            Err(Failed::Refused(refused)) if changes.len() == 1 => Ok(vec![Outcome::DeadLetter(
+                format!("the database refused it: {refused}"),
+            )]),
+            Err(failed) => {
                 log::warn!(
-                    "the database refused a batch of {} change(s), bisecting it: {refused}",
+                    "a batch of {} change(s) failed, bisecting it: {failed}",
                     changes.len()
                 );
                 let (first, second) = changes.split_at(changes.len() / 2);
@@ -263,17 +275,20 @@ impl Consumer<'_> {
     }
 
     /// Ok(Ok(outcomes)), or Ok(Err(why)) when the database refuses the
-    /// batch itself. Connection and transient failures (a restart, a
-    /// failover, a deadlock, a timeout) are retried with backoff for as long
+    /// batch itself, or when a batch of several keeps giving way (one that
+    /// always exceeds the statement timeout, say: smaller ones may not).
+    /// Connection and transient failures (a restart, a failover, a
+    /// deadlock, a timeout) are otherwise retried with backoff for as long
     /// as they last, the messages staying unacknowledged; Err only at
     /// shutdown.
     fn apply_while_transient(
         &mut self,
         changes: &[StockChange],
-    ) -> Result<Result<Vec<Outcome>, String>, Stop> {
+    ) -> Result<Result<Vec<Outcome>, Failed>, Stop> {
         let settings = &self.ctx.settings;
         let database = &self.ctx.deps.database;
         let mut backoff = Backoff::new(&settings.retry);
+        let mut gave_way = 0;
         loop {
             if self.conn.is_none() {
                 match db::connect(&settings.database, "ordersys-worker") {
@@ -301,11 +316,21 @@ impl Consumer<'_> {
                         database.set_down(&e);
                         self.conn = None;
                     }
-                    Failure::Transient => log::debug!(
-                        "applying {} stock change(s) gave way, retrying: {e}",
-                        changes.len()
-                    ),
-                    Failure::Refused => return Ok(Err(e.to_string())),
+                    Failure::Transient => {
+                        gave_way += 1;
+                        if gave_way == SPLIT_AFTER && changes.len() > 1 {
+                            return Ok(Err(Failed::KeepsGivingWay(e.to_string())));
+                        }
+                        if gave_way == SPLIT_AFTER {
+                            log::warn!("a stock change keeps giving way, still retrying: {e}");
+                        } else {
+                            log::debug!(
+                                "{} stock change(s) gave way, retrying: {e}",
+                                changes.len()
+                            );
+                        }
+                    }
+                    Failure::Refused => return Ok(Err(Failed::Refused(e.to_string()))),
                 },
             }
             if self.ctx.shutdown.sleep(backoff.next_delay()) {

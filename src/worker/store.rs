@@ -77,10 +77,11 @@ fn load(conn: &mut PgConnection, changes: &[StockChange]) -> QueryResult<Snapsho
         .select((produits::id, produits::quantite_en_stock))
         .for_no_key_update()
         .load(conn)?;
+    // Sorted: batches sharing ids (redeliveries) record them in one order.
     let ids: Vec<Uuid> = changes
         .iter()
         .filter_map(|c| c.line.map(|l| l.message_id))
-        .collect::<HashSet<_>>()
+        .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     // Recorded now, in this transaction: a concurrent batch with the same

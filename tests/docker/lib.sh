@@ -19,8 +19,9 @@ summary() {
 at_exit() { cleanups+=("$*"); }
 on_exit() {
   local status=$1 i
+  # Each in a subshell: one that fails (or calls fail) does not stop the others.
   for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do
-    eval "${cleanups[i]}" >/dev/null 2>&1 || true
+    (eval "${cleanups[i]}") >/dev/null 2>&1 || true
   done
   printf '\n== Docker scenarios: summary\n'
   local line
@@ -99,6 +100,13 @@ create_products() {
     IFS=,
     echo "${ids[*]}"
   )
+}
+
+# check_answers ANSWERS WHAT: fails unless requests were answered and none
+# failed (5xx or no answer).
+check_answers() {
+  [[ $1 == *" failed=0" ]] || fail "requests failed $2: $1"
+  [[ $1 != "ok=0 "* ]] || fail "no request succeeded $2: $1"
 }
 
 # count_answers STATE_DIR: "ok=N refused=N failed=N" over every traffic loop.

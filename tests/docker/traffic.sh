@@ -77,6 +77,9 @@ steady() {
   done
 }
 
+# Stopped or killed: the loops go too.
+trap 'kill $(jobs -p) 2>/dev/null' EXIT TERM INT
+
 for n in $(seq 1 "$clients"); do
   answers="$state/answers.$n"
   : >"$answers"
