@@ -60,7 +60,7 @@ scenario_compose() {
   traffic=$!
   at_exit "touch $state/stop; kill $traffic"
   wait_until "traffic to flow" 60 answered_at_least "$state" 200
-  victim=$("${compose[@]}" ps -q worker | head -1)
+  victim=$("${compose[@]}" ps -q worker | sed -n 1p)
   docker kill "$victim" >/dev/null
   info "killed worker container ${victim:0:12}"
   wait_until "more traffic" 60 answered_at_least "$state" 500

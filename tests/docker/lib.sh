@@ -107,6 +107,9 @@ create_products() {
 check_answers() {
   [[ $1 == *" failed=0" ]] || fail "requests failed $2: $1"
   [[ $1 != "ok=0 "* ]] || fail "no request succeeded $2: $1"
+  local ok=${1#ok=} refused=${1#*refused=}
+  ok=${ok%% *} refused=${refused%% *}
+  ((refused * 10 <= ok)) || fail "too many requests refused $2 (the traffic is wrong): $1"
 }
 
 # count_answers STATE_DIR: "ok=N refused=N failed=N" over every traffic loop.

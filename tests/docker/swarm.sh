@@ -10,7 +10,7 @@ client=ordersys-ci-client
 # swarm_exec SERVICE COMMAND...: runs COMMAND in a running task of SERVICE.
 swarm_exec() {
   local container
-  container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1" | head -1)
+  container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1" | sed -n 1p)
   [ -n "$container" ] || return 1
   docker exec -i "$container" "${@:2}"
 }
@@ -92,7 +92,7 @@ scenario_swarm() {
   docker exec -d "$client" bash /t/traffic.sh changes http://orders:8081 "$ids" 4 /state
   at_exit "touch $state/stop"
   wait_until "traffic to flow" 60 answered_at_least "$state" 200
-  victim=$(running_tasks worker | head -1)
+  victim=$(running_tasks worker | sed -n 1p)
   docker kill "$victim" >/dev/null
   info "killed worker task container ${victim:0:12}"
   wait_until "Swarm to replace the killed task" 120 eval \

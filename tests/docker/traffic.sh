@@ -9,7 +9,8 @@
 #       deleting the order and starting another, until STATE_DIR/stop exists.
 #   traffic.sh steady ORDERS_URL PRODUCT_ID CLIENTS STATE_DIR
 #       CLIENTS loops alternating GET /commandes/{id} and POST
-#       /commandes-produits on one open order (the rolling-update client).
+#       /commandes-produits on an open order, a new one every 50 lines (the
+#       rolling-update client).
 #
 # Each loop appends one line per request to STATE_DIR/answers.<n>: the HTTP
 # status, or 000 when no answer came (refused, reset, timed out). The
@@ -66,14 +67,18 @@ changes() {
 }
 
 steady() {
-  local order=""
-  while [ -z "$order" ] && [ ! -e "$state/stop" ]; do
-    order=$(request POST /commandes '{}' | jq -r '.id // empty')
-  done
+  local order="" lines=0
   while [ ! -e "$state/stop" ]; do
+    # A fresh order every 50 lines: an order holds at most 100.
+    if [ -z "$order" ] || ((lines >= 50)); then
+      order=$(request POST /commandes '{}' | jq -r '.id // empty')
+      lines=0
+      continue
+    fi
     request GET "/commandes/$order" >/dev/null
     request POST /commandes-produits \
       "{\"commande_id\":$order,\"produit_id\":${product_ids[0]},\"quantite\":1}" >/dev/null
+    lines=$((lines + 1))
   done
 }
 
