@@ -138,6 +138,19 @@ impl TestDb {
         PgConnection::establish(&self.url).expect("connect to test database")
     }
 
+    /// The text of any query returning one text column called `id`.
+    pub fn text(&self, sql: &str) -> String {
+        #[derive(QueryableByName)]
+        struct Text {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            id: String,
+        }
+        diesel::sql_query(sql)
+            .get_result::<Text>(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .id
+    }
+
     /// Counts rows of any query returning one bigint called `n`.
     pub fn count(&self, sql: &str) -> i64 {
         diesel::sql_query(sql)
