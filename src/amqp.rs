@@ -1,5 +1,5 @@
 //! RabbitMQ: connecting (with TCP_NODELAY), declaring the topology of
-//! SPEC §5, publishing with confirms, and telling broker errors apart.
+//! docs/contract.md §4, publishing with confirms, and telling broker errors apart.
 //!
 //! amiquip is synchronous; it is only used from the relay and consumer
 //! threads, never from an async task. It does not set TCP_NODELAY, which

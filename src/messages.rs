@@ -1,4 +1,4 @@
-//! The wire contract with RabbitMQ (SPEC §5): names of the topology and the
+//! The wire contract with RabbitMQ (docs/contract.md §4): names of the topology and the
 //! message bodies. The outbox writer, the relay, the worker and the tests
 //! all use these types; nothing else defines a message.
 

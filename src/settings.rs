@@ -1,4 +1,4 @@
-//! Typed settings, loaded once at start from the layers of SPEC §3.
+//! Typed settings, loaded once at start from the layers of docs/contract.md §2.
 //!
 //! `config/default.toml` is compiled in, so the binary always has every key
 //! and its documented default; `--config FILE`, `ORDERSYS__SECTION__KEY`,

@@ -1,5 +1,5 @@
 //! The one error type of the HTTP boundary, mapped once to
-//! `application/problem+json` (RFC 9457) with the statuses of SPEC §4.
+//! `application/problem+json` (RFC 9457) with the statuses of docs/contract.md §3.
 //!
 //! Policy: 4xx answers name what the client must change (`errors` lists
 //! each field for 400/422); 503 means "retry later" (database down, pool

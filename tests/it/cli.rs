@@ -66,11 +66,7 @@ fn a_config_file_overrides_the_defaults() {
 #[test]
 fn sigterm_stops_a_service_cleanly() {
     let db = crate::common::TestDb::empty();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::process::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ordersys"))
         .args(["products", "--bind", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &db.url)
@@ -95,16 +91,9 @@ fn sigterm_stops_a_service_cleanly() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_runs_the_whole_system_in_one_process() {
+    use crate::common::process::free_port;
     use crate::common::{wait_for, Client, TestBroker, TestDb};
     use serde_json::json;
     use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Fault injection (SPEC §6): whatever is killed, dropped or cut, once the
+//! Fault injection (docs/contract.md §5): whatever is killed, dropped or cut, once the
 //! system settles every product's stock equals its initial stock minus what
 //! its RESERVE lines hold, and no line is left waiting.
 

@@ -1,5 +1,5 @@
-//! The orders API (SPEC §4) and the outbox messages each line change writes
-//! in the same transaction (SPEC §5).
+//! The orders API (docs/contract.md §3) and the outbox messages each line change writes
+//! in the same transaction (docs/contract.md §4).
 
 use crate::common::{id, TestApp};
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! The stock pipeline (SPEC §5): order-line changes reach stock through the
+//! The stock pipeline (docs/contract.md §4): order-line changes reach stock through the
 //! outbox, RabbitMQ and the worker — once, in the right state, whatever the
 //! order or number of deliveries.
 

@@ -1,4 +1,4 @@
-//! The products API, route by route, status by status (SPEC §4).
+//! The products API, route by route, status by status (docs/contract.md §3).
 
 use crate::common::TestApp;
 use reqwest::Method;

@@ -384,20 +384,6 @@ impl TestApp {
             .collect()
     }
 
-    /// The outbox's message ids, oldest first.
-    pub fn outbox_message_ids(&self) -> Vec<String> {
-        use diesel::prelude::*;
-        use ordersys::db::schema::outbox;
-        outbox::table
-            .select(outbox::message_id)
-            .order(outbox::id)
-            .load::<uuid::Uuid>(&mut self.db.conn())
-            .expect("read outbox")
-            .iter()
-            .map(|id| id.to_string())
-            .collect()
-    }
-
     pub fn stock(&self, product: i64) -> i64 {
         self.db.count(&format!(
             "SELECT quantite_en_stock::bigint AS n FROM produits WHERE id = {product}"
@@ -460,7 +446,7 @@ impl TestApp {
         .await
     }
 
-    /// SPEC §6: for every product, stock = initial − Σ quantite of its
+    /// The invariant (docs/contract.md §5): for every product, stock = initial − Σ quantite of its
     /// RESERVE lines (and never negative); returns the number of products
     /// checked.
     pub fn assert_stock_invariant(&self, initial: &std::collections::HashMap<i64, i64>) -> usize {
