@@ -45,25 +45,55 @@ pub enum AmqpError {
     Closed,
 }
 
-/// Where and how to connect, parsed from `amqp.url`.
-#[derive(Debug, Clone)]
+/// Where and how to connect, parsed from `amqp.url`: `amqp://` in the
+/// clear, `amqps://` over TLS (port 5671 by default), verified against the
+/// system's trusted certificates plus the PEM file of the `cacertfile`
+/// query parameter, as RabbitMQ's URI spec names it.
+#[derive(Clone)]
 pub struct Target {
     host: String,
     port: u16,
     username: String,
     password: String,
     vhost: String,
+    tls: Option<TlsOptions>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TlsOptions {
+    cacertfile: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("vhost", &self.vhost)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, AmqpError> {
         let parsed = url::Url::parse(url).map_err(|e| AmqpError::Url(e.to_string()))?;
-        if parsed.scheme() != "amqp" {
-            return Err(AmqpError::Url(format!(
-                "scheme must be amqp, got {}",
-                parsed.scheme()
-            )));
-        }
+        let tls = match parsed.scheme() {
+            "amqp" => None,
+            "amqps" => Some(TlsOptions {
+                cacertfile: parsed
+                    .query_pairs()
+                    .find(|(k, _)| k == "cacertfile")
+                    .map(|(_, v)| v.into_owned()),
+            }),
+            other => {
+                return Err(AmqpError::Url(format!(
+                    "scheme must be amqp or amqps, got {other}"
+                )))
+            }
+        };
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
@@ -79,7 +109,9 @@ impl Target {
                 .filter(|h| !h.is_empty())
                 .unwrap_or("localhost")
                 .to_owned(),
-            port: parsed.port().unwrap_or(5672),
+            port: parsed
+                .port()
+                .unwrap_or(if tls.is_some() { 5671 } else { 5672 }),
             username: match parsed.username() {
                 "" => "guest".to_owned(),
                 user => decode(user),
@@ -89,7 +121,27 @@ impl Target {
                 .map(decode)
                 .unwrap_or_else(|| "guest".to_owned()),
             vhost,
+            tls,
         })
+    }
+
+    /// The TLS client of an `amqps://` target.
+    fn tls_connector(&self) -> Result<Option<native_tls::TlsConnector>, AmqpError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(file) = &tls.cacertfile {
+            let pem = std::fs::read(file)
+                .map_err(|e| AmqpError::Url(format!("cannot read cacertfile {file}: {e}")))?;
+            let certificate = native_tls::Certificate::from_pem(&pem)
+                .map_err(|e| AmqpError::Url(format!("cacertfile {file}: {e}")))?;
+            builder.add_root_certificate(certificate);
+        }
+        builder
+            .build()
+            .map(Some)
+            .map_err(|e| AmqpError::Url(format!("cannot set up TLS: {e}")))
     }
 
     pub fn vhost(&self) -> &str {
@@ -100,6 +152,7 @@ impl Target {
 /// Opens a connection with TCP_NODELAY; `name` shows in the management UI.
 pub fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
     let target = Target::parse(&settings.url)?;
+    let tls = target.tls_connector()?;
     let addr_text = format!("{}:{}", target.host, target.port);
     let io = |source| AmqpError::Connect {
         addr: addr_text.clone(),
@@ -120,11 +173,13 @@ pub fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpEr
                     .heartbeat(settings.heartbeat_secs)
                     .connection_timeout(Some(CONNECT_TIMEOUT))
                     .information(Some(name.to_owned()));
-                return Ok(Connection::insecure_open_stream(
-                    stream,
-                    options,
-                    ConnectionTuning::default(),
-                )?);
+                let tuning = ConnectionTuning::default();
+                return Ok(match tls {
+                    Some(tls) => {
+                        Connection::open_tls_stream(tls, &target.host, stream, options, tuning)?
+                    }
+                    None => Connection::insecure_open_stream(stream, options, tuning)?,
+                });
             }
             Err(e) => last = Some(e),
         }
@@ -234,6 +289,60 @@ pub fn declare_topology(
     channel.queue_bind(ALERTS_QUEUE, ALERTS_EXCHANGE, "", none())?;
     channel.close()?;
     Ok(())
+}
+
+/// The broker rights each ordersys user needs on its vhost, as RabbitMQ's
+/// (configure, write, read) patterns: the orders relay only publishes to
+/// `product_exchange`; a worker consumes `product_queue` and publishes dead
+/// letters and stock alerts; `ordersys migrate` declares the topology. No
+/// user may declare, consume or publish anything else (the Swarm stack's
+/// definitions, written by swarm/create-secrets.sh, hold the same patterns).
+pub const PERMISSIONS: &[BrokerUser] = &[
+    BrokerUser {
+        name: "ordersys_orders",
+        configure: "^$",
+        write: "^product_exchange$",
+        read: "^$",
+    },
+    BrokerUser {
+        name: "ordersys_worker",
+        configure: "^$",
+        write: "^(product_dlx|stock_alerts)$",
+        read: "^product_queue$",
+    },
+    BrokerUser {
+        name: "ordersys_migrate",
+        configure: TOPOLOGY,
+        write: TOPOLOGY,
+        read: TOPOLOGY,
+    },
+];
+
+const TOPOLOGY: &str =
+    r"^(product_exchange|product_queue|product_queue\.dlq|product_dlx|stock_alerts)$";
+
+/// One broker user and its permission patterns.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerUser {
+    pub name: &'static str,
+    pub configure: &'static str,
+    pub write: &'static str,
+    pub read: &'static str,
+}
+
+/// What a service does on connect: declare the topology, unless
+/// `amqp.declare_topology` is false (its broker user may not configure;
+/// `ordersys migrate` declared it, and a missing exchange or queue shows
+/// as a broker error that the caller retries with backoff).
+pub fn ensure_topology(
+    connection: &mut Connection,
+    settings: &AmqpSettings,
+) -> Result<(), AmqpError> {
+    if settings.declare_topology {
+        declare_topology(connection, settings)
+    } else {
+        Ok(())
+    }
 }
 
 /// Properties of every message ordersys publishes: persistent, JSON, with
@@ -368,6 +477,13 @@ mod tests {
             (t.port, t.username.as_str(), t.vhost()),
             (5672, "guest", "/")
         );
-        assert!(Target::parse("amqps://h").is_err());
+        let t = Target::parse("amqps://u:secret@h/v?cacertfile=%2Fetc%2Fca.pem").unwrap();
+        assert_eq!(t.port, 5671);
+        assert_eq!(
+            t.tls.as_ref().and_then(|t| t.cacertfile.as_deref()),
+            Some("/etc/ca.pem")
+        );
+        assert!(!format!("{t:?}").contains("secret"));
+        assert!(Target::parse("http://h").is_err());
     }
 }

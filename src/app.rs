@@ -3,13 +3,14 @@
 //! shutdown stop in order — HTTP requests first, then the relay's batch and
 //! the consumers' messages in hand — within the grace period.
 
+use crate::auth::Authenticator;
 use crate::db::{migrate, Database};
 use crate::dependencies::{BrokerUse, Dependencies};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::outbox::relay::Relay;
 use crate::outbox::Waker;
-use crate::settings::Settings;
+use crate::settings::{AuthMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::worker::consumer;
 use anyhow::Context;
@@ -175,7 +176,15 @@ impl Application {
             metrics,
             waker,
         };
-        let server = http::server(listener, settings, state, api)?;
+        let auth = Arc::new(Authenticator::new(&settings.auth)?);
+        if let (AuthMode::Open, Some(_)) = (auth.mode(), api.scopes) {
+            log::warn!(
+                "auth.mode is open: anyone who reaches http://{addr} may {} \
+                 (set auth.mode = \"jwt\" to require bearer tokens)",
+                api.writes
+            );
+        }
+        let server = http::server(listener, settings, state, api, auth)?;
         log::info!("ordersys {} listening on http://{addr}", mode.name());
         Ok(Application {
             mode,

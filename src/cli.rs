@@ -39,6 +39,26 @@ pub enum Command {
     Migrate,
     /// Exit 0 if GET URL answers 2xx within 2 s (container health checks)
     Probe(ProbeArgs),
+    /// Print a bearer token (JWT) signed with the HS256 secret of
+    /// auth.jwt_secret_file, for development and tests
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The scopes it carries, comma-separated: products:read,
+    /// products:write, stock:correct, orders:read, orders:write
+    #[arg(long, value_name = "SCOPE[,SCOPE…]", value_parser = crate::auth::parse_scopes)]
+    pub scope: std::vec::Vec<crate::auth::Scope>,
+
+    /// How long it is valid, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub ttl: u64,
+
+    /// Its `sub` claim: who holds it (shows in the services' debug logs)
+    #[arg(long, value_name = "NAME", default_value = "ordersys-token")]
+    pub subject: String,
 }
 
 #[derive(Debug, Args)]
@@ -134,5 +154,33 @@ mod tests {
         assert_eq!(all.orders_bind.port(), 9081);
         assert_eq!(all.products_bind.port(), 8000);
         assert_eq!(all.worker_bind.port(), 8082);
+        let cli = Cli::parse_from([
+            "ordersys",
+            "token",
+            "--scope",
+            "products:write,stock:correct",
+            "--ttl",
+            "60",
+        ]);
+        let Command::Token(token) = cli.command else {
+            panic!("token parses")
+        };
+        assert_eq!(
+            token.scope,
+            [
+                crate::auth::Scope::ProductsWrite,
+                crate::auth::Scope::StockCorrect
+            ]
+        );
+        assert!(Cli::try_parse_from(["ordersys", "token", "--scope", "root"]).is_err());
+        assert!(Cli::try_parse_from([
+            "ordersys",
+            "token",
+            "--scope",
+            "orders:write",
+            "--ttl",
+            "0"
+        ])
+        .is_err());
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod amqp;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod db;
 pub mod dependencies;

@@ -34,6 +34,7 @@ fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
     let modes = match command {
         Command::Migrate => return migrate(&settings),
         Command::Probe(_) => unreachable!("handled before settings are loaded"),
+        Command::Token(args) => return token(&settings, &args),
         Command::Orders(args) => vec![(
             Mode::Orders,
             args.bind.unwrap_or_else(|| default(Command::ORDERS_BIND)),
@@ -93,6 +94,20 @@ fn probe(url: Option<&str>) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// `ordersys token`: a token on stdout, nothing else.
+fn token(settings: &Settings, args: &ordersys::cli::TokenArgs) -> anyhow::Result<()> {
+    let auth = ordersys::auth::Authenticator::new(&settings.auth)?;
+    let token = auth
+        .mint(
+            &args.subject,
+            &args.scope,
+            std::time::Duration::from_secs(args.ttl),
+        )
+        .map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
+}
+
 fn default(addr: &str) -> SocketAddr {
     addr.parse().expect("default bind addresses are valid")
 }
@@ -110,6 +125,20 @@ fn migrate(settings: &Settings) -> anyhow::Result<()> {
         log::info!("database schema is up to date");
     } else {
         log::info!("applied migrations: {}", applied.join(", "));
+    }
+    let roles = settings.migrate.role_passwords();
+    if !roles.is_empty() {
+        let done = ordersys::db::migrate::set_role_passwords(&mut conn, &roles)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        log::info!("passwords set for the roles {}", done.join(", "));
+    }
+    if settings.migrate.declare_topology {
+        let mut connection = ordersys::amqp::connect(&settings.amqp, "ordersys-migrate")
+            .context("cannot connect to RabbitMQ")?;
+        ordersys::amqp::declare_topology(&mut connection, &settings.amqp)
+            .context("cannot declare the RabbitMQ topology")?;
+        let _ = connection.close();
+        log::info!("RabbitMQ topology declared");
     }
     Ok(())
 }

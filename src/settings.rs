@@ -25,9 +25,11 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub retry: RetrySettings,
     pub shutdown: ShutdownSettings,
+    pub auth: AuthSettings,
+    pub migrate: MigrateSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
@@ -35,15 +37,69 @@ pub struct DatabaseSettings {
     pub pool_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
+    pub migrate_on_start: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: String,
     pub prefetch: u16,
     pub heartbeat_secs: u16,
     pub delivery_limit: u16,
+    pub declare_topology: bool,
+}
+
+// Debug without the passwords the URLs carry.
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redacted(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout_ms", &self.pool_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &redacted(&self.url))
+            .field("prefetch", &self.prefetch)
+            .field("heartbeat_secs", &self.heartbeat_secs)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("declare_topology", &self.declare_topology)
+            .finish()
+    }
+}
+
+/// `url` with its password (and any `password` query parameter) replaced
+/// by `***`, for Debug output and log lines.
+pub fn redacted(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<unparsable URL>".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +121,7 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     pub max_message_bytes: usize,
     pub dedupe_retention_secs: u64,
+    pub accept_seed_format: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +149,64 @@ pub struct RetrySettings {
 #[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     pub grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub jwt_algorithm: JwtAlgorithm,
+    pub jwt_secret_file: String,
+    pub jwt_public_key_file: String,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_secs: u64,
+    pub protect_reads: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: anyone who reaches the port may write.
+    Open,
+    /// Writes (and, with `protect_reads`, reads) need a bearer JWT.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC with the shared secret of `jwt_secret_file`.
+    HS256,
+    /// RSA signature, verified with the PEM public key of `jwt_public_key_file`.
+    RS256,
+    /// Ed25519 signature, verified with the PEM public key of `jwt_public_key_file`.
+    EdDSA,
+}
+
+/// What `ordersys migrate` does besides applying migrations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSettings {
+    pub products_password_file: String,
+    pub orders_password_file: String,
+    pub worker_password_file: String,
+    pub declare_topology: bool,
+}
+
+impl MigrateSettings {
+    /// Each service's login role with the file its password is read from,
+    /// for the roles that have one.
+    pub fn role_passwords(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("ordersys_products", &self.products_password_file),
+            ("ordersys_orders", &self.orders_password_file),
+            ("ordersys_worker", &self.worker_password_file),
+        ]
+        .into_iter()
+        .filter(|(_, file)| !file.is_empty())
+        .map(|(role, file)| (role, file.as_str()))
+        .collect()
+    }
 }
 
 /// A configuration problem, phrased as one line that names the key.
@@ -193,7 +308,7 @@ impl Settings {
             &self.database.url,
             &["postgres", "postgresql"],
         )?;
-        url_scheme("amqp.url", &self.amqp.url, &["amqp"])?;
+        url_scheme("amqp.url", &self.amqp.url, &["amqp", "amqps"])?;
         let at_least = |key: &str, value: u64, min: u64| {
             if value < min {
                 Err(SettingsError::key(
@@ -241,6 +356,27 @@ impl Settings {
                 "stock.low_threshold",
                 "must not be negative",
             ));
+        }
+        if self.auth.mode == AuthMode::Jwt {
+            let (key, file) = match self.auth.jwt_algorithm {
+                JwtAlgorithm::HS256 => ("auth.jwt_secret_file", &self.auth.jwt_secret_file),
+                _ => ("auth.jwt_public_key_file", &self.auth.jwt_public_key_file),
+            };
+            if file.is_empty() {
+                return Err(SettingsError::key(
+                    key,
+                    format!(
+                        "must name a file when auth.mode is jwt with {:?}",
+                        self.auth.jwt_algorithm
+                    ),
+                ));
+            }
+            if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
+                return Err(SettingsError::key(
+                    "auth.issuer",
+                    "auth.issuer and auth.audience must not be empty",
+                ));
+            }
         }
         for (key, path) in [
             ("http.docs_path", &self.http.docs_path),

@@ -1,10 +1,231 @@
 #!/usr/bin/env bash
-# Creates the Docker secrets swarm/stack.yml reads. Run once on a manager:
-#   POSTGRES_PASSWORD=... RABBITMQ_PASSWORD=... swarm/create-secrets.sh
+# Creates the Docker secrets swarm/stack.yml reads. Run on a manager, once
+# per cluster (before the first `docker stack deploy`):
+#
+#   swarm/create-secrets.sh              create them; fails if one exists
+#   swarm/create-secrets.sh --replace    remove the existing ones first
+#   swarm/create-secrets.sh --remove     only remove them
+#
+# A secret in use by a service cannot be removed: `docker stack rm ordersys`
+# first (volumes stay). Changing passwords on an existing deployment: the
+# PostgreSQL owner's password lives in the data volume (set at its first
+# start only; change it with ALTER ROLE too), the service roles' passwords are
+# set by `ordersys migrate` at every deploy, and RabbitMQ re-imports its users
+# from the definitions at every start.
+#
+# Every value is generated (openssl rand) unless given in the environment;
+# nothing secret is printed, and nothing is written to disk:
+#
+#   POSTGRES_PASSWORD       PostgreSQL owner `ordersys` (superuser; used by migrate only)
+#   PRODUCTS_DB_PASSWORD    login role ordersys_products
+#   ORDERS_DB_PASSWORD      login role ordersys_orders
+#   WORKER_DB_PASSWORD      login role ordersys_worker
+#   RABBITMQ_MIGRATE_PASSWORD  broker user ordersys_migrate (declares the topology)
+#   RABBITMQ_ORDERS_PASSWORD   broker user ordersys_orders (publishes to product_exchange)
+#   RABBITMQ_WORKER_PASSWORD   broker user ordersys_worker (consumes product_queue)
+#   JWT_SECRET              HS256 secret of the APIs' bearer tokens (at least 32 bytes)
+#   DATABASE_URL_PARAMS     optional query string for every PostgreSQL URL, e.g. sslmode=require
+#   AMQP_SCHEME             amqp (default) or amqps (TLS; port 5671 unless AMQP_PORT is set)
+#
+# Generated values cannot be read back from here; what needs them reads
+# them from the secrets. To mint a bearer token (scopes products:write,
+# orders:write, stock:correct; products:read, orders:read when reads are
+# protected), run the image's `token` mode inside a products task:
+#
+#   docker exec "$(docker ps -q -f label=com.docker.swarm.service.name=ordersys_products | head -n1)" \
+#     ordersys token --scope products:write,orders:write --ttl 600
+#
+# RabbitMQ gets no default user and no administrator: when definitions are
+# imported at boot it creates neither `guest` nor RABBITMQ_DEFAULT_USER.
+# For an operator's session, `docker exec` into the rabbitmq task and use
+# rabbitmqctl (it authenticates with the Erlang cookie, not a user).
 set -euo pipefail
-: "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
-: "${RABBITMQ_PASSWORD:?set RABBITMQ_PASSWORD}"
-printf '%s' "$POSTGRES_PASSWORD" | docker secret create ordersys_postgres_password -
-printf 'postgres://ordersys:%s@postgres:5432/ordersys' "$POSTGRES_PASSWORD" | docker secret create ordersys_database_url -
-printf 'amqp://ordersys:%s@rabbitmq:5672/%%2f' "$RABBITMQ_PASSWORD" | docker secret create ordersys_amqp_url -
-printf 'default_user = ordersys\ndefault_pass = %s\n' "$RABBITMQ_PASSWORD" | docker secret create ordersys_rabbitmq_conf -
+umask 077
+
+secrets=(
+  ordersys_postgres_password
+  ordersys_migrate_database_url
+  ordersys_products_database_url
+  ordersys_orders_database_url
+  ordersys_worker_database_url
+  ordersys_products_db_password
+  ordersys_orders_db_password
+  ordersys_worker_db_password
+  ordersys_migrate_amqp_url
+  ordersys_orders_amqp_url
+  ordersys_worker_amqp_url
+  ordersys_jwt_secret
+  ordersys_rabbitmq_conf
+  ordersys_rabbitmq_definitions
+)
+
+usage() {
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+action=create
+case ${1:-} in
+  "") ;;
+  --replace) action=replace ;;
+  --remove) action=remove ;;
+  *) usage ;;
+esac
+
+command -v docker >/dev/null || { echo "create-secrets: docker is not installed" >&2; exit 1; }
+if [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" != true ]; then
+  echo "create-secrets: run this on a Swarm manager (docker swarm init)" >&2
+  exit 1
+fi
+
+remove_all() {
+  local name
+  for name in "${secrets[@]}"; do
+    if docker secret inspect "$name" >/dev/null 2>&1; then
+      docker secret rm "$name" >/dev/null
+      echo "removed secret $name"
+    fi
+  done
+}
+
+if [ "$action" = remove ]; then
+  remove_all
+  exit 0
+fi
+if [ "$action" = replace ]; then
+  remove_all
+fi
+for name in "${secrets[@]}"; do
+  if docker secret inspect "$name" >/dev/null 2>&1; then
+    echo "create-secrets: secret $name exists; rerun with --replace (after docker stack rm)" >&2
+    exit 1
+  fi
+done
+command -v openssl >/dev/null || { echo "create-secrets: openssl is needed" >&2; exit 1; }
+
+if [ -n "${RABBITMQ_PASSWORD:-}" ]; then
+  echo "create-secrets: RABBITMQ_PASSWORD is ignored: each broker user has its own" \
+    "(RABBITMQ_MIGRATE_PASSWORD, RABBITMQ_ORDERS_PASSWORD, RABBITMQ_WORKER_PASSWORD)" >&2
+fi
+
+# value NAME: $NAME, or 32 random bytes in hex. A password must be one line.
+value() {
+  local v=${!1:-}
+  if [ -z "$v" ]; then
+    v=$(openssl rand -hex 32)
+  fi
+  case $v in
+    *$'\n'* | *$'\r'*) echo "create-secrets: $1 must not contain a line break" >&2; exit 1 ;;
+  esac
+  printf '%s' "$v"
+}
+
+# urlencode STRING: RFC 3986 percent-encoding of every byte but the
+# unreserved characters (A-Z a-z 0-9 - . _ ~), for passwords inside URLs.
+urlencode() {
+  local LC_ALL=C
+  local s=$1 out='' c i
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    case $c in
+      [A-Za-z0-9._~-]) out+=$c ;;
+      *)
+        printf -v c '%%%02X' "'$c"
+        out+=$c
+        ;;
+    esac
+  done
+  printf '%s' "$out"
+}
+
+# rabbit_hash PASSWORD: RabbitMQ's rabbit_password_hashing_sha256,
+# base64(salt || sha256(salt || password)) with a random 4-byte salt.
+rabbit_hash() {
+  local salt
+  salt=$(openssl rand -hex 4 | sed 's/../\\x&/g')
+  {
+    printf '%b' "$salt"
+    {
+      printf '%b' "$salt"
+      printf '%s' "$1"
+    } | openssl dgst -sha256 -binary
+  } | openssl base64 -A
+}
+
+create() { # create NAME VALUE: the value goes through stdin, never argv
+  printf '%s' "$2" | docker secret create --label org.ordersys.stack=ordersys "$1" - >/dev/null
+  echo "created secret $1"
+}
+
+postgres_password=$(value POSTGRES_PASSWORD)
+products_db=$(value PRODUCTS_DB_PASSWORD)
+orders_db=$(value ORDERS_DB_PASSWORD)
+worker_db=$(value WORKER_DB_PASSWORD)
+mq_migrate=$(value RABBITMQ_MIGRATE_PASSWORD)
+mq_orders=$(value RABBITMQ_ORDERS_PASSWORD)
+mq_worker=$(value RABBITMQ_WORKER_PASSWORD)
+if [ -n "${JWT_SECRET:-}" ]; then
+  jwt_secret=$(value JWT_SECRET)
+  if [ "$(printf '%s' "$jwt_secret" | wc -c)" -lt 32 ]; then
+    echo "create-secrets: JWT_SECRET must be at least 32 bytes" >&2
+    exit 1
+  fi
+else
+  jwt_secret=$(openssl rand -base64 48 | tr -d '\n')
+fi
+
+params=${DATABASE_URL_PARAMS:+?${DATABASE_URL_PARAMS#\?}}
+case ${AMQP_SCHEME:=amqp} in
+  amqp) amqp_port=${AMQP_PORT:-5672} ;;
+  amqps) amqp_port=${AMQP_PORT:-5671} ;;
+  *) echo "create-secrets: AMQP_SCHEME must be amqp or amqps" >&2; exit 1 ;;
+esac
+
+pg_url() { printf 'postgres://%s:%s@postgres:5432/ordersys%s' "$1" "$(urlencode "$2")" "$params"; }
+amqp_url() { printf '%s://%s:%s@rabbitmq:%s/%%2f' "$AMQP_SCHEME" "$1" "$(urlencode "$2")" "$amqp_port"; }
+
+create ordersys_postgres_password "$postgres_password"
+create ordersys_migrate_database_url "$(pg_url ordersys "$postgres_password")"
+create ordersys_products_database_url "$(pg_url ordersys_products "$products_db")"
+create ordersys_orders_database_url "$(pg_url ordersys_orders "$orders_db")"
+create ordersys_worker_database_url "$(pg_url ordersys_worker "$worker_db")"
+create ordersys_products_db_password "$products_db"
+create ordersys_orders_db_password "$orders_db"
+create ordersys_worker_db_password "$worker_db"
+create ordersys_migrate_amqp_url "$(amqp_url ordersys_migrate "$mq_migrate")"
+create ordersys_orders_amqp_url "$(amqp_url ordersys_orders "$mq_orders")"
+create ordersys_worker_amqp_url "$(amqp_url ordersys_worker "$mq_worker")"
+create ordersys_jwt_secret "$jwt_secret"
+
+# RabbitMQ: the definitions (users, their permissions on vhost "/") are
+# imported at every boot; with them RabbitMQ creates no default user.
+create ordersys_rabbitmq_conf "# Written by swarm/create-secrets.sh.
+load_definitions = /run/secrets/ordersys_rabbitmq_definitions
+# No guest (it is not created anyway); no login from elsewhere if it ever is.
+loopback_users.guest = true
+"
+
+user_json() { # user_json NAME PASSWORD
+  printf '    {"name": "%s", "password_hash": "%s", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}' \
+    "$1" "$(rabbit_hash "$2")"
+}
+permission_json() { # permission_json USER CONFIGURE WRITE READ (JSON-escaped regexes)
+  printf '    {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' "$1" "$2" "$3" "$4"
+}
+topology='^(product_exchange|product_queue|product_queue\\.dlq|product_dlx|stock_alerts)$'
+definitions=$(
+  printf '{\n  "vhosts": [{"name": "/"}],\n  "users": [\n'
+  user_json ordersys_migrate "$mq_migrate"
+  printf ',\n'
+  user_json ordersys_orders "$mq_orders"
+  printf ',\n'
+  user_json ordersys_worker "$mq_worker"
+  printf '\n  ],\n  "permissions": [\n'
+  permission_json ordersys_migrate "$topology" "$topology" "$topology"
+  printf ',\n'
+  permission_json ordersys_orders '^$' '^product_exchange$' '^$'
+  printf ',\n'
+  permission_json ordersys_worker '^$' '^(product_dlx|stock_alerts)$' '^product_queue$'
+  printf '\n  ]\n}\n'
+)
+create ordersys_rabbitmq_definitions "$definitions"

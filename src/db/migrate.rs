@@ -1,11 +1,18 @@
 //! Schema migrations, embedded in the binary and applied under a PostgreSQL
 //! advisory lock, so any number of processes may start at once: the first
 //! applies them, the others wait for the lock and find nothing to do.
+//!
+//! A service connected as its own least-privileged role
+//! (`database.migrate_on_start = false`) only checks that every migration
+//! is applied, and waits until `ordersys migrate`, run as the owner, has
+//! applied them ([`check_applied`]). That one also gives the services'
+//! roles their passwords ([`set_role_passwords`]).
 
 use crate::dependencies::Dependency;
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
+use diesel::migration::MigrationSource;
 use diesel::pg::PgConnection;
 use diesel::sql_types::BigInt;
 use diesel::{Connection, RunQueryDsl};
@@ -38,6 +45,85 @@ pub fn revert_all(conn: &mut PgConnection) -> Result<Vec<String>, BoxError> {
             .map(|v| v.to_string())
             .collect())
     })
+}
+
+/// The migrations this binary has that the database lacks; needs only
+/// `SELECT` on diesel's bookkeeping table (no `CREATE`, unlike diesel's own
+/// check, which first creates that table if it is missing).
+pub fn missing(conn: &mut PgConnection) -> Result<Vec<String>, BoxError> {
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let applied: Vec<Applied> =
+        match diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(conn) {
+            Ok(rows) => rows,
+            // No migration ever ran here.
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("does not exist") =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let applied: std::collections::HashSet<String> =
+        applied.into_iter().map(|a| a.version).collect();
+    let known = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)?;
+    Ok(known
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
+
+/// Fails unless every migration of this binary is applied.
+pub fn check_applied(conn: &mut PgConnection) -> Result<(), BoxError> {
+    let missing = missing(conn)?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "waiting for `ordersys migrate`: {} migration(s) not applied ({}); \
+             database.migrate_on_start is false",
+            missing.len(),
+            missing.join(", ")
+        )
+        .into())
+    }
+}
+
+/// Sets each role's password from its file (`migrate.*_password_file`).
+/// The statement is built by PostgreSQL's `format('%I', '%L')`, so any
+/// character is safe in a password; it reaches the server in the clear
+/// over this connection (use TLS where the network is not trusted), and
+/// the server stores it hashed with its `password_encryption`.
+pub fn set_role_passwords(
+    conn: &mut PgConnection,
+    roles: &[(&'static str, &str)],
+) -> Result<Vec<&'static str>, BoxError> {
+    #[derive(diesel::QueryableByName)]
+    struct Statement {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        sql: String,
+    }
+    let mut done = Vec::new();
+    for (role, file) in roles {
+        let password = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read the password of {role} from {file}: {e}"))?;
+        let password = password.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(format!("the password of {role} in {file} is empty").into());
+        }
+        let statement: Statement =
+            diesel::sql_query("SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1, $2) AS sql")
+                .bind::<diesel::sql_types::Text, _>(*role)
+                .bind::<diesel::sql_types::Text, _>(password)
+                .get_result(conn)?;
+        diesel::sql_query(statement.sql).execute(conn)?;
+        done.push(*role);
+    }
+    Ok(done)
 }
 
 fn with_lock<T>(
@@ -103,11 +189,19 @@ pub fn prepare_with_retry(
     shutdown: &Shutdown,
 ) -> bool {
     let mut backoff = Backoff::new(&settings.retry);
+    let migrate = settings.database.migrate_on_start;
     loop {
-        let attempt = ensure_database(&settings.database.url).and_then(|()| {
-            let mut conn = super::connect(&settings.database, application)?;
-            run_pending(&mut conn)
-        });
+        let attempt = if migrate {
+            ensure_database(&settings.database.url).and_then(|()| {
+                let mut conn = super::connect(&settings.database, application)?;
+                run_pending(&mut conn)
+            })
+        } else {
+            super::connect(&settings.database, application)
+                .map_err(BoxError::from)
+                .and_then(|mut conn| check_applied(&mut conn))
+                .map(|()| Vec::new())
+        };
         match attempt {
             Ok(applied) => {
                 health.set_up();

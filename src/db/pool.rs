@@ -97,6 +97,7 @@ mod tests {
             pool_timeout_ms: 1,
             connect_timeout_ms: 5000,
             statement_timeout_ms: 250,
+            migrate_on_start: true,
         }
     }
 

@@ -6,6 +6,7 @@
 //! exhausted); 500 is only for bugs, and its cause is logged here, once,
 //! with the full chain, while the client sees a generic message.
 
+use crate::auth::{AuthFailure, Scope};
 use crate::db::Failure;
 use crate::domain::FieldError;
 use crate::orders::model::OrderError;
@@ -41,6 +42,12 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// 401: no valid bearer token.
+    #[error("{0}")]
+    Unauthorized(AuthFailure),
+    /// 403: a valid token without the scope the request needs.
+    #[error("this request needs the scope {0}")]
+    Forbidden(Scope),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -95,9 +102,28 @@ impl ApiError {
         ApiError::Internal(error.into())
     }
 
+    /// The `WWW-Authenticate` challenge of a 401 or 403 (RFC 6750 §3): no
+    /// error code when no token was sent, and nothing about which part of
+    /// a refused token was wrong.
+    fn challenge(&self) -> Option<String> {
+        const REALM: &str = r#"Bearer realm="ordersys""#;
+        match self {
+            ApiError::Unauthorized(AuthFailure::Missing) => Some(REALM.to_owned()),
+            ApiError::Unauthorized(AuthFailure::Invalid) => Some(format!(
+                r#"{REALM}, error="invalid_token", error_description="the access token is invalid or expired""#
+            )),
+            ApiError::Forbidden(scope) => Some(format!(
+                r#"{REALM}, error="insufficient_scope", scope="{scope}""#
+            )),
+            _ => None,
+        }
+    }
+
     fn slug_and_title(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::BadRequest { .. } => ("bad-request", "Malformed request"),
+            ApiError::Unauthorized(_) => ("unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
             ApiError::NotFound(_) => ("not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
@@ -136,6 +162,8 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -157,6 +185,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Unavailable(_) | ApiError::ConnectionLost = self {
             response.insert_header(("Retry-After", "1"));
+        }
+        if let Some(challenge) = self.challenge() {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
         }
         response
             .content_type("application/problem+json")
@@ -211,6 +242,8 @@ impl crate::db::DbFailure for ApiError {
 /// The error answers every operation may give, for the OpenAPI document.
 const DOCUMENTED: &[(u16, &str)] = &[
     (400, "Malformed JSON, or a field of the wrong type"),
+    (401, "No bearer token, or one that is invalid or expired"),
+    (403, "The bearer token lacks the scope this operation needs"),
     (404, "Unknown id"),
     (409, "Conflicts with the current state"),
     (413, "Request body too large"),
@@ -283,6 +316,12 @@ mod tests {
                 "bad-request",
             ),
             (ApiError::not_found("produit", 7), 404, "not-found"),
+            (
+                ApiError::Unauthorized(AuthFailure::Missing),
+                401,
+                "unauthorized",
+            ),
+            (ApiError::Forbidden(Scope::StockCorrect), 403, "forbidden"),
             (
                 ApiError::MethodNotAllowed("no".into()),
                 405,

@@ -5,6 +5,7 @@
 //! Handlers are thin: extract, convert the input into domain values, call a
 //! plain query function through [`crate::db::Database::run`], map the result.
 
+pub mod auth;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -14,6 +15,7 @@ mod probes;
 pub mod products;
 pub mod responses;
 
+use crate::auth::{ApiScopes, Authenticator};
 use crate::db::Database;
 use crate::dependencies::Dependencies;
 use crate::metrics::Metrics;
@@ -44,11 +46,17 @@ pub struct AppState {
 /// Registers an API's routes (and any data only they use).
 pub type Routes = Arc<dyn Fn(&mut paperclip::actix::web::ServiceConfig) + Send + Sync>;
 
-/// One HTTP API: its routes and how its OpenAPI document introduces it.
+/// One HTTP API: its routes, the scopes they need, and how its OpenAPI
+/// document introduces it.
 pub struct Api {
     pub title: &'static str,
     pub description: &'static str,
     pub routes: Routes,
+    /// `None` for the worker's port (health and metrics only).
+    pub scopes: Option<ApiScopes>,
+    /// What anyone may do when `auth.mode` is open ("create, change and
+    /// delete …"), for the warning at start.
+    pub writes: &'static str,
 }
 
 /// The worker's HTTP port: health and metrics only.
@@ -57,6 +65,8 @@ pub fn worker_api() -> Api {
         title: "ordersys worker",
         description: "Health and metrics of a stock worker process.",
         routes: Arc::new(|_| {}),
+        scopes: None,
+        writes: "",
     }
 }
 
@@ -68,8 +78,16 @@ pub fn server(
     settings: &Settings,
     state: AppState,
     api: Api,
+    auth: Arc<Authenticator>,
 ) -> std::io::Result<Server> {
     let spec = spec(&api);
+    let security = openapi::Security {
+        scopes: api
+            .scopes
+            .filter(|_| auth.mode() == crate::settings::AuthMode::Jwt),
+        protect_reads: auth.protect_reads(),
+    };
+    let scopes = api.scopes;
     let http = settings.http.clone();
     let limit = extract::BodyLimit {
         max_bytes: http.max_body_bytes,
@@ -79,6 +97,7 @@ pub fn server(
     let data = actix_web::web::Data::new(state);
     let mut server = HttpServer::new(move || {
         let metrics = data.metrics.clone();
+        let auth = auth.clone();
         actix_web::App::new()
             .app_data(data.clone())
             .app_data(limit)
@@ -91,7 +110,7 @@ pub fn server(
             // paperclip's own (which is still needed: it tells Swagger UI
             // where the document is).
             .with_raw_json_spec_v3(|app, spec| {
-                let body = openapi::refine(spec).to_string();
+                let body = openapi::refine(spec, &security).to_string();
                 app.service(paperclip::actix::web::resource(&http.openapi_path).route(
                     paperclip::actix::web::get().to(move || {
                         let body = body.clone();
@@ -109,6 +128,18 @@ pub fn server(
             .with_swagger_ui_at(&http.docs_path)
             .build()
             .default_service(actix_web::web::to(no_route))
+            .wrap_fn(move |req, srv| {
+                let outcome = match auth::check(&auth, scopes.as_ref(), &req) {
+                    Ok(()) => Ok(actix_web::dev::Service::call(srv, req)),
+                    Err(refused) => Err(req.into_response(refused.error_response())),
+                };
+                async move {
+                    match outcome {
+                        Ok(fut) => Ok(fut.await?.map_into_left_body()),
+                        Err(refused) => Ok(refused.map_into_right_body()),
+                    }
+                }
+            })
             .wrap(ErrorHandlers::new().default_handler(as_problem))
             .wrap_fn(move |req, srv| {
                 let metrics = metrics.clone();

@@ -9,20 +9,46 @@
 //! `nullable` where null is sent or accepted, so that a client generated
 //! from the document sends what the handlers accept.
 
+use crate::auth::{ApiScopes, Scope};
 use crate::domain::limits::*;
 use crate::domain::OrderStatus;
 use serde_json::{json, Value};
 
-pub fn refine(mut spec: Value) -> Value {
+/// What the document says about authentication.
+#[derive(Clone, Copy)]
+pub struct Security {
+    /// The API's scopes when tokens are checked; `None` when open.
+    pub scopes: Option<ApiScopes>,
+    pub protect_reads: bool,
+}
+
+impl Security {
+    fn required(&self, method: &str, path: &str) -> Option<Scope> {
+        self.scopes
+            .and_then(|s| s.required(&method.to_ascii_uppercase(), path, self.protect_reads))
+    }
+}
+
+pub fn refine(mut spec: Value, security: &Security) -> Value {
     if let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in paths.iter_mut() {
             let Some(item) = item.as_object_mut() else {
                 continue;
             };
             for (method, op) in item.iter_mut() {
-                refine_operation(path, method, op);
+                let required = security.required(method, path);
+                refine_operation(path, method, op, required);
             }
         }
+    }
+    if security.scopes.is_some() {
+        spec["components"]["securitySchemes"] = json!({"bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT whose `scope` claim (space-separated) holds the scope each \
+                            operation names; `ordersys token` mints one for development."
+        }});
     }
     constrain(&mut spec);
     // `errors` is omitted when empty.
@@ -115,7 +141,26 @@ fn constrain(spec: &mut Value) {
     }
 }
 
-fn refine_operation(path: &str, method: &str, op: &mut Value) {
+fn refine_operation(path: &str, method: &str, op: &mut Value, required: Option<Scope>) {
+    if let Some(scope) = required {
+        let mut scopes = vec![scope.as_str()];
+        if method == "put" && path == "/produits/{id}" {
+            scopes.push(Scope::StockCorrect.as_str());
+        }
+        op["security"] = json!([{"bearer": []}]);
+        op["x-required-scopes"] = json!(scopes);
+        let note = match scopes.as_slice() {
+            [only] => format!("Needs a bearer token with the scope `{only}`."),
+            _ => "Needs a bearer token with the scope `products:write`, and `stock:correct` \
+                  as well when it sets `quantite_en_stock`."
+                .to_owned(),
+        };
+        let description = match op["description"].as_str() {
+            Some(text) if !text.is_empty() => format!("{text}\n\n{note}"),
+            _ => note,
+        };
+        op["description"] = json!(description);
+    }
     let has_body = op.get("requestBody").is_some();
     let params = |kind: &str| {
         op.get("parameters")
@@ -134,6 +179,7 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
             method == "delete"
                 || (mutating && path.contains("commandes") && !path.ends_with("commandes"))
         }
+        "401" | "403" => required.is_some(),
         "413" | "415" => has_body,
         "422" => has_body || has_query,
         "503" => touches_db,
@@ -175,7 +221,11 @@ mod tests {
                 "requestBody": {}, "responses": responses
             }}
         }});
-        let spec = refine(spec);
+        let open = Security {
+            scopes: None,
+            protect_reads: false,
+        };
+        let spec = refine(spec, &open);
         let health: Vec<_> = spec["paths"]["/healthz"]["get"]["responses"]
             .as_object()
             .unwrap()

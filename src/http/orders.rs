@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::responses::Created;
 use super::{Api, AppState};
+use crate::auth::{ApiScopes, Scope};
 use crate::domain::{FieldError, OrderStatus, Page, Pagination};
 use crate::orders::model::{
     LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine,
@@ -21,6 +22,12 @@ pub fn api() -> Api {
                       through a transactional outbox and RabbitMQ; a line's `statut_stock` says \
                       whether its stock is reserved yet.",
         routes: std::sync::Arc::new(routes),
+        scopes: Some(ApiScopes {
+            prefixes: &["/commandes", "/api/v1/"],
+            read: Scope::OrdersRead,
+            write: Scope::OrdersWrite,
+        }),
+        writes: "create, change, cancel and delete orders and their lines",
     }
 }
 

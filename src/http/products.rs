@@ -1,9 +1,11 @@
 //! HTTP handlers of the products service: extract, validate, query, answer.
 
+use super::auth::require;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::responses::Created;
 use super::{Api, AppState};
+use crate::auth::{ApiScopes, Caller, Scope};
 use crate::db::Database;
 use crate::domain::{Page, Pagination};
 use crate::products::model::{
@@ -24,6 +26,12 @@ pub fn api(db: &Database) -> Api {
             cfg.app_data(reads.clone());
             routes(cfg)
         }),
+        scopes: Some(ApiScopes {
+            prefixes: &["/produits"],
+            read: Scope::ProductsRead,
+            write: Scope::ProductsWrite,
+        }),
+        writes: "create, change and delete products and set their stock",
     }
 }
 
@@ -99,15 +107,20 @@ async fn get_product(
 /// Update a product (partial).
 ///
 /// Absent fields keep their value; `description` may be set to null.
-/// Setting `quantite_en_stock` is an inventory correction.
+/// Setting `quantite_en_stock` is an inventory correction: with
+/// authentication on, it needs the scope `stock:correct` as well.
 #[api_v2_operation(tags(Products))]
 async fn update_product(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<i64>,
     body: ApiJson<ProductUpdate>,
 ) -> Result<web::Json<Product>, ApiError> {
     let id = id.into_inner();
     let changes = ProductChanges::try_from(body.0).map_err(ApiError::invalid)?;
+    if changes.sets_stock() {
+        require(&caller, Scope::StockCorrect)?;
+    }
     state
         .db
         .run(move |conn| queries::update(conn, id, &changes).map_err(ApiError::from))

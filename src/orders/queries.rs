@@ -240,15 +240,31 @@ fn check_open(id: i64, status: Option<OrderStatus>, field: &str) -> Result<(), O
     }
 }
 
-/// The product's current price, with a key-share lock so that it cannot be
-/// deleted before this transaction commits.
+/// The product's current price. The row is not locked here (the orders
+/// role may only read products): the line's foreign key takes a key-share
+/// lock on it from the line's write to the commit, and a product deleted
+/// between this read and that write is refused by the key ([`product_gone`])
+/// with the same answer as a missing product.
 fn product_price(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Money>> {
     produits::table
         .find(id)
         .select(produits::prix)
-        .for_key_share()
         .first(conn)
         .optional()
+}
+
+/// A line write refused by its product's foreign key: the product was
+/// deleted after its price was read.
+fn product_gone(produit_id: i64) -> impl FnOnce(diesel::result::Error) -> OrderError {
+    move |error| match &error {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            info,
+        ) if info.constraint_name() == Some("commandes_produits_produit_id_fkey") => {
+            OrderError::Invalid(vec![missing_product(produit_id)])
+        }
+        _ => OrderError::Database(error),
+    }
 }
 
 fn missing_product(id: i64) -> FieldError {
@@ -278,7 +294,8 @@ pub fn create_line(conn: &mut PgConnection, new: NewLine) -> Result<OrderLine, O
                 commandes_produits::prix_unitaire.eq(price.unwrap_or_default()),
             ))
             .returning(LineRow::as_returning())
-            .get_result(conn)?;
+            .get_result(conn)
+            .map_err(product_gone(new.produit_id))?;
         outbox::enqueue_stock(conn, &[message(Action::Created, &line, None)])?;
         Ok(line.into())
     })
@@ -371,7 +388,8 @@ pub fn update_line(
                 commandes_produits::modifiee_le.eq(diesel::dsl::now),
             ))
             .returning(LineRow::as_returning())
-            .get_result(conn)?;
+            .get_result(conn)
+            .map_err(product_gone(produit_id))?;
         outbox::enqueue_stock(conn, &[message(Action::Updated, &line, Some(&old))])?;
         Ok((line.into(), true))
     })

@@ -84,7 +84,7 @@ impl Relay {
         let mut pg = db::connect(&settings.database, &self.name)?;
         self.deps.database.set_up();
         let mut connection = amqp::connect(&settings.amqp, &self.name)?;
-        amqp::declare_topology(&mut connection, &settings.amqp)?;
+        amqp::ensure_topology(&mut connection, &settings.amqp)?;
         let channel = connection.open_channel(None)?;
         let mut channel = ConfirmingChannel::new(channel)?;
         if let Some(broker) = &self.deps.broker {

@@ -77,6 +77,11 @@ pub struct ProductChanges {
 }
 
 impl ProductChanges {
+    /// A direct correction of the stock (not a reservation by the worker).
+    pub fn sets_stock(&self) -> bool {
+        self.quantite_en_stock.is_some()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.nom.is_none()
             && self.description.is_none()

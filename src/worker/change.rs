@@ -31,11 +31,13 @@ pub struct LineRef {
 }
 
 impl StockChange {
-    /// Decodes a delivery: a body over `max_bytes` is refused unread.
+    /// Decodes a delivery: a body over `max_bytes` is refused unread, and
+    /// a seed-format message (no message id) unless `accept_seed_format`.
     pub fn decode(
         body: &[u8],
         amqp_message_id: Option<&str>,
         max_bytes: usize,
+        accept_seed_format: bool,
     ) -> Result<StockChange, String> {
         if body.len() > max_bytes {
             return Err(format!(
@@ -43,7 +45,15 @@ impl StockChange {
                 body.len()
             ));
         }
-        Self::parse(body, amqp_message_id)
+        let change = Self::parse(body, amqp_message_id)?;
+        if change.line.is_none() && !accept_seed_format {
+            return Err(
+                "a seed-format message (no message_id, so no de-duplication) is refused: \
+                        worker.accept_seed_format is false"
+                    .to_owned(),
+            );
+        }
+        Ok(change)
     }
 
     /// Parses a message body; `amqp_message_id` is the AMQP property, used
@@ -169,9 +179,19 @@ mod tests {
     #[test]
     fn oversized_bodies_are_refused_unread() {
         let body = br#"{"action":"CREATED","produit_id":1,"quantite":2,"commande_id":3}"#;
-        assert!(StockChange::decode(body, None, body.len()).is_ok());
-        let reason = StockChange::decode(body, None, 10).unwrap_err();
+        assert!(StockChange::decode(body, None, body.len(), true).is_ok());
+        let reason = StockChange::decode(body, None, 10, true).unwrap_err();
         assert!(reason.contains("max_message_bytes"), "{reason}");
+    }
+
+    #[test]
+    fn seed_format_messages_are_refused_where_switched_off() {
+        let seed = br#"{"action":"CREATED","produit_id":1,"quantite":2,"commande_id":3}"#;
+        let reason = StockChange::decode(seed, None, 1000, false).unwrap_err();
+        assert!(reason.contains("accept_seed_format"), "{reason}");
+        let tracked = br#"{"action":"CREATED","produit_id":1,"quantite":2,"commande_id":3,
+            "message_id":"6f1c3c1e-9f7a-4d0e-8a53-3b1f5c2d9e10","ligne_id":4,"version":1}"#;
+        assert!(StockChange::decode(tracked, None, 1000, false).is_ok());
     }
 
     #[test]

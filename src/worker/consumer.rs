@@ -114,7 +114,7 @@ impl Consumer<'_> {
         let settings = &self.ctx.settings;
         let mut connection =
             amqp::connect(&settings.amqp, &format!("ordersys-worker-{}", self.index))?;
-        amqp::declare_topology(&mut connection, &settings.amqp)?;
+        amqp::ensure_topology(&mut connection, &settings.amqp)?;
         let channel = connection.open_channel(None)?;
         channel.qos(0, settings.amqp.prefetch, false)?;
         let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
@@ -188,10 +188,15 @@ impl Consumer<'_> {
         let mut changes = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
         let mut rejected: Vec<(usize, String)> = Vec::new();
-        let max_bytes = self.ctx.settings.worker.max_message_bytes;
+        let worker = &self.ctx.settings.worker;
         for (i, delivery) in batch.iter().enumerate() {
             let id = delivery.properties.message_id().as_deref();
-            match StockChange::decode(&delivery.body, id, max_bytes) {
+            match StockChange::decode(
+                &delivery.body,
+                id,
+                worker.max_message_bytes,
+                worker.accept_seed_format,
+            ) {
                 Ok(change) => {
                     changes.push(change);
                     positions.push(i);

@@ -63,6 +63,8 @@ pub struct TestBroker {
     pub vhost: String,
     /// The AMQP URL of the vhost.
     pub url: String,
+    /// Users made by [`TestBroker::user_url`], deleted with the vhost.
+    users: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestBroker {
@@ -88,7 +90,11 @@ impl TestBroker {
             }
         }
         let url = format!("{}/{vhost}", amqp_base());
-        let broker = TestBroker { vhost, url };
+        let broker = TestBroker {
+            vhost,
+            url,
+            users: Default::default(),
+        };
         // Fail now, with a clear message, if the broker cannot be reached.
         if let Err(e) = broker.try_connect() {
             panic!(
@@ -217,8 +223,64 @@ impl TestBroker {
     }
 }
 
+impl TestBroker {
+    /// The AMQP URL of a new user (a fresh name after `user.name`) that has
+    /// `user`'s permissions on this vhost and none elsewhere.
+    pub fn user_url(&self, user: &ordersys::amqp::BrokerUser) -> String {
+        let name = format!("{}-{}", user.name, uuid::Uuid::new_v4().simple());
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let body = format!(r#"{{"password":"{password}","tags":""}}"#);
+        let permissions = serde_json::json!({
+            "configure": user.configure, "write": user.write, "read": user.read
+        })
+        .to_string();
+        match api("PUT", &format!("/api/users/{name}"), Some(&body)) {
+            Some((201 | 204, _)) => {
+                let (status, body) = api(
+                    "PUT",
+                    &format!("/api/permissions/{}/{name}", self.vhost),
+                    Some(&permissions),
+                )
+                .expect("management API answers");
+                assert!(
+                    matches!(status, 201 | 204),
+                    "set permissions: {status} {body}"
+                );
+            }
+            Some((status, body)) => panic!("creating user {name}: {status} {body}"),
+            None => {
+                rabbitmqctl(&["add_user", &name, &password]);
+                rabbitmqctl(&[
+                    "set_permissions",
+                    "-p",
+                    &self.vhost,
+                    &name,
+                    user.configure,
+                    user.write,
+                    user.read,
+                ]);
+            }
+        }
+        self.users.lock().unwrap().push(name.clone());
+        let base = url::Url::parse(&amqp_base()).expect("AMQP base URL");
+        format!(
+            "amqp://{name}:{password}@{}:{}/{}",
+            base.host_str().unwrap_or("127.0.0.1"),
+            base.port().unwrap_or(5672),
+            self.vhost
+        )
+    }
+}
+
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        for user in self.users.lock().unwrap().drain(..) {
+            if api("DELETE", &format!("/api/users/{user}"), None).is_none() {
+                let _ = Command::new("rabbitmqctl")
+                    .args(["delete_user", &user])
+                    .output();
+            }
+        }
         match api("DELETE", &format!("/api/vhosts/{}", self.vhost), None) {
             Some(_) => {}
             None => {

@@ -134,6 +134,17 @@ impl TestDb {
         TestDb { name, url }
     }
 
+    /// This database's URL for another role of the server (no password:
+    /// the test server trusts loopback connections).
+    pub fn url_as(&self, role: &str) -> String {
+        let mut url = url::Url::parse(&self.url).expect("test database URL");
+        url.set_username(role)
+            .expect("a URL with a host takes a user");
+        url.set_password(None)
+            .expect("a URL with a host takes a password");
+        url.to_string()
+    }
+
     pub fn conn(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connect to test database")
     }

@@ -11,6 +11,7 @@ pub mod http_load;
 pub mod load;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 pub use broker::TestBroker;
 pub use db::TestDb;
@@ -178,6 +179,8 @@ impl Answer {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer …` with every request.
+    token: Option<String>,
 }
 
 impl Client {
@@ -189,6 +192,23 @@ impl Client {
         Client {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` as its bearer token.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
     }
 
@@ -199,7 +219,7 @@ impl Client {
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Answer {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self.request(method, path);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -259,10 +279,7 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Option<(u16, Value)> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30));
+        let mut request = self.request(method, path).timeout(Duration::from_secs(30));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -314,14 +331,29 @@ impl TestApp {
     }
 
     pub async fn build(worker: bool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::build_modes(worker, adjust, |_, _, _| {}).await
+    }
+
+    /// Like [`build`](Self::build), then `per_mode` adjusts each mode's own
+    /// copy of the settings (its database role, its broker user).
+    pub async fn build_modes(
+        worker: bool,
+        adjust: impl FnOnce(&mut Settings),
+        per_mode: impl Fn(Mode, &mut Settings, &TestBroker),
+    ) -> TestApp {
         let db = TestDb::migrated();
         let broker = TestBroker::create();
         let mut settings = settings(&db, &broker);
         adjust(&mut settings);
-        let products_server = Running::start(Mode::Products, &settings).await;
-        let orders_server = Running::start(Mode::Orders, &settings).await;
+        let of = |mode| {
+            let mut own = settings.clone();
+            per_mode(mode, &mut own, &broker);
+            own
+        };
+        let products_server = Running::start(Mode::Products, &of(Mode::Products)).await;
+        let orders_server = Running::start(Mode::Orders, &of(Mode::Orders)).await;
         let worker = if worker {
-            Some(Running::start(Mode::Worker, &settings).await)
+            Some(Running::start(Mode::Worker, &of(Mode::Worker)).await)
         } else {
             None
         };

@@ -110,6 +110,11 @@ impl Process {
         .await
     }
 
+    /// The address of a process started by `serve`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("a process started by serve")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -173,11 +178,16 @@ pub fn binary() -> std::path::PathBuf {
     profile_dir.join("ordersys")
 }
 
-/// A port nothing listens on now.
+/// A port nothing listens on now, for a child process to bind. It is
+/// drawn below Linux's ephemeral range (32768 and up), where the kernel
+/// picks the ports of in-process servers bound to port 0 and of outgoing
+/// connections: one of those could otherwise take it between this check
+/// and the child's bind, and the test would talk to a stranger.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

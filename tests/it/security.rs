@@ -1,0 +1,881 @@
+//! Who may do what: bearer tokens and scopes on every write route, the
+//! services' own database roles and broker users, seed-format messages
+//! switched off, and TLS to PostgreSQL and RabbitMQ.
+
+use crate::common::process::{binary, Process};
+use crate::common::tls::{Protocol, TestCa, TlsFront};
+use crate::common::{id, wait_for, Client, TestApp, TestBroker, TestDb};
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use ordersys::amqp::{BrokerUser, PERMISSIONS};
+use ordersys::messages::{DEAD_LETTER_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE, PRODUCT_ROUTING_KEY};
+use ordersys::settings::{AuthMode, Settings};
+use ordersys::Mode;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SECRET: &str = "a test secret of at least thirty-two bytes";
+
+/// A secret file that lives as long as the test.
+struct SecretFile(PathBuf);
+
+impl SecretFile {
+    fn new(content: &str) -> SecretFile {
+        let path = std::env::temp_dir().join(format!("ordersys-secret-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, content).unwrap();
+        SecretFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn jwt(settings: &mut Settings, secret: &SecretFile, protect_reads: bool) {
+    settings.auth.mode = AuthMode::Jwt;
+    settings.auth.jwt_secret_file = secret.path().to_owned();
+    settings.auth.leeway_secs = 0;
+    settings.auth.protect_reads = protect_reads;
+}
+
+/// A token signed with `secret`, its claims adjusted by `claims`.
+fn token(secret: &str, scope: &str, claims: impl FnOnce(&mut Value)) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut body = json!({
+        "sub": "tests", "iss": "ordersys", "aud": "ordersys",
+        "iat": now, "exp": now + 600, "scope": scope
+    });
+    claims(&mut body);
+    encode(
+        &Header::default(),
+        &body,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+const ALL_SCOPES: &str = "products:read products:write stock:correct orders:read orders:write";
+
+/// One write route: how to call it, and the scope it needs.
+struct Route {
+    service: &'static str,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    scope: &'static str,
+}
+
+fn route(
+    service: &'static str,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    scope: &'static str,
+) -> Route {
+    Route {
+        service,
+        method,
+        path,
+        body,
+        scope,
+    }
+}
+
+async fn call(client: &Client, route: &Route) -> crate::common::Answer {
+    let body = route.body.as_ref().map(|b| b.to_string().into_bytes());
+    let content_type = body.as_ref().map(|_| "application/json");
+    client
+        .raw(route.method.clone(), &route.path, content_type, body)
+        .await
+}
+
+#[tokio::test]
+async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
+    let secret = SecretFile::new(SECRET);
+    let mut app = TestApp::build(false, |s| jwt(s, &secret, false)).await;
+    let admin = token(SECRET, ALL_SCOPES, |_| {});
+    let (products, orders) = (app.products.clone(), app.orders.clone());
+    app.products = products.with_token(&admin);
+    app.orders = orders.with_token(&admin);
+
+    // Each route gets fresh targets, made with a token that may do everything.
+    let mut routes = Vec::new();
+    for base in ["/produits/", "/produits"] {
+        let body = json!({"nom": "n", "prix": 1.0});
+        routes.push(route(
+            "products",
+            Method::POST,
+            base.into(),
+            Some(body),
+            "products:write",
+        ));
+    }
+    let p = app.create_product("p", 1.0, 10).await;
+    routes.push(route(
+        "products",
+        Method::PUT,
+        format!("/produits/{p}"),
+        Some(json!({"prix": 2.0})),
+        "products:write",
+    ));
+    routes.push(route(
+        "products",
+        Method::PUT,
+        format!("/produits/{p}"),
+        Some(json!({"quantite_en_stock": 7})),
+        "stock:correct",
+    ));
+    let doomed = app.create_product("doomed", 1.0, 10).await;
+    routes.push(route(
+        "products",
+        Method::DELETE,
+        format!("/produits/{doomed}"),
+        None,
+        "products:write",
+    ));
+    for (orders_base, lines_base) in [
+        ("/commandes", "/commandes-produits"),
+        ("/api/v1/commandes", "/api/v1/commandes_produits"),
+    ] {
+        routes.push(route(
+            "orders",
+            Method::POST,
+            orders_base.into(),
+            Some(json!({})),
+            "orders:write",
+        ));
+        let order = app.create_order().await;
+        routes.push(route(
+            "orders",
+            Method::PUT,
+            format!("{orders_base}/{order}"),
+            Some(json!({"statut": "EN_COURS"})),
+            "orders:write",
+        ));
+        let empty = app.create_order().await;
+        routes.push(route(
+            "orders",
+            Method::DELETE,
+            format!("{orders_base}/{empty}"),
+            None,
+            "orders:write",
+        ));
+        let open = app.create_order().await;
+        routes.push(route(
+            "orders",
+            Method::POST,
+            lines_base.into(),
+            Some(json!({"commande_id": open, "produit_id": p, "quantite": 1})),
+            "orders:write",
+        ));
+        let line = id(&app.create_line(open, p, 1).await);
+        routes.push(route(
+            "orders",
+            Method::PUT,
+            format!("{lines_base}/{line}"),
+            Some(json!({"quantite": 2})),
+            "orders:write",
+        ));
+        let other = id(&app.create_line(open, p, 1).await);
+        routes.push(route(
+            "orders",
+            Method::DELETE,
+            format!("{lines_base}/{other}"),
+            None,
+            "orders:write",
+        ));
+    }
+
+    let wrong_signature = token(
+        "another secret, thirty-two bytes or more",
+        ALL_SCOPES,
+        |_| {},
+    );
+    let expired = token(SECRET, ALL_SCOPES, |c| {
+        c["exp"] = json!(c["iat"].as_u64().unwrap() - 60)
+    });
+    let wrong_audience = token(SECRET, ALL_SCOPES, |c| c["aud"] = json!("someone-else"));
+    let wrong_issuer = token(SECRET, ALL_SCOPES, |c| c["iss"] = json!("someone-else"));
+    let no_exp = token(SECRET, ALL_SCOPES, |c| {
+        c.as_object_mut().unwrap().remove("exp");
+    });
+    for route in &routes {
+        let client = match route.service {
+            "products" => &products,
+            _ => &orders,
+        };
+        let what = format!("{} {}", route.method, route.path);
+        let answer = call(client, route).await.expect(401);
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some(r#"Bearer realm="ordersys""#),
+            "{what}"
+        );
+        for (name, bad) in [
+            ("wrong signature", &wrong_signature),
+            ("expired", &expired),
+            ("wrong audience", &wrong_audience),
+            ("wrong issuer", &wrong_issuer),
+            ("no exp", &no_exp),
+        ] {
+            let answer = call(&client.with_token(bad), route).await.expect(401);
+            let challenge = answer.header("www-authenticate").unwrap_or_default();
+            assert!(
+                challenge.contains(r#"error="invalid_token""#),
+                "{what} {name}: {challenge}"
+            );
+            // Nothing says which part of the token was wrong.
+            assert_eq!(
+                answer.body["detail"], "the bearer token is invalid or expired",
+                "{what} {name}"
+            );
+        }
+        // Every scope but the one the route needs.
+        let others: Vec<&str> = ALL_SCOPES
+            .split(' ')
+            .filter(|s| *s != route.scope)
+            .collect();
+        let lacking = token(SECRET, &others.join(" "), |_| {});
+        let answer = call(&client.with_token(&lacking), route).await.expect(403);
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some(
+                format!(
+                    r#"Bearer realm="ordersys", error="insufficient_scope", scope="{}""#,
+                    route.scope
+                )
+                .as_str()
+            ),
+            "{what}"
+        );
+        let scopes = match route.scope {
+            "stock:correct" => "products:write stock:correct",
+            only => only,
+        };
+        let right = token(SECRET, scopes, |_| {});
+        let answer = call(&client.with_token(&right), route).await;
+        assert!(
+            answer.status.is_success(),
+            "{what} with {scopes}: {answer:#?}"
+        );
+    }
+    // What the refused requests would have done did not happen.
+    assert_eq!(
+        app.stock(p),
+        7,
+        "only the request with stock:correct set the stock"
+    );
+    products
+        .with_token(&admin)
+        .get(&format!("/produits/{doomed}"))
+        .await
+        .expect(404);
+}
+
+#[tokio::test]
+async fn reads_are_open_unless_protected_and_health_stays_open() {
+    let secret = SecretFile::new(SECRET);
+    let app = TestApp::build(false, |s| jwt(s, &secret, false)).await;
+    app.products.get("/produits/").await.expect(200);
+    app.orders.get("/commandes").await.expect(200);
+
+    let app = TestApp::build(false, |s| jwt(s, &secret, true)).await;
+    app.products.get("/produits/").await.expect(401);
+    app.orders.get("/api/v1/commandes").await.expect(401);
+    let reader = token(SECRET, "products:read", |_| {});
+    app.products
+        .with_token(&reader)
+        .get("/produits/")
+        .await
+        .expect(200);
+    app.orders
+        .with_token(&reader)
+        .get("/commandes")
+        .await
+        .expect(403);
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        app.products.get(path).await.expect(200);
+        app.orders.get(path).await.expect(200);
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_documents_declare_the_bearer_scheme_and_each_operation_s_scope() {
+    let secret = SecretFile::new(SECRET);
+    let app = TestApp::build(false, |s| jwt(s, &secret, false)).await;
+    for (client, write) in [
+        (&app.products, "products:write"),
+        (&app.orders, "orders:write"),
+    ] {
+        let spec = client.get("/openapi.json").await.expect(200).body;
+        assert_eq!(
+            spec["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let mut guarded = 0;
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let scopes = &op["x-required-scopes"];
+                if method == "get" || !path.starts_with("/produits") && !path.contains("commandes")
+                {
+                    assert!(scopes.is_null(), "{method} {path} needs no token");
+                    assert!(op["responses"].get("401").is_none(), "{method} {path}");
+                    continue;
+                }
+                guarded += 1;
+                assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+                assert_eq!(scopes[0], write, "{method} {path}");
+                assert!(op["responses"]["401"].is_object() && op["responses"]["403"].is_object());
+            }
+        }
+        assert!(guarded >= 4, "{guarded} guarded operations");
+    }
+    let spec = app.products.get("/openapi.json").await.body;
+    assert_eq!(
+        spec["paths"]["/produits/{id}"]["put"]["x-required-scopes"],
+        json!(["products:write", "stock:correct"])
+    );
+    // Open mode: no scheme, no 401.
+    let open = TestApp::spawn().await;
+    let spec = open.products.get("/openapi.json").await.body;
+    assert!(spec["components"]["securitySchemes"].is_null());
+    assert!(spec["paths"]["/produits/"]["post"]["responses"]
+        .get("401")
+        .is_none());
+}
+
+#[test]
+fn ordersys_token_mints_what_the_services_accept_and_refuses_bad_input() {
+    let secret = SecretFile::new(SECRET);
+    let run = |args: &[&str], secret_file: &str| {
+        std::process::Command::new(binary())
+            .args(args)
+            .env("ORDERSYS__AUTH__JWT_SECRET_FILE", secret_file)
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        &[
+            "token",
+            "--scope",
+            "orders:write,stock:correct",
+            "--ttl",
+            "60",
+        ],
+        secret.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let settings = ordersys::settings::AuthSettings {
+        mode: AuthMode::Jwt,
+        jwt_secret_file: secret.path().to_owned(),
+        ..Settings::load_from(None, &[], &|_| None).unwrap().auth
+    };
+    let auth = ordersys::auth::Authenticator::new(&settings).unwrap();
+    let caller = auth
+        .authenticate(Some(format!("Bearer {}", printed.trim()).as_bytes()))
+        .unwrap();
+    assert!(caller.may(ordersys::auth::Scope::OrdersWrite));
+    assert!(caller.may(ordersys::auth::Scope::StockCorrect));
+    assert!(!caller.may(ordersys::auth::Scope::ProductsWrite));
+
+    let out = run(&["token", "--scope", "admin"], secret.path());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown scope is a usage error"
+    );
+    let short = SecretFile::new("too short");
+    let out = run(&["token", "--scope", "orders:write"], short.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
+}
+
+#[tokio::test]
+async fn a_forged_seed_format_message_is_dead_lettered_where_that_format_is_off() {
+    let app = TestApp::build(true, |s| s.worker.accept_seed_format = false).await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let seed = json!({"action": "CREATED", "produit_id": p, "quantite": 4, "commande_id": 1});
+    app.broker.publish(
+        PRODUCT_EXCHANGE,
+        PRODUCT_ROUTING_KEY,
+        seed.to_string().as_bytes(),
+        None,
+    );
+    wait_for("the dead letter", Duration::from_secs(20), || async {
+        (app.broker.ready(DEAD_LETTER_QUEUE) == 1).then_some(())
+    })
+    .await;
+    let (body, properties) = app.broker.drain(DEAD_LETTER_QUEUE).remove(0);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), seed);
+    let reason = format!("{:?}", properties.headers());
+    assert!(reason.contains("accept_seed_format"), "{reason}");
+    assert_eq!(app.stock(p), 10, "the forged message changed no stock");
+    // ordersys's own messages still flow.
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 3).await);
+    app.wait_for_line(line, "RESERVE").await;
+    assert_eq!(app.stock(p), 7);
+}
+
+/// The role each mode connects as.
+fn role(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Products => "ordersys_products",
+        Mode::Orders => "ordersys_orders",
+        Mode::Worker => "ordersys_worker",
+    }
+}
+
+/// Runs `sql` as `role` on `db`; the error text when PostgreSQL refuses.
+fn as_role(db: &TestDb, role: &str, sql: &str) -> Result<(), String> {
+    let mut conn = PgConnection::establish(&db.url_as(role)).map_err(|e| e.to_string())?;
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
+    let app = TestApp::build_modes(
+        true,
+        |_| {},
+        |mode, s, _| {
+            s.database.migrate_on_start = false;
+            s.database.url = s
+                .database
+                .url
+                .replace("postgres@", &format!("{}@", role(mode)));
+        },
+    )
+    .await;
+    // The whole life of a line and a product, each process as its own role.
+    let p = app.create_product("p", 2.0, 10).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 3).await);
+    app.wait_for_line(line, "RESERVE").await;
+    assert_eq!(app.stock(p), 7);
+    app.orders
+        .put(&format!("/commandes/{order}"), json!({"statut": "ANNULEE"}))
+        .await
+        .expect(200);
+    app.wait_for_line(line, "LIBERE").await;
+    assert_eq!(app.stock(p), 10);
+    app.products
+        .put(
+            &format!("/produits/{p}"),
+            json!({"quantite_en_stock": 12, "prix": 3.0}),
+        )
+        .await
+        .expect(200);
+    app.orders
+        .delete(&format!("/commandes/{order}"))
+        .await
+        .expect(204);
+    // Its movements go with it (the foreign key acts as the owner).
+    app.products
+        .delete(&format!("/produits/{p}"))
+        .await
+        .expect(204);
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM mouvements"), 0);
+
+    let db = &app.db;
+    for who in ["ordersys_products", "ordersys_orders", "ordersys_worker"] {
+        for sql in [
+            "DROP TABLE outbox",
+            "CREATE TABLE intruder (id int)",
+            "CREATE DATABASE intruder",
+            "TRUNCATE produits",
+            "CREATE ROLE intruder",
+            "DELETE FROM __diesel_schema_migrations",
+        ] {
+            let refused = as_role(db, who, sql).expect_err(&format!("{who} may not: {sql}"));
+            assert!(
+                refused.contains("permission denied") || refused.contains("must be owner"),
+                "{who}: {sql}: {refused}"
+            );
+        }
+    }
+    for (who, sql) in [
+        ("ordersys_products", "SELECT count(*) FROM outbox"),
+        (
+            "ordersys_products",
+            "UPDATE commandes SET statut = 'ANNULEE'",
+        ),
+        (
+            "ordersys_products",
+            "INSERT INTO mouvements (produit_id, action, delta) VALUES (1, 'CREATED', 1)",
+        ),
+        ("ordersys_products", "DELETE FROM reservations"),
+        (
+            "ordersys_orders",
+            "UPDATE produits SET quantite_en_stock = 0",
+        ),
+        ("ordersys_orders", "DELETE FROM produits"),
+        ("ordersys_orders", "DELETE FROM mouvements"),
+        ("ordersys_orders", "SELECT count(*) FROM messages_traites"),
+        ("ordersys_worker", "UPDATE produits SET prix = 0"),
+        ("ordersys_worker", "DELETE FROM produits"),
+        (
+            "ordersys_worker",
+            "UPDATE commandes_produits SET quantite = 1",
+        ),
+        ("ordersys_worker", "DELETE FROM commandes"),
+    ] {
+        let refused = as_role(db, who, sql).expect_err(&format!("{who} may not: {sql}"));
+        assert!(
+            refused.contains("permission denied"),
+            "{who}: {sql}: {refused}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_service_that_may_not_migrate_waits_for_ordersys_migrate_which_sets_role_passwords() {
+    let db = TestDb::empty();
+    let broker = TestBroker::create();
+    let mut settings = crate::common::settings(&db, &broker);
+    settings.database.migrate_on_start = false;
+    settings.database.url = db.url_as("ordersys_products");
+    let products = Process::serve(
+        &settings,
+        "products",
+        &[("ORDERSYS__DATABASE__MIGRATE_ON_START", "false")],
+    );
+    let client = Client::new_at(products.addr());
+    let waiting = wait_for(
+        "products to say it waits",
+        Duration::from_secs(20),
+        || async {
+            match client.try_get("/readyz").await {
+                Some((503, body)) => Some(body),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        waiting["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not migrated yet"),
+        "{waiting}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM pg_tables WHERE tablename = 'produits'"),
+        0
+    );
+
+    let password = SecretFile::new("s3cret with spaces, 'quotes' and \\ too\n");
+    let out = std::process::Command::new(binary())
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env("ORDERSYS__MIGRATE__PRODUCTS_PASSWORD_FILE", password.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    products.wait_ready().await;
+    client
+        .post("/produits/", json!({"nom": "n", "prix": 1.0}))
+        .await
+        .expect(201);
+    // The password is stored (hashed); the role logs in with it where the
+    // server asks for one.
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM pg_authid WHERE rolname = 'ordersys_products' AND rolpassword IS NOT NULL"),
+        1
+    );
+    let printed = String::from_utf8_lossy(&out.stderr);
+    assert!(!printed.contains("s3cret"), "{printed}");
+}
+
+fn refused(result: Result<(), amiquip::Error>, what: &str) {
+    match result {
+        Err(amiquip::Error::ServerClosedChannel { code: 403, .. }) => {}
+        other => panic!("{what}: expected ACCESS_REFUSED (403), got {other:?}"),
+    }
+}
+
+fn user(name: &str) -> &'static BrokerUser {
+    PERMISSIONS.iter().find(|u| u.name == name).unwrap()
+}
+
+/// Connects as the user of `url`, runs `f` on a fresh channel.
+fn as_user(
+    url: &str,
+    f: impl FnOnce(&amiquip::Channel) -> Result<(), amiquip::Error>,
+) -> Result<(), amiquip::Error> {
+    let settings = ordersys::settings::AmqpSettings {
+        url: url.to_owned(),
+        ..Settings::load_from(None, &[], &|_| None).unwrap().amqp
+    };
+    let mut connection = ordersys::amqp::connect(&settings, "ordersys-tests").expect("connect");
+    let channel = connection.open_channel(None)?;
+    let result = f(&channel);
+    let _ = connection.close();
+    result
+}
+
+/// Publishes to `exchange` and waits for the broker's confirm.
+fn publish_confirmed(channel: &amiquip::Channel, exchange: &str) -> Result<(), amiquip::Error> {
+    channel.enable_publisher_confirms()?;
+    let confirms = channel.listen_for_publisher_confirms()?;
+    channel.basic_publish(exchange, amiquip::Publish::new(b"{}", "nowhere"))?;
+    match confirms.recv_timeout(Duration::from_secs(5)) {
+        Ok(amiquip::Confirm::Ack(_)) => Ok(()),
+        // A refused publish closes the channel instead of confirming: the
+        // next call on it returns the broker's reason.
+        _ => channel.qos(0, 1, false),
+    }
+}
+
+#[tokio::test]
+async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
+    let app = TestApp::build_modes(
+        true,
+        |_| {},
+        |mode, s, broker| {
+            if mode == Mode::Products {
+                // What `ordersys migrate` does, as its own user, before the
+                // services (which may not declare) start.
+                let settings = ordersys::settings::AmqpSettings {
+                    url: broker.user_url(user("ordersys_migrate")),
+                    ..s.amqp.clone()
+                };
+                let mut connection = ordersys::amqp::connect(&settings, "ordersys-tests").unwrap();
+                ordersys::amqp::declare_topology(&mut connection, &settings)
+                    .expect("migrate may declare");
+                let _ = connection.close();
+            }
+            s.amqp.declare_topology = false;
+            let name = match mode {
+                Mode::Worker => "ordersys_worker",
+                _ => "ordersys_orders",
+            };
+            s.amqp.url = broker.user_url(user(name));
+        },
+    )
+    .await;
+    let migrate = app.broker.user_url(user("ordersys_migrate"));
+
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 4).await);
+    app.wait_for_line(line, "RESERVE").await;
+    assert_eq!(app.stock(p), 6);
+
+    let orders = app.broker.user_url(user("ordersys_orders"));
+    let worker = app.broker.user_url(user("ordersys_worker"));
+    as_user(&orders, |c| publish_confirmed(c, PRODUCT_EXCHANGE)).expect("orders publishes changes");
+    refused(
+        as_user(&orders, |c| {
+            c.basic_consume(PRODUCT_QUEUE, Default::default())
+                .map(|_| ())
+        }),
+        "orders consumes",
+    );
+    refused(
+        as_user(&orders, |c| {
+            c.queue_declare("mine", Default::default()).map(|_| ())
+        }),
+        "orders declares",
+    );
+    refused(
+        as_user(&orders, |c| publish_confirmed(c, "stock_alerts")),
+        "orders publishes alerts",
+    );
+    refused(
+        as_user(&worker, |c| publish_confirmed(c, PRODUCT_EXCHANGE)),
+        "the worker forges a change",
+    );
+    refused(
+        as_user(&worker, |c| {
+            c.queue_declare("mine", Default::default()).map(|_| ())
+        }),
+        "the worker declares",
+    );
+    refused(
+        as_user(&worker, |c| {
+            c.basic_get(DEAD_LETTER_QUEUE, false).map(|_| ())
+        }),
+        "the worker reads dead letters",
+    );
+    as_user(&worker, |c| c.basic_get(PRODUCT_QUEUE, false).map(|_| ()))
+        .expect("the worker consumes");
+    refused(
+        as_user(&migrate, |c| {
+            c.queue_declare("elsewhere", Default::default()).map(|_| ())
+        }),
+        "migrate declares a stranger",
+    );
+}
+
+#[test]
+fn the_swarm_secrets_grant_the_broker_users_exactly_these_permissions() {
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/swarm/create-secrets.sh"
+    ))
+    .unwrap();
+    for user in PERMISSIONS {
+        assert!(
+            script.contains(user.name),
+            "{} in create-secrets.sh",
+            user.name
+        );
+        for pattern in [user.configure, user.write, user.read] {
+            let escaped = pattern.replace('\\', "\\\\");
+            assert!(
+                script.contains(pattern) || script.contains(&escaped),
+                "{}'s pattern {pattern} in create-secrets.sh",
+                user.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_and_postgres_tls_carry_the_whole_pipeline() {
+    let ca = TestCa::new();
+    let db = TestDb::migrated();
+    let broker = TestBroker::create();
+    let mq_front = TlsFront::start(&ca, Protocol::Amqp, "127.0.0.1:5672".parse().unwrap()).await;
+    let pg_front =
+        TlsFront::start(&ca, Protocol::Postgres, "127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = crate::common::settings(&db, &broker);
+    let ca_file = ca.ca_file.to_str().unwrap();
+    let encoded_ca: String = url::form_urlencoded::byte_serialize(ca_file.as_bytes()).collect();
+    settings.amqp.url = format!(
+        "amqps://guest:guest@localhost:{}/{}?cacertfile={encoded_ca}",
+        mq_front.addr.port(),
+        broker.vhost
+    );
+    settings.database.url = format!(
+        "postgres://postgres@localhost:{}/{}?sslmode=verify-full&sslrootcert={encoded_ca}",
+        pg_front.addr.port(),
+        db.name
+    );
+    // As processes: TLS stays out of the test process's own libraries.
+    let products = Process::serve(&settings, "products", &[]);
+    let orders = Process::serve(&settings, "orders", &[]);
+    let worker = Process::serve(&settings, "worker", &[("ORDERSYS__WORKER__REPLICAS", "1")]);
+    for process in [&products, &orders, &worker] {
+        process.wait_ready().await;
+    }
+    let products = Client::new_at(products.addr());
+    let orders = Client::new_at(orders.addr());
+    let p = id(&products
+        .post(
+            "/produits/",
+            json!({"nom": "p", "prix": 1.0, "quantite_en_stock": 10}),
+        )
+        .await
+        .expect(201)
+        .body);
+    let order = id(&orders.post("/commandes", json!({})).await.expect(201).body);
+    let line = id(&orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": p, "quantite": 4}),
+        )
+        .await
+        .expect(201)
+        .body);
+    wait_for(
+        "the line to be reserved over TLS",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = orders
+                .try_get(&format!("/commandes-produits/{line}"))
+                .await?;
+            (body["statut_stock"] == "RESERVE").then_some(())
+        },
+    )
+    .await;
+    let stock = products
+        .get(&format!("/produits/{p}"))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(stock["quantite_en_stock"], 6);
+    assert!(
+        mq_front.handshakes() >= 2,
+        "relay and consumer connected over TLS"
+    );
+    assert!(
+        pg_front.handshakes() >= 3,
+        "every process connected over TLS"
+    );
+
+    // The sslmode settings pass through: in the clear the front refuses,
+    // and a certificate from an unknown CA fails verification.
+    let clear = format!(
+        "postgres://postgres@localhost:{}/{}?sslmode=disable",
+        pg_front.addr.port(),
+        db.name
+    );
+    assert!(
+        PgConnection::establish(&clear).is_err(),
+        "a client in the clear is refused"
+    );
+    let stranger: String =
+        url::form_urlencoded::byte_serialize(ca.stranger_ca_file.to_str().unwrap().as_bytes())
+            .collect();
+    let unverified = format!(
+        "postgres://postgres@localhost:{}/{}?sslmode=verify-full&sslrootcert={stranger}",
+        pg_front.addr.port(),
+        db.name
+    );
+    let out = std::process::Command::new(binary())
+        .arg("migrate")
+        .env("DATABASE_URL", &unverified)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an unverifiable server certificate is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn no_debug_output_prints_a_password() {
+    let settings = Settings::load_from(None, &[], &|name| match name {
+        "DATABASE_URL" => Some("postgres://svc:hunter2@db/x?password=hunter3".into()),
+        "AMQP_URL" => Some("amqp://svc:hunter4@mq/%2f".into()),
+        _ => None,
+    })
+    .unwrap();
+    let printed = format!("{settings:?}");
+    for secret in ["hunter2", "hunter3", "hunter4"] {
+        assert!(!printed.contains(secret), "{printed}");
+    }
+    assert!(
+        printed.contains("svc"),
+        "the rest is still there: {printed}"
+    );
+}
