@@ -79,7 +79,16 @@ if [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" != true
 fi
 
 remove_all() {
-  local name
+  local name used
+  # All or nothing: a secret that a service uses cannot be removed.
+  used=$(docker service ls -q | xargs -r docker service inspect \
+    --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{println .SecretName}}{{end}}')
+  for name in "${secrets[@]}"; do
+    if grep -qx "$name" <<<"$used"; then
+      echo "create-secrets: secret $name is in use by a service; docker stack rm ordersys first" >&2
+      exit 1
+    fi
+  done
   for name in "${secrets[@]}"; do
     if docker secret inspect "$name" >/dev/null 2>&1; then
       docker secret rm "$name" >/dev/null
@@ -92,21 +101,7 @@ if [ "$action" = remove ]; then
   remove_all
   exit 0
 fi
-if [ "$action" = replace ]; then
-  remove_all
-fi
-for name in "${secrets[@]}"; do
-  if docker secret inspect "$name" >/dev/null 2>&1; then
-    echo "create-secrets: secret $name exists; rerun with --replace (after docker stack rm)" >&2
-    exit 1
-  fi
-done
 command -v openssl >/dev/null || { echo "create-secrets: openssl is needed" >&2; exit 1; }
-
-if [ -n "${RABBITMQ_PASSWORD:-}" ]; then
-  echo "create-secrets: RABBITMQ_PASSWORD is ignored: each broker user has its own" \
-    "(RABBITMQ_MIGRATE_PASSWORD, RABBITMQ_ORDERS_PASSWORD, RABBITMQ_WORKER_PASSWORD)" >&2
-fi
 
 # value NAME: $NAME, or 32 random bytes in hex. A password must be one line.
 value() {
@@ -157,6 +152,11 @@ create() { # create NAME VALUE: the value goes through stdin, never argv
   echo "created secret $1"
 }
 
+if [ -n "${RABBITMQ_PASSWORD:-}" ]; then
+  echo "create-secrets: RABBITMQ_PASSWORD is ignored: each broker user has its own" \
+    "(RABBITMQ_MIGRATE_PASSWORD, RABBITMQ_ORDERS_PASSWORD, RABBITMQ_WORKER_PASSWORD)" >&2
+fi
+
 postgres_password=$(value POSTGRES_PASSWORD)
 products_db=$(value PRODUCTS_DB_PASSWORD)
 orders_db=$(value ORDERS_DB_PASSWORD)
@@ -180,6 +180,17 @@ case ${AMQP_SCHEME:=amqp} in
   amqps) amqp_port=${AMQP_PORT:-5671} ;;
   *) echo "create-secrets: AMQP_SCHEME must be amqp or amqps" >&2; exit 1 ;;
 esac
+
+# Every value is valid: only now is anything removed or created.
+if [ "$action" = replace ]; then
+  remove_all
+fi
+for name in "${secrets[@]}"; do
+  if docker secret inspect "$name" >/dev/null 2>&1; then
+    echo "create-secrets: secret $name exists; rerun with --replace (after docker stack rm)" >&2
+    exit 1
+  fi
+done
 
 pg_url() { printf 'postgres://%s:%s@postgres:5432/ordersys%s' "$1" "$(urlencode "$2")" "$params"; }
 amqp_url() { printf '%s://%s:%s@rabbitmq:%s/%%2f' "$AMQP_SCHEME" "$1" "$(urlencode "$2")" "$amqp_port"; }

@@ -39,6 +39,27 @@ scenario_compose() {
   [ "$health" = healthy ] || fail "the image's HEALTHCHECK left orders $health"
   summary "containers run as uid 10001; the image's HEALTHCHECK turned orders healthy"
 
+  # migrate ran, exited 0, and only then did the services start.
+  local migrate finished container
+  migrate=$("${compose[@]}" ps -a -q migrate)
+  [ -n "$migrate" ] || fail "no migrate container"
+  [ "$(docker inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$migrate")" = "exited 0" ] ||
+    fail "migrate is $(docker inspect --format '{{.State.Status}}, exit code {{.State.ExitCode}}' "$migrate")"
+  finished=$(date -d "$(docker inspect --format '{{.State.FinishedAt}}' "$migrate")" +%s%N)
+  for service in products orders worker; do
+    for container in $("${compose[@]}" ps -q "$service"); do
+      (($(date -d "$(docker inspect --format '{{.State.StartedAt}}' "$container")" +%s%N) >= finished)) ||
+        fail "$service container ${container:0:12} started before migrate had finished"
+    done
+  done
+  for service in migrate products orders worker; do
+    for container in $("${compose[@]}" ps -a -q "$service"); do
+      [[ $(hardening "$container") =~ ^true\ drop=ALL\ add=\ (.*,)?no-new-privileges(:true)?(,|$) ]] ||
+        fail "$service container ${container:0:12} is not hardened: $(hardening "$container")"
+    done
+  done
+  summary "migrate exited 0 before the services started; migrate, products, orders, worker: read-only, CapDrop ALL, no-new-privileges"
+
   log "compose: the walkthrough through the published ports"
   walkthrough "$products_url" "$orders_url"
 
@@ -92,4 +113,3 @@ scenario_compose() {
   [ "$left" = 0 ] || fail "compose down -v left $left containers, volumes or networks"
   summary "compose down -v: no container, volume or network left"
 }
-

@@ -49,15 +49,27 @@ compose_bin() {
 
 # http METHOD URL [JSON]: the body on stdout; fails the run
 # unless the answer is 2xx. CURL (an array) may run curl elsewhere, e.g. in
-# a container on the Swarm network.
+# a container on the Swarm network. TOKEN, when set, is sent as a bearer
+# token (the Swarm stack's APIs need one for writes; compose's are open).
 CURL=(curl)
+TOKEN=
 http() {
   local method=$1 url=$2 body=${3:-} out status
   out=$("${CURL[@]}" -s -m 15 -X "$method" -H 'content-type: application/json' \
+    ${TOKEN:+-H "Authorization: Bearer $TOKEN"} \
     ${body:+-d "$body"} -w '\n%{http_code}' "$url") || fail "$method $url: no answer"
   status=${out##*$'\n'}
   [ "${status:0:1}" = 2 ] || fail "$method $url answered $status: ${out%$'\n'*}"
   printf '%s' "${out%$'\n'*}"
+}
+
+# http_status METHOD URL [JSON]: only the answer's HTTP status (000 when
+# none came), whatever it is; TOKEN as for http.
+http_status() {
+  local method=$1 url=$2 body=${3:-}
+  "${CURL[@]}" -s -o /dev/null -m 15 -X "$method" -H 'content-type: application/json' \
+    ${TOKEN:+-H "Authorization: Bearer $TOKEN"} \
+    ${body:+-d "$body"} -w '%{http_code}' "$url" || true
 }
 
 # value METHOD URL JSON FIELD: one field of a 2xx answer (fails the run otherwise).
@@ -146,5 +158,12 @@ check_invariant() { # check_invariant STOCK LABEL
 }
 
 answered_at_least() { [ "$(cat "$1"/answers.* 2>/dev/null | wc -l)" -ge "$2" ]; }
+
+# hardening CONTAINER: "READ_ONLY drop=CAPS add=CAPS SECURITY_OPTS" as Docker
+# set them on the container, e.g. "true drop=ALL add= no-new-privileges:true".
+hardening() {
+  docker inspect --format \
+    '{{.HostConfig.ReadonlyRootfs}} drop={{join .HostConfig.CapDrop ","}} add={{join .HostConfig.CapAdd ","}} {{join .HostConfig.SecurityOpt ","}}' "$1"
+}
 
 image_size() { docker image inspect --format '{{.Size}}' "$1" | awk '{printf "%.1f MB", $1 / 1e6}'; }

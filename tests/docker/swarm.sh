@@ -46,21 +46,51 @@ scenario_swarm() {
   read -r -a compose <<<"$(compose_bin)"
   "${compose[@]}" -p ordersys-ci -f compose.yml build products >/dev/null
   docker tag ordersys:local ordersys:ci-1
-  docker secret rm ordersys_postgres_password ordersys_database_url ordersys_amqp_url \
-    ordersys_rabbitmq_conf >/dev/null 2>&1 || true
-  POSTGRES_PASSWORD="pg-$RANDOM$RANDOM" RABBITMQ_PASSWORD="mq-$RANDOM$RANDOM" \
-    swarm/create-secrets.sh >/dev/null
+  # Known values, so that the scenario can mint tokens; passwords with
+  # characters a URL must percent-encode (and one a SQL literal must escape).
+  local run=$RANDOM$RANDOM jwt_secret
+  jwt_secret=$(openssl rand -hex 32)
+  at_exit "swarm/create-secrets.sh --remove"
+  POSTGRES_PASSWORD="pg-$run:/@?#%+ &é" \
+    PRODUCTS_DB_PASSWORD="products-$run'\"%/" ORDERS_DB_PASSWORD="orders-$run@:" \
+    WORKER_DB_PASSWORD="worker-$run" \
+    RABBITMQ_MIGRATE_PASSWORD="migrate-$run" RABBITMQ_ORDERS_PASSWORD="orders-$run/@:%" \
+    RABBITMQ_WORKER_PASSWORD="worker-$run?#" JWT_SECRET="$jwt_secret" \
+    swarm/create-secrets.sh --replace >/dev/null
   docker node update --label-add ordersys.data=true "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+
+  # Tokens minted by the image's `token` mode from the same secret.
+  local jwt token
+  jwt=$(mktemp -d)
+  at_exit "rm -rf $jwt"
+  printf '%s' "$jwt_secret" >"$jwt/secret"
+  chmod 0644 "$jwt/secret" # read by uid 10001 in the container
+  mint() { # mint SCOPES
+    docker run --rm --network none --read-only --cap-drop ALL -v "$jwt/secret:/run/secrets/jwt:ro" \
+      -e ORDERSYS__AUTH__MODE=jwt -e ORDERSYS__AUTH__JWT_SECRET_FILE=/run/secrets/jwt \
+      ordersys:ci-1 token --scope "$1" --ttl 3600
+  }
+  token=$(mint products:write,orders:write,stock:correct) || fail "ordersys token failed"
+  [ -n "$token" ] || fail "ordersys token printed nothing"
+  # Every request of the scenario carries it (http for lib.sh, a curl
+  # config file for traffic.sh in the client container).
+  local TOKEN=$token
+  mkdir -p "$jwt/curl"
+  printf 'header = "Authorization: Bearer %s"\n' "$token" >"$jwt/curl/.curlrc"
 
   log "swarm: docker stack deploy"
   t=$SECONDS
   at_exit "docker volume rm ${stack}_postgres-data ${stack}_rabbitmq-data"
   at_exit "swarm_remove_stack"
-  ORDERSYS_IMAGE=ordersys:ci-1 docker stack deploy -c swarm/stack.yml \
-    -c tests/docker/swarm-test.yml "$stack" >/dev/null 2>&1
+  local deployed
+  deployed=$(ORDERSYS_IMAGE=ordersys:ci-1 docker stack deploy -c swarm/stack.yml \
+    -c tests/docker/swarm-test.yml "$stack" 2>&1) || fail "docker stack deploy: $deployed"
+  [[ $deployed != *"Ignoring"* ]] || fail "docker stack deploy ignored part of the stack: $deployed"
+  wait_until "migrate to complete" 300 migrate_completed
+  summary "migrate completed in $((SECONDS - t)) s (after $(migrate_tasks Failed) failed attempts while the database or broker was starting)"
   wait_until "every service with an image to run n/n" 300 \
     all_running postgres rabbitmq products orders worker
-  summary "stack deploy: postgres, rabbitmq, products 2/2, orders 2/2, worker 2/2 running in $((SECONDS - t)) s"
+  summary "stack deploy (no option ignored): postgres, rabbitmq, products 2/2, orders 2/2, worker 2/2 running in $((SECONDS - t)) s"
   summary "not run here: traefik and visualizer (no image can be had; deployed with 0 replicas)"
 
   docker rm -f "$client" >/dev/null 2>&1 || true
@@ -68,13 +98,15 @@ scenario_swarm() {
   state=$(mktemp -d)
   at_exit "rm -rf $state"
   docker run -d --name "$client" --network "$network" -v "$root/tests/docker:/t:ro" \
-    -v "$state:/state" ordersys-test/client:1 sleep infinity >/dev/null
+    -v "$state:/state" -v "$jwt/curl:/auth:ro" ordersys-test/client:1 sleep infinity >/dev/null
   at_exit "docker rm -f $client"
   CURL=(docker exec "$client" curl)
   PSQL=(swarm_exec postgres psql -U ordersys -d ordersys)
   queue_depth() { swarm_queue messages; }
   wait_until "products and orders to be ready" 120 eval \
     'http GET http://products:8000/readyz && http GET http://orders:8081/readyz'
+
+  swarm_who_may_do_what
 
   log "swarm: the walkthrough from a container on the overlay network"
   walkthrough http://products:8000 http://orders:8081
@@ -89,7 +121,7 @@ scenario_swarm() {
   log "swarm: kill a worker task's container under load"
   local ids victim answers
   ids=$(create_products http://products:8000 8 100)
-  docker exec -d "$client" bash /t/traffic.sh changes http://orders:8081 "$ids" 4 /state
+  docker exec -d -e CURL_HOME=/auth "$client" bash /t/traffic.sh changes http://orders:8081 "$ids" 4 /state
   at_exit "touch $state/stop"
   wait_until "traffic to flow" 60 answered_at_least "$state" 200
   victim=$(running_tasks worker | sed -n 1p)
@@ -112,7 +144,7 @@ scenario_swarm() {
     DOCKER_BUILDKIT=0 docker build -q -t ordersys:ci-2 - >/dev/null 2>&1
   rm -f "$state"/answers.* "$state/stop"
   local product=${ids%%,*}
-  docker exec -d "$client" bash /t/traffic.sh steady http://orders:8081 "$product" 2 /state
+  docker exec -d -e CURL_HOME=/auth "$client" bash /t/traffic.sh steady http://orders:8081 "$product" 2 /state
   wait_until "steady traffic to flow" 60 answered_at_least "$state" 100
   t=$SECONDS
   docker service update --detach --quiet --image ordersys:ci-2 "${stack}_orders" >/dev/null
@@ -134,6 +166,115 @@ scenario_swarm() {
   swarm_remove_stack
   summary "stack rm: no task, network or container left"
 }
+
+# The stack's promises on who may do what, checked on the running stack.
+swarm_who_may_do_what() {
+  log "swarm: who may do what"
+  local product status container service h request
+
+  # The APIs: writes need a token with the route's scope; reads are open.
+  product=$(value POST http://products:8000/produits/ '{"nom":"Gomme","prix":0.80,"quantite_en_stock":100}' id)
+  for request in "POST http://products:8000/produits/" "DELETE http://products:8000/produits/$product" \
+    "POST http://orders:8081/commandes"; do
+    # shellcheck disable=SC2086 # METHOD URL
+    status=$(TOKEN='' http_status $request '{"nom":"X","prix":1,"quantite_en_stock":100}')
+    [ "$status" = 401 ] || fail "$request without a token answered $status, not 401"
+    # shellcheck disable=SC2086
+    status=$(TOKEN=not.a.token http_status $request '{}')
+    [ "$status" = 401 ] || fail "$request with a malformed token answered $status, not 401"
+  done
+  status=$(TOKEN='' http_status GET "http://products:8000/produits/$product")
+  [ "$status" = 200 ] || fail "a read without a token answered $status, not 200"
+  local narrow
+  narrow=$(mint products:write) || fail "ordersys token failed"
+  status=$(TOKEN=$narrow http_status POST http://orders:8081/commandes '{}')
+  [ "$status" = 403 ] || fail "POST /commandes with only products:write answered $status, not 403"
+  status=$(TOKEN=$narrow http_status PUT "http://products:8000/produits/$product" '{"quantite_en_stock":5}')
+  [ "$status" = 403 ] || fail "a stock correction without stock:correct answered $status, not 403"
+  [ "$(value GET "http://products:8000/produits/$product" "" quantite_en_stock)" = 100 ] ||
+    fail "a refused stock correction changed the stock"
+  summary "APIs: writes without a token or with a malformed one 401; a token without the route's scope 403 (stock:correct too); reads open"
+
+  # PostgreSQL: each service logs in as its own role; only migrate used the owner.
+  # (A retry or two: pg_isready of the health check connects now and then.)
+  wait_until "PostgreSQL connections as the three service roles only" 30 eval \
+    '[ "$(connected_roles)" = ordersys_orders,ordersys_products,ordersys_worker ]'
+  local check expect out
+  while IFS='|' read -r check expect; do
+    if out=$("${PSQL[@]}" -v ON_ERROR_STOP=1 -Atc "$check" 2>&1); then
+      [ "$expect" = allowed ] || fail "allowed, should not be: $check"
+    else
+      if [ "$expect" != denied ] || [[ $out != *"permission denied"* ]]; then fail "$check: $out"; fi
+    fi
+  done <<'CHECKS'
+SET ROLE ordersys_products; SELECT count(*) FROM produits|allowed
+SET ROLE ordersys_products; SELECT count(*) FROM outbox|denied
+SET ROLE ordersys_products; UPDATE commandes_produits SET quantite = quantite WHERE false|denied
+SET ROLE ordersys_orders; UPDATE produits SET quantite_en_stock = 0 WHERE false|denied
+SET ROLE ordersys_worker; UPDATE produits SET quantite_en_stock = quantite_en_stock WHERE false|allowed
+SET ROLE ordersys_worker; UPDATE produits SET prix = 0 WHERE false|denied
+SET ROLE ordersys_worker; DELETE FROM produits WHERE false|denied
+CHECKS
+  summary "PostgreSQL: services connected as ordersys_products/orders/worker only; each role denied what it does not need (products cannot read the outbox)"
+
+  # RabbitMQ: the three users of the definitions, no guest, no administrator;
+  # the services connect as their own.
+  local users connections
+  users=$(swarm_exec rabbitmq rabbitmqctl -q list_users | awk '$1 != "user" {print $1 "=" $2}' | sort | paste -sd, -)
+  [ "$users" = "ordersys_migrate=[],ordersys_orders=[],ordersys_worker=[]" ] ||
+    fail "RabbitMQ users (name=tags): $users"
+  connections=$(swarm_exec rabbitmq rabbitmqctl -q list_connections user | awk '$1 != "user" {print $1}' | sort -u | paste -sd, -)
+  [ "$connections" = ordersys_orders,ordersys_worker ] ||
+    fail "connected to RabbitMQ as: $connections (expected ordersys_orders and ordersys_worker)"
+  summary "RabbitMQ: users ordersys_migrate, ordersys_orders, ordersys_worker without tags (no guest, no administrator); orders and worker connect as their own"
+
+  # Published ports: Traefik's 81 and the visualizer's 8085, nothing else
+  # (neither the management UI nor a dashboard).
+  local published
+  published=$(docker service ls -q --filter "label=com.docker.stack.namespace=$stack" |
+    xargs -r docker service inspect --format \
+      '{{$name := .Spec.Name}}{{with .Spec.EndpointSpec}}{{range .Ports}}{{$name}}:{{.PublishedPort}} {{end}}{{end}}' |
+    tr ' ' '\n' | sed '/^$/d' | sort | paste -sd, -)
+  [ "$published" = "${stack}_traefik:81,${stack}_visualizer:8085" ] || fail "published ports: $published"
+  [ -z "$(docker port "$(running_tasks rabbitmq | sed -n 1p)")" ] || fail "rabbitmq's container publishes a port"
+  summary "published: ${published//,/, } only (no RabbitMQ management UI, no Traefik dashboard)"
+
+  # Containers: read-only, no capability; healthy.
+  for service in products orders worker; do
+    for container in $(running_tasks "$service"); do
+      h=$(hardening "$container")
+      [[ $h == "true drop=ALL add= "* ]] || fail "$service task ${container:0:12} is not hardened: $h"
+    done
+    wait_until "the $service tasks to be healthy" 60 tasks_healthy "$service"
+  done
+  [ "$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.ReadOnly}} {{join .Spec.TaskTemplate.ContainerSpec.CapabilityDrop ","}}' "${stack}_migrate")" = "true ALL" ] ||
+    fail "the migrate service is not read-only without capabilities"
+  for container in $(docker ps -aq --filter "label=com.docker.swarm.service.name=${stack}_migrate"); do
+    h=$(hardening "$container")
+    [[ $h == "true drop=ALL add= "* ]] || fail "migrate task ${container:0:12} is not hardened: $h"
+  done
+  summary "migrate, products, orders, worker: read-only root filesystem, CapDrop ALL; products, orders, worker healthy"
+}
+
+# The roles PostgreSQL's client connections logged in as, but this one.
+connected_roles() {
+  sql "SELECT string_agg(DISTINCT usename::text, ',' ORDER BY usename::text) FROM pg_stat_activity
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+}
+
+# tasks_healthy SERVICE: every running task's container is healthy.
+tasks_healthy() {
+  local container
+  for container in $(running_tasks "$1"); do
+    [ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" = healthy ] || return 1
+  done
+}
+
+# migrate_tasks STATE: how many of migrate's tasks are in STATE (Complete, Failed...).
+migrate_tasks() {
+  docker service ps "${stack}_migrate" --format '{{.CurrentState}}' | grep -c "^$1" || true
+}
+migrate_completed() { [ "$(migrate_tasks Complete)" -ge 1 ]; }
 
 update_state() { docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${stack}_orders"; }
 # The update has started (a state is set) and ended, well or not.

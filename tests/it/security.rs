@@ -284,6 +284,47 @@ async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
 }
 
 #[tokio::test]
+async fn eddsa_tokens_verify_with_the_public_key_and_no_other_algorithm_is_trusted() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let public = SecretFile::new(&key.public_key_pem());
+    let app = TestApp::build(false, |s| {
+        s.auth.mode = AuthMode::Jwt;
+        s.auth.jwt_algorithm = ordersys::settings::JwtAlgorithm::EdDSA;
+        s.auth.jwt_public_key_file = public.path().to_owned();
+    })
+    .await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims =
+        json!({"iss": "ordersys", "aud": "ordersys", "exp": now + 60, "scope": "orders:write"});
+    let signed = encode(
+        &Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims,
+        &EncodingKey::from_ed_pem(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    app.orders
+        .with_token(&signed)
+        .post("/commandes", json!({}))
+        .await
+        .expect(201);
+    // The public key used as an HMAC secret (algorithm confusion): refused.
+    let confused = encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(key.public_key_pem().as_bytes()),
+    )
+    .unwrap();
+    app.orders
+        .with_token(&confused)
+        .post("/commandes", json!({}))
+        .await
+        .expect(401);
+}
+
+#[tokio::test]
 async fn reads_are_open_unless_protected_and_health_stays_open() {
     let secret = SecretFile::new(SECRET);
     let app = TestApp::build(false, |s| jwt(s, &secret, false)).await;
