@@ -259,6 +259,10 @@ fn start_relay(
         metrics: metrics.clone(),
         wakeups,
         shutdown: shutdown.clone(),
+        exchanges: match mode {
+            Mode::Worker => &[crate::messages::ALERTS_EXCHANGE],
+            _ => &[crate::messages::PRODUCT_EXCHANGE],
+        },
     };
     background.spawn("outbox-relay", move || relay.run())?;
     Ok(waker)

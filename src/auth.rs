@@ -55,19 +55,21 @@ impl std::fmt::Display for Scope {
 }
 
 /// The scopes one API's routes need: `read` for GET and HEAD (when reads
-/// are protected), `write` for every other method, on the paths under
-/// `prefixes`. Health, metrics and the docs are outside them.
+/// are protected), `write` for every other method but OPTIONS. Deny by
+/// default: every path is guarded but the few every mode serves to anyone
+/// (health, metrics, the docs), so a route added later, an alias or an
+/// oddly spelled path cannot slip past.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiScopes {
-    pub prefixes: &'static [&'static str],
     pub read: Scope,
     pub write: Scope,
 }
 
 impl ApiScopes {
-    /// The scope a request needs, if any.
-    pub fn required(&self, method: &str, path: &str, protect_reads: bool) -> Option<Scope> {
-        if !self.prefixes.iter().any(|p| path.starts_with(p)) {
+    /// The scope a request needs, if any; `open` tells whether its path is
+    /// one of those served to anyone.
+    pub fn required(&self, method: &str, open: bool, protect_reads: bool) -> Option<Scope> {
+        if open {
             return None;
         }
         match method {
@@ -449,25 +451,25 @@ mod tests {
     #[test]
     fn scopes_by_method_and_path() {
         let api = ApiScopes {
-            prefixes: &["/produits"],
             read: Scope::ProductsRead,
             write: Scope::ProductsWrite,
         };
         assert_eq!(
-            api.required("POST", "/produits/", false),
+            api.required("POST", false, false),
             Some(Scope::ProductsWrite)
         );
         assert_eq!(
-            api.required("DELETE", "/produits/3", false),
+            api.required("DELETE", false, false),
             Some(Scope::ProductsWrite)
         );
-        assert_eq!(api.required("GET", "/produits/3", false), None);
         assert_eq!(
-            api.required("GET", "/produits/3", true),
-            Some(Scope::ProductsRead)
+            api.required("PATCH", false, false),
+            Some(Scope::ProductsWrite)
         );
-        assert_eq!(api.required("POST", "/healthz", true), None);
-        assert_eq!(api.required("GET", "/docs", true), None);
+        assert_eq!(api.required("GET", false, false), None);
+        assert_eq!(api.required("GET", false, true), Some(Scope::ProductsRead));
+        assert_eq!(api.required("OPTIONS", false, true), None);
+        assert_eq!(api.required("POST", true, true), None);
         assert_eq!(
             parse_scopes("orders:write, stock:correct").unwrap(),
             [Scope::OrdersWrite, Scope::StockCorrect]

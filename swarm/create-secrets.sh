@@ -69,13 +69,18 @@ case ${1:-} in
   "") ;;
   --replace) action=replace ;;
   --remove) action=remove ;;
+  # Print the RabbitMQ definitions (users, hashed passwords, permissions)
+  # and create nothing: for review, and for ordersys's tests.
+  --definitions) action=definitions ;;
   *) usage ;;
 esac
 
-command -v docker >/dev/null || { echo "create-secrets: docker is not installed" >&2; exit 1; }
-if [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" != true ]; then
-  echo "create-secrets: run this on a Swarm manager (docker swarm init)" >&2
-  exit 1
+if [ "$action" != definitions ]; then
+  command -v docker >/dev/null || { echo "create-secrets: docker is not installed" >&2; exit 1; }
+  if [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" != true ]; then
+    echo "create-secrets: run this on a Swarm manager (docker swarm init)" >&2
+    exit 1
+  fi
 fi
 
 remove_all() {
@@ -174,6 +179,34 @@ else
   jwt_secret=$(openssl rand -base64 48 | tr -d '\n')
 fi
 
+user_json() { # user_json NAME PASSWORD
+  printf '    {"name": "%s", "password_hash": "%s", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}' \
+    "$1" "$(rabbit_hash "$2")"
+}
+permission_json() { # permission_json USER CONFIGURE WRITE READ (JSON-escaped regexes)
+  printf '    {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' "$1" "$2" "$3" "$4"
+}
+topology='^(product_exchange|product_queue|product_queue\\.dlq|product_dlx|stock_alerts)$'
+definitions=$(
+  printf '{\n  "vhosts": [{"name": "/"}],\n  "users": [\n'
+  user_json ordersys_migrate "$mq_migrate"
+  printf ',\n'
+  user_json ordersys_orders "$mq_orders"
+  printf ',\n'
+  user_json ordersys_worker "$mq_worker"
+  printf '\n  ],\n  "permissions": [\n'
+  permission_json ordersys_migrate "$topology" "$topology" "$topology"
+  printf ',\n'
+  permission_json ordersys_orders '^$' '^product_exchange$' '^$'
+  printf ',\n'
+  permission_json ordersys_worker '^$' '^(product_dlx|stock_alerts)$' '^product_queue$'
+  printf '\n  ]\n}\n'
+)
+if [ "$action" = definitions ]; then
+  printf '%s' "$definitions"
+  exit 0
+fi
+
 params=${DATABASE_URL_PARAMS:+?${DATABASE_URL_PARAMS#\?}}
 case ${AMQP_SCHEME:=amqp} in
   amqp) amqp_port=${AMQP_PORT:-5672} ;;
@@ -216,27 +249,4 @@ load_definitions = /run/secrets/ordersys_rabbitmq_definitions
 loopback_users.guest = true
 "
 
-user_json() { # user_json NAME PASSWORD
-  printf '    {"name": "%s", "password_hash": "%s", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}' \
-    "$1" "$(rabbit_hash "$2")"
-}
-permission_json() { # permission_json USER CONFIGURE WRITE READ (JSON-escaped regexes)
-  printf '    {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' "$1" "$2" "$3" "$4"
-}
-topology='^(product_exchange|product_queue|product_queue\\.dlq|product_dlx|stock_alerts)$'
-definitions=$(
-  printf '{\n  "vhosts": [{"name": "/"}],\n  "users": [\n'
-  user_json ordersys_migrate "$mq_migrate"
-  printf ',\n'
-  user_json ordersys_orders "$mq_orders"
-  printf ',\n'
-  user_json ordersys_worker "$mq_worker"
-  printf '\n  ],\n  "permissions": [\n'
-  permission_json ordersys_migrate "$topology" "$topology" "$topology"
-  printf ',\n'
-  permission_json ordersys_orders '^$' '^product_exchange$' '^$'
-  printf ',\n'
-  permission_json ordersys_worker '^$' '^(product_dlx|stock_alerts)$' '^product_queue$'
-  printf '\n  ]\n}\n'
-)
 create ordersys_rabbitmq_definitions "$definitions"

@@ -26,6 +26,15 @@ $$;
 -- (PostgreSQL before 15 lets every role create in public).
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 
+-- Only the services' roles (and the owner) may connect to this database.
+DO $$
+BEGIN
+    EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO ordersys_products, ordersys_orders, ordersys_worker',
+                   current_database());
+END
+$$;
+
 -- Every service may read which migrations are applied (a service that does
 -- not migrate waits until they all are).
 GRANT SELECT ON __diesel_schema_migrations TO ordersys_products, ordersys_orders, ordersys_worker;
@@ -57,3 +66,13 @@ GRANT SELECT, INSERT ON mouvements TO ordersys_worker;
 GRANT USAGE ON SEQUENCE mouvements_id_seq TO ordersys_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO ordersys_worker;
 GRANT USAGE ON SEQUENCE outbox_id_seq TO ordersys_worker;
+
+-- The outbox is shared, its rows are not: orders writes and publishes stock
+-- changes, the worker stock alerts. Without these policies the worker could
+-- insert a stock change and have the orders relay publish it. The owner (and
+-- so `ordersys migrate`, and deployments with one role) is not subject to them.
+ALTER TABLE outbox ENABLE ROW LEVEL SECURITY;
+CREATE POLICY outbox_orders ON outbox TO ordersys_orders
+    USING (exchange = 'product_exchange') WITH CHECK (exchange = 'product_exchange');
+CREATE POLICY outbox_worker ON outbox TO ordersys_worker
+    USING (exchange = 'stock_alerts') WITH CHECK (exchange = 'stock_alerts');

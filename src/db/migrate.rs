@@ -94,10 +94,10 @@ pub fn check_applied(conn: &mut PgConnection) -> Result<(), BoxError> {
 }
 
 /// Sets each role's password from its file (`migrate.*_password_file`).
-/// The statement is built by PostgreSQL's `format('%I', '%L')`, so any
-/// character is safe in a password; it reaches the server in the clear
-/// over this connection (use TLS where the network is not trusted), and
-/// the server stores it hashed with its `password_encryption`.
+/// Only its SCRAM-SHA-256 verifier, computed here with a fresh salt, is sent
+/// (what `psql`'s `\password` does): the password itself never reaches the
+/// server, its logs or `pg_stat_activity`. The statement is built by
+/// PostgreSQL's `format('%I', '%L')`.
 pub fn set_role_passwords(
     conn: &mut PgConnection,
     roles: &[(&'static str, &str)],
@@ -115,10 +115,11 @@ pub fn set_role_passwords(
         if password.is_empty() {
             return Err(format!("the password of {role} in {file} is empty").into());
         }
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         let statement: Statement =
             diesel::sql_query("SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1, $2) AS sql")
                 .bind::<diesel::sql_types::Text, _>(*role)
-                .bind::<diesel::sql_types::Text, _>(password)
+                .bind::<diesel::sql_types::Text, _>(verifier)
                 .get_result(conn)?;
         diesel::sql_query(statement.sql).execute(conn)?;
         done.push(*role);

@@ -81,13 +81,16 @@ pub fn server(
     auth: Arc<Authenticator>,
 ) -> std::io::Result<Server> {
     let spec = spec(&api);
-    let security = openapi::Security {
-        scopes: api
-            .scopes
-            .filter(|_| auth.mode() == crate::settings::AuthMode::Jwt),
-        protect_reads: auth.protect_reads(),
-    };
     let scopes = api.scopes;
+    let open = auth::OpenPaths {
+        docs: settings.http.docs_path.clone(),
+        openapi: settings.http.openapi_path.clone(),
+    };
+    let security = openapi::Security {
+        scopes: scopes.filter(|_| auth.mode() == crate::settings::AuthMode::Jwt),
+        protect_reads: auth.protect_reads(),
+        open: open.clone(),
+    };
     let http = settings.http.clone();
     let limit = extract::BodyLimit {
         max_bytes: http.max_body_bytes,
@@ -97,7 +100,7 @@ pub fn server(
     let data = actix_web::web::Data::new(state);
     let mut server = HttpServer::new(move || {
         let metrics = data.metrics.clone();
-        let auth = auth.clone();
+        let (auth, open) = (auth.clone(), open.clone());
         actix_web::App::new()
             .app_data(data.clone())
             .app_data(limit)
@@ -129,7 +132,7 @@ pub fn server(
             .build()
             .default_service(actix_web::web::to(no_route))
             .wrap_fn(move |req, srv| {
-                let outcome = match auth::check(&auth, scopes.as_ref(), &req) {
+                let outcome = match auth::check(&auth, scopes.as_ref(), &open, &req) {
                     Ok(()) => Ok(actix_web::dev::Service::call(srv, req)),
                     Err(refused) => Err(req.into_response(refused.error_response())),
                 };

@@ -15,17 +15,23 @@ use crate::domain::OrderStatus;
 use serde_json::{json, Value};
 
 /// What the document says about authentication.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Security {
     /// The API's scopes when tokens are checked; `None` when open.
     pub scopes: Option<ApiScopes>,
     pub protect_reads: bool,
+    pub open: super::auth::OpenPaths,
 }
 
 impl Security {
     fn required(&self, method: &str, path: &str) -> Option<Scope> {
-        self.scopes
-            .and_then(|s| s.required(&method.to_ascii_uppercase(), path, self.protect_reads))
+        self.scopes.and_then(|s| {
+            s.required(
+                &method.to_ascii_uppercase(),
+                self.open.contains(path),
+                self.protect_reads,
+            )
+        })
     }
 }
 
@@ -224,6 +230,10 @@ mod tests {
         let open = Security {
             scopes: None,
             protect_reads: false,
+            open: crate::http::auth::OpenPaths {
+                docs: "/docs".into(),
+                openapi: "/openapi.json".into(),
+            },
         };
         let spec = refine(spec, &open);
         let health: Vec<_> = spec["paths"]["/healthz"]["get"]["responses"]

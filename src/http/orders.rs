@@ -23,7 +23,6 @@ pub fn api() -> Api {
                       whether its stock is reserved yet.",
         routes: std::sync::Arc::new(routes),
         scopes: Some(ApiScopes {
-            prefixes: &["/commandes", "/api/v1/"],
             read: Scope::OrdersRead,
             write: Scope::OrdersWrite,
         }),

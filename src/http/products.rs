@@ -27,7 +27,6 @@ pub fn api(db: &Database) -> Api {
             routes(cfg)
         }),
         scopes: Some(ApiScopes {
-            prefixes: &["/produits"],
             read: Scope::ProductsRead,
             write: Scope::ProductsWrite,
         }),

@@ -56,6 +56,9 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     pub wakeups: WakeUps,
     pub shutdown: Shutdown,
+    /// The exchanges of the rows this relay publishes (its broker user may
+    /// publish to no other): the orders' stock changes, or a worker's alerts.
+    pub exchanges: &'static [&'static str],
 }
 
 impl Relay {
@@ -100,7 +103,13 @@ impl Relay {
             // way: sustained publishing must not starve retention.
             loop {
                 let batch_size = settings.outbox.batch_size;
-                let sent = publish_batch(&mut pg, &mut channel, batch_size, &self.metrics)?;
+                let sent = publish_batch(
+                    &mut pg,
+                    &mut channel,
+                    self.exchanges,
+                    batch_size,
+                    &self.metrics,
+                )?;
                 if last_purge.elapsed() >= purge_every {
                     last_purge = Instant::now();
                     purge_sent(&mut pg, retention);
@@ -134,12 +143,14 @@ impl Relay {
 fn publish_batch(
     pg: &mut PgConnection,
     channel: &mut ConfirmingChannel,
+    exchanges: &[&str],
     limit: usize,
     metrics: &Metrics,
 ) -> Result<usize, RelayError> {
     let sent = pg.transaction::<_, RelayError, _>(|pg| {
         let rows: Vec<(i64, Uuid, String, String, String)> = outbox::table
             .filter(outbox::sent_at.is_null())
+            .filter(outbox::exchange.eq_any(exchanges))
             .order(outbox::id)
             .limit(limit as i64)
             .select((

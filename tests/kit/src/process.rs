@@ -31,8 +31,7 @@ impl Process {
     /// Same, its standard error written to a file that [`Process::stderr`]
     /// reads back.
     pub fn spawn_capturing(settings: &Settings, args: &[&str], env: &[(&str, &str)]) -> Process {
-        let path = std::env::temp_dir().join(format!("ordersys-{}.stderr", uuid::Uuid::new_v4()));
-        Self::start(settings, args, env, Some(path))
+        Self::start(settings, args, env, Some(stderr_file()))
     }
 
     /// What the process wrote to standard error (when captured).
@@ -85,11 +84,25 @@ impl Process {
 
     /// Starts `ordersys <mode> --bind 127.0.0.1:<free port>`.
     pub fn serve(settings: &Settings, mode: &str, env: &[(&str, &str)]) -> Process {
+        Self::serve_to(settings, mode, env, None)
+    }
+
+    fn serve_to(
+        settings: &Settings,
+        mode: &str,
+        env: &[(&str, &str)],
+        stderr: Option<std::path::PathBuf>,
+    ) -> Process {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let bind = addr.to_string();
-        let mut process = Self::spawn_with(settings, &[mode, "--bind", &bind], env);
+        let mut process = Self::start(settings, &[mode, "--bind", &bind], env, stderr);
         process.addr = Some(addr);
         process
+    }
+
+    /// Like `serve`, with standard error captured (see [`Process::stderr`]).
+    pub fn serve_capturing(settings: &Settings, mode: &str, env: &[(&str, &str)]) -> Process {
+        Self::serve_to(settings, mode, env, Some(stderr_file()))
     }
 
     /// A worker with `replicas` consumers on a free port.
@@ -176,6 +189,11 @@ pub fn binary() -> std::path::PathBuf {
         .and_then(|deps| deps.parent())
         .expect("tests run from target/<profile>/deps");
     profile_dir.join("ordersys")
+}
+
+/// A fresh file for a child's standard error.
+fn stderr_file() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ordersys-{}.stderr", uuid::Uuid::new_v4()))
 }
 
 /// A port nothing listens on now, for a child process to bind. It is
