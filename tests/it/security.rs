@@ -804,39 +804,25 @@ async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
     let orders = app.broker.user_url(user("ordersys_orders"));
     let worker = app.broker.user_url(user("ordersys_worker"));
     as_user(&orders, |c| publish_confirmed(c, PRODUCT_EXCHANGE)).expect("orders publishes changes");
-    refused(
-        as_user(&orders, |c| {
-            c.basic_consume(PRODUCT_QUEUE, Default::default())
-                .map(|_| ())
-        }),
-        "orders consumes",
-    );
-    refused(
-        as_user(&orders, |c| {
-            c.queue_declare("mine", Default::default()).map(|_| ())
-        }),
-        "orders declares",
-    );
-    refused(
-        as_user(&orders, |c| publish_confirmed(c, "stock_alerts")),
-        "orders publishes alerts",
-    );
-    refused(
-        as_user(&worker, |c| publish_confirmed(c, PRODUCT_EXCHANGE)),
-        "the worker forges a change",
-    );
-    refused(
-        as_user(&worker, |c| {
-            c.queue_declare("mine", Default::default()).map(|_| ())
-        }),
-        "the worker declares",
-    );
-    refused(
-        as_user(&worker, |c| {
-            c.basic_get(DEAD_LETTER_QUEUE, false).map(|_| ())
-        }),
-        "the worker reads dead letters",
-    );
+    type Attempt = Box<dyn Fn(&amiquip::Channel) -> Result<(), amiquip::Error>>;
+    let consume: Attempt = Box::new(|c| {
+        c.basic_consume(PRODUCT_QUEUE, Default::default())
+            .map(|_| ())
+    });
+    let declare: Attempt = Box::new(|c| c.queue_declare("mine", Default::default()).map(|_| ()));
+    let alert: Attempt = Box::new(|c| publish_confirmed(c, "stock_alerts"));
+    let forge: Attempt = Box::new(|c| publish_confirmed(c, PRODUCT_EXCHANGE));
+    let dead_letters: Attempt = Box::new(|c| c.basic_get(DEAD_LETTER_QUEUE, false).map(|_| ()));
+    for (url, attempt, what) in [
+        (&orders, &consume, "orders consumes"),
+        (&orders, &declare, "orders declares"),
+        (&orders, &alert, "orders publishes alerts"),
+        (&worker, &forge, "the worker forges a change"),
+        (&worker, &declare, "the worker declares"),
+        (&worker, &dead_letters, "the worker reads dead letters"),
+    ] {
+        refused(as_user(url, attempt), what);
+    }
     as_user(&worker, |c| c.basic_get(PRODUCT_QUEUE, false).map(|_| ()))
         .expect("the worker consumes");
     refused(

@@ -45,6 +45,20 @@ fn api(method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// Sets `user`'s permissions (a JSON object) on `vhost` through the management API.
+fn grant(vhost: &str, user: &str, permissions: &str) {
+    let (status, body) = api(
+        "PUT",
+        &format!("/api/permissions/{vhost}/{user}"),
+        Some(permissions),
+    )
+    .expect("management API answers");
+    assert!(
+        matches!(status, 201 | 204),
+        "set permissions: {status} {body}"
+    );
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
         .args(args)
@@ -72,15 +86,10 @@ impl TestBroker {
         let vhost = format!("ordersys-test-{}", uuid::Uuid::new_v4().simple());
         match api("PUT", &format!("/api/vhosts/{vhost}"), Some("{}")) {
             Some((201 | 204, _)) => {
-                let (status, body) = api(
-                    "PUT",
-                    &format!("/api/permissions/{vhost}/guest"),
-                    Some(r#"{"configure":".*","write":".*","read":".*"}"#),
-                )
-                .expect("management API answers");
-                assert!(
-                    matches!(status, 201 | 204),
-                    "set permissions: {status} {body}"
+                grant(
+                    &vhost,
+                    "guest",
+                    r#"{"configure":".*","write":".*","read":".*"}"#,
                 );
             }
             Some((status, body)) => panic!("creating vhost {vhost}: {status} {body}"),
@@ -236,16 +245,7 @@ impl TestBroker {
         .to_string();
         match api("PUT", &format!("/api/users/{name}"), Some(&body)) {
             Some((201 | 204, _)) => {
-                let (status, body) = api(
-                    "PUT",
-                    &format!("/api/permissions/{}/{name}", self.vhost),
-                    Some(&permissions),
-                )
-                .expect("management API answers");
-                assert!(
-                    matches!(status, 201 | 204),
-                    "set permissions: {status} {body}"
-                );
+                grant(&self.vhost, &name, &permissions);
             }
             Some((status, body)) => panic!("creating user {name}: {status} {body}"),
             None => {
