@@ -7,7 +7,7 @@ use crate::auth::Authenticator;
 use crate::db::{migrate, Database};
 use crate::dependencies::{BrokerUse, Dependencies};
 use crate::http::{self, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Parts};
 use crate::outbox::relay::Relay;
 use crate::outbox::Waker;
 use crate::settings::{AuthMode, Settings};
@@ -118,7 +118,13 @@ impl Application {
             Mode::Orders => BrokerUse::Buffered,
             Mode::Worker => BrokerUse::Required,
         });
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(
+            mode.name(),
+            Parts {
+                relay: mode != Mode::Products,
+                consumer: mode == Mode::Worker,
+            },
+        ));
         let pool_settings = match mode {
             // The worker's pool only answers /readyz; consumers hold their own connections.
             Mode::Worker => crate::settings::DatabaseSettings {

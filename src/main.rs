@@ -3,15 +3,16 @@
 
 use clap::Parser;
 use ordersys::cli::{Cli, Command};
-use ordersys::settings::Settings;
+use ordersys::logging;
+use ordersys::settings::{LogFormat, Settings};
 use ordersys::{Application, Mode};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Command::Probe(args) = &cli.command {
+        logging::init(LogFormat::Text);
         return probe(args.url.as_deref());
     }
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    logging::init(settings.log.format);
     match run(cli.command, settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -21,6 +21,46 @@ pub const ALERTS_EXCHANGE: &str = "stock_alerts";
 pub const ALERTS_QUEUE: &str = "stock_alerts";
 /// Header naming why a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-ordersys-error";
+/// Header with the class of [`ERROR_HEADER`]'s reason ([`DeadLetterClass`]).
+pub const ERROR_CLASS_HEADER: &str = "x-ordersys-error-class";
+
+/// Why a message was dead-lettered, as a class (for metrics and routing;
+/// [`ERROR_HEADER`] has the detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterClass {
+    /// Unreadable: not JSON, wrong or out-of-range fields, too large, or a
+    /// format the worker is told not to accept.
+    Malformed,
+    /// Names a product that does not exist.
+    UnknownProduct,
+    /// A seed-format reservation the stock cannot cover (no line to mark
+    /// `REJETE`).
+    Uncoverable,
+    /// Releasing it would take a stock past its largest value.
+    Overflow,
+    /// The database refused it (a constraint).
+    Refused,
+}
+
+impl DeadLetterClass {
+    pub const ALL: [DeadLetterClass; 5] = [
+        DeadLetterClass::Malformed,
+        DeadLetterClass::UnknownProduct,
+        DeadLetterClass::Uncoverable,
+        DeadLetterClass::Overflow,
+        DeadLetterClass::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterClass::Malformed => "malformed",
+            DeadLetterClass::UnknownProduct => "unknown_product",
+            DeadLetterClass::Uncoverable => "uncoverable",
+            DeadLetterClass::Overflow => "overflow",
+            DeadLetterClass::Refused => "refused",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -68,13 +108,24 @@ pub struct StockMessage {
     pub occurred_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AlertEvent {
     /// Stock reached 0.
     StockEpuise,
     /// Stock fell below `stock.low_threshold`.
     StockBas,
+}
+
+impl AlertEvent {
+    pub const ALL: [AlertEvent; 2] = [AlertEvent::StockEpuise, AlertEvent::StockBas];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEvent::StockEpuise => "STOCK_EPUISE",
+            AlertEvent::StockBas => "STOCK_BAS",
+        }
+    }
 }
 
 /// Published to [`ALERTS_EXCHANGE`] when a product's stock crosses a threshold.

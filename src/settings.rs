@@ -23,6 +23,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub stock: StockSettings,
     pub outbox: OutboxSettings,
+    pub log: LogSettings,
     pub retry: RetrySettings,
     pub shutdown: ShutdownSettings,
     pub auth: AuthSettings,
@@ -136,6 +137,22 @@ pub struct OutboxSettings {
     pub batch_size: usize,
     pub poll_interval_ms: u64,
     pub retention_secs: u64,
+    pub history_retention_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// env_logger's human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,6 +24,27 @@ diesel::table! {
 }
 
 diesel::table! {
+    historique_lignes (message_id) {
+        message_id -> Uuid,
+        ligne_id -> Int8,
+        commande_id -> Int8,
+        version -> Int8,
+        #[max_length = 16]
+        action -> Varchar,
+        produit_id -> Int8,
+        quantite -> Int4,
+        #[max_length = 128]
+        request_id -> Nullable<Varchar>,
+        accepte_le -> Timestamptz,
+        publie_le -> Nullable<Timestamptz>,
+        applique_le -> Nullable<Timestamptz>,
+        #[max_length = 16]
+        resultat -> Nullable<Varchar>,
+        motif -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     messages_traites (message_id) {
         message_id -> Uuid,
         traite_le -> Timestamptz,
@@ -43,6 +64,8 @@ diesel::table! {
         quantite_en_stock -> Int4,
         occurred_at -> Nullable<Timestamptz>,
         applique_le -> Timestamptz,
+        #[max_length = 128]
+        request_id -> Nullable<Varchar>,
     }
 }
 
@@ -57,6 +80,8 @@ diesel::table! {
         payload -> Text,
         created_at -> Timestamptz,
         sent_at -> Nullable<Timestamptz>,
+        #[max_length = 128]
+        request_id -> Nullable<Varchar>,
     }
 }
 
@@ -87,6 +112,7 @@ diesel::joinable!(mouvements -> produits (produit_id));
 diesel::allow_tables_to_appear_in_same_query!(
     commandes,
     commandes_produits,
+    historique_lignes,
     messages_traites,
     mouvements,
     outbox,

@@ -9,7 +9,8 @@ pub mod auth;
 pub mod docs;
 pub mod error;
 pub mod extract;
-mod openapi;
+pub mod observe;
+pub mod openapi;
 pub mod orders;
 mod probes;
 pub mod products;
@@ -23,14 +24,14 @@ use crate::outbox::Waker;
 use crate::settings::Settings;
 use actix_web::body::EitherBody;
 use actix_web::dev::{Server, ServiceResponse};
-use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Logger};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{HttpServer, ResponseError};
 use error::ApiError;
 use paperclip::actix::OpenApiExt;
 use paperclip::v2::models::{DefaultApiRaw, Info};
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Everything a handler may need, shared by all workers of one server.
 #[derive(Clone)]
@@ -57,6 +58,8 @@ pub struct Api {
     /// What anyone may do when `auth.mode` is open ("create, change and
     /// delete …"), for the warning at start.
     pub writes: &'static str,
+    /// Paths served but left out of the document (duplicates of listed ones).
+    pub aliases: &'static [openapi::Alias],
 }
 
 /// The worker's HTTP port: health and metrics only.
@@ -67,6 +70,7 @@ pub fn worker_api() -> Api {
         routes: Arc::new(|_| {}),
         scopes: None,
         writes: "",
+        aliases: &[],
     }
 }
 
@@ -97,6 +101,7 @@ pub fn server(
         timeout: Duration::from_millis(http.body_timeout_ms),
     };
     let routes = api.routes.clone();
+    let aliases = api.aliases;
     let data = actix_web::web::Data::new(state);
     let mut server = HttpServer::new(move || {
         let metrics = data.metrics.clone();
@@ -113,7 +118,7 @@ pub fn server(
             // paperclip's own (which is still needed: it tells Swagger UI
             // where the document is).
             .with_raw_json_spec_v3(|app, spec| {
-                let body = openapi::refine(spec, &security).to_string();
+                let body = openapi::refine(spec, &security, aliases).to_string();
                 app.service(paperclip::actix::web::resource(&http.openapi_path).route(
                     paperclip::actix::web::get().to(move || {
                         let body = body.clone();
@@ -144,20 +149,18 @@ pub fn server(
                 }
             })
             .wrap(ErrorHandlers::new().default_handler(as_problem))
+            // Outermost: every answer, even a refusal, has its request id.
             .wrap_fn(move |req, srv| {
                 let metrics = metrics.clone();
+                let started = Instant::now();
+                let id = observe::begin(&req);
                 let fut = actix_web::dev::Service::call(srv, req);
                 async move {
-                    let res = fut.await?;
-                    metrics.record_response(res.status().as_u16());
+                    let mut res = fut.await?;
+                    observe::finish(&mut res, &id, started, &metrics.http);
                     Ok(res)
                 }
             })
-            .wrap(
-                Logger::new("%{method}xi %U %s %Dms")
-                    .custom_request_replace("method", |req| req.method().to_string())
-                    .exclude("/healthz"),
-            )
     })
     .disable_signals()
     .shutdown_timeout(settings.shutdown.grace_secs)

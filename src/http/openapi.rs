@@ -35,8 +35,29 @@ impl Security {
     }
 }
 
-pub fn refine(mut spec: Value, security: &Security) -> Value {
+/// A path served for compatibility that the document leaves out: it
+/// behaves exactly as its canonical path, which is listed (so Swagger UI
+/// shows each operation once).
+#[derive(Debug, Clone, Copy)]
+pub enum Alias {
+    /// This path only (`/produits` for `/produits/`).
+    Exact(&'static str),
+    /// Every path under this prefix (`/api/v1/`).
+    Prefix(&'static str),
+}
+
+impl Alias {
+    fn covers(self, path: &str) -> bool {
+        match self {
+            Alias::Exact(alias) => path == alias,
+            Alias::Prefix(prefix) => path.starts_with(prefix),
+        }
+    }
+}
+
+pub fn refine(mut spec: Value, security: &Security, aliases: &[Alias]) -> Value {
     if let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) {
+        paths.retain(|path, _| !aliases.iter().any(|alias| alias.covers(path)));
         for (path, item) in paths.iter_mut() {
             let Some(item) = item.as_object_mut() else {
                 continue;
@@ -235,7 +256,7 @@ mod tests {
                 openapi: "/openapi.json".into(),
             },
         };
-        let spec = refine(spec, &open);
+        let spec = refine(spec, &open, &[]);
         let health: Vec<_> = spec["paths"]["/healthz"]["get"]["responses"]
             .as_object()
             .unwrap()

@@ -4,14 +4,16 @@
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use super::openapi::Alias;
 use super::responses::Created;
 use super::{Api, AppState};
 use crate::auth::{ApiScopes, Scope};
 use crate::domain::{FieldError, OrderStatus, Page, Pagination};
 use crate::orders::model::{
-    LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine,
+    LineChange, LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine,
 };
 use crate::orders::queries;
+use crate::request_id::RequestId;
 use paperclip::actix::{api_v2_operation, web, NoContent};
 
 /// The orders API.
@@ -20,13 +22,16 @@ pub fn api() -> Api {
         title: "ordersys orders",
         description: "Orders and their lines. Every line change is carried to the stock worker \
                       through a transactional outbox and RabbitMQ; a line's `statut_stock` says \
-                      whether its stock is reserved yet.",
+                      whether its stock is reserved yet. The seed system's paths \
+                      (`/api/v1/commandes…`, `/api/v1/commandes_produits…`) are served too, with \
+                      identical behaviour; they are not listed here.",
         routes: std::sync::Arc::new(routes),
         scopes: Some(ApiScopes {
             read: Scope::OrdersRead,
             write: Scope::OrdersWrite,
         }),
         writes: "create, change, cancel and delete orders and their lines",
+        aliases: &[Alias::Prefix("/api/v1/")],
     }
 }
 
@@ -59,6 +64,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_line))
                 .route(web::put().to(update_line))
                 .route(web::delete().to(delete_line)),
+        )
+        .service(
+            web::resource(&format!("{base}/{{id}}/historique")).route(web::get().to(line_history)),
         );
     }
 }
@@ -151,6 +159,7 @@ async fn get_order(
 #[api_v2_operation(tags(Orders))]
 async fn update_order(
     state: web::Data<AppState>,
+    request: RequestId,
     id: web::Path<i64>,
     body: ApiJson<OrderInput>,
 ) -> Result<web::Json<Order>, ApiError> {
@@ -158,7 +167,7 @@ async fn update_order(
     let statut = body.0.status().map_err(ApiError::invalid)?;
     let (order, wrote) = state
         .db
-        .run(move |conn| queries::update_order(conn, id, statut).map_err(ApiError::from))
+        .run(move |conn| queries::update_order(conn, &request, id, statut).map_err(ApiError::from))
         .await?;
     wake_relay(&state, wrote);
     Ok(web::Json(order))
@@ -170,12 +179,13 @@ async fn update_order(
 #[api_v2_operation(tags(Orders))]
 async fn delete_order(
     state: web::Data<AppState>,
+    request: RequestId,
     id: web::Path<i64>,
 ) -> Result<NoContent, ApiError> {
     let id = id.into_inner();
     let wrote = state
         .db
-        .run(move |conn| queries::delete_order(conn, id).map_err(ApiError::from))
+        .run(move |conn| queries::delete_order(conn, &request, id).map_err(ApiError::from))
         .await?;
     wake_relay(&state, wrote);
     Ok(NoContent)
@@ -189,12 +199,13 @@ async fn delete_order(
 #[api_v2_operation(tags("Order lines"))]
 async fn create_line(
     state: web::Data<AppState>,
+    request: RequestId,
     body: ApiJson<LineCreate>,
 ) -> Result<Created<OrderLine>, ApiError> {
     let new = NewLine::try_from(body.0).map_err(ApiError::invalid)?;
     let line = state
         .db
-        .run(move |conn| queries::create_line(conn, new).map_err(ApiError::from))
+        .run(move |conn| queries::create_line(conn, &request, new).map_err(ApiError::from))
         .await?;
     wake_relay(&state, true);
     Ok(Created {
@@ -240,6 +251,7 @@ async fn get_line(
 #[api_v2_operation(tags("Order lines"))]
 async fn update_line(
     state: web::Data<AppState>,
+    request: RequestId,
     id: web::Path<i64>,
     body: ApiJson<LineUpdate>,
 ) -> Result<web::Json<OrderLine>, ApiError> {
@@ -247,7 +259,7 @@ async fn update_line(
     let changes = LineChanges::try_from(body.0).map_err(ApiError::invalid)?;
     let (line, wrote) = state
         .db
-        .run(move |conn| queries::update_line(conn, id, changes).map_err(ApiError::from))
+        .run(move |conn| queries::update_line(conn, &request, id, changes).map_err(ApiError::from))
         .await?;
     wake_relay(&state, wrote);
     Ok(web::Json(line))
@@ -257,13 +269,35 @@ async fn update_line(
 #[api_v2_operation(tags("Order lines"))]
 async fn delete_line(
     state: web::Data<AppState>,
+    request: RequestId,
     id: web::Path<i64>,
 ) -> Result<NoContent, ApiError> {
     let id = id.into_inner();
     state
         .db
-        .run(move |conn| queries::delete_line(conn, id).map_err(ApiError::from))
+        .run(move |conn| queries::delete_line(conn, &request, id).map_err(ApiError::from))
         .await?;
     wake_relay(&state, true);
     Ok(NoContent)
+}
+
+/// The history of an order line: the message flow of each of its changes.
+///
+/// Oldest first: each change's version, the id of the request that made it
+/// (`X-Request-Id`), when it was accepted, published to RabbitMQ and
+/// applied by a worker, and its outcome. A deleted line's history stays
+/// readable for `outbox.history_retention_secs`; a line that never existed
+/// answers 404.
+#[api_v2_operation(tags("Order lines"))]
+async fn line_history(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<web::Json<Vec<LineChange>>, ApiError> {
+    let id = id.into_inner();
+    state
+        .db
+        .run(move |conn| queries::line_history(conn, id).map_err(ApiError::from))
+        .await?
+        .map(web::Json)
+        .ok_or_else(|| ApiError::not_found("order line", id))
 }

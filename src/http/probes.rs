@@ -4,7 +4,6 @@
 use super::error::ApiError;
 use super::responses::PlainText;
 use super::AppState;
-use crate::metrics::Metrics;
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
 use serde::Serialize;
 
@@ -81,17 +80,21 @@ async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiErro
 /// backlog: unsent messages, and the age of the oldest one.
 #[api_v2_operation(tags(Health), produces = "text/plain")]
 async fn metrics(state: web::Data<AppState>) -> Result<PlainText, ApiError> {
-    let mut text = state.metrics.render(state.mode);
     if state.waker.is_some() {
-        // Left out, not an error, while the database is unreachable.
+        // Left as last seen, not an error, while the database is unreachable.
         let backlog = state
             .db
             .run(|conn| crate::outbox::backlog(conn).map_err(ApiError::from));
         if let Ok(backlog) = backlog.await {
-            text.push_str(&Metrics::render_backlog(state.mode, backlog));
+            state.metrics.outbox.unsent.set(backlog.unsent);
+            state
+                .metrics
+                .outbox
+                .oldest_unsent_seconds
+                .set(backlog.oldest_secs);
         }
     }
-    Ok(PlainText(text))
+    Ok(PlainText(state.metrics.render()))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

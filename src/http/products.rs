@@ -3,6 +3,7 @@
 use super::auth::require;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use super::openapi::Alias;
 use super::responses::Created;
 use super::{Api, AppState};
 use crate::auth::{ApiScopes, Caller, Scope};
@@ -21,7 +22,9 @@ pub fn api(db: &Database) -> Api {
     Api {
         title: "ordersys products",
         description: "The product catalog and its stock. Stock is reserved and released by the \
-                      ordersys worker as orders change; see GET /produits/{id}/mouvements.",
+                      ordersys worker as orders change; see GET /produits/{id}/mouvements. \
+                      `/produits` (without the final slash) is served too, identical to \
+                      `/produits/`; it is not listed here.",
         routes: std::sync::Arc::new(move |cfg| {
             cfg.app_data(reads.clone());
             routes(cfg)
@@ -31,6 +34,7 @@ pub fn api(db: &Database) -> Api {
             write: Scope::ProductsWrite,
         }),
         writes: "create, change and delete products and set their stock",
+        aliases: &[Alias::Exact("/produits")],
     }
 }
 

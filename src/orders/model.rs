@@ -1,6 +1,6 @@
 //! Orders and order lines as stored, as sent, and as validated.
 
-use crate::db::schema::commandes_produits;
+use crate::db::schema::{commandes_produits, historique_lignes};
 use crate::domain::limits::{check_range, QUANTITE_MAX};
 use crate::domain::{FieldError, Input, Money, OrderStatus, Required, StockStatus};
 use chrono::{DateTime, Utc};
@@ -57,6 +57,40 @@ pub struct OrderLine {
     /// The product's price when the line was created (or moved to this product).
     pub prix_unitaire: Money,
     pub statut_stock: StockStatus,
+}
+
+/// One change of an order line, as it went through the pipeline: accepted
+/// (committed with its outbox message), published (confirmed by the
+/// broker), applied by a worker (with its outcome).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize, Apiv2Schema)]
+#[diesel(table_name = historique_lignes, check_for_backend(diesel::pg::Pg))]
+pub struct LineChange {
+    pub ligne_id: i64,
+    pub commande_id: i64,
+    /// The line's version this change produced (1 at creation).
+    pub version: i64,
+    /// `CREATED`, `UPDATED` or `DELETED`.
+    pub action: String,
+    /// The line's product and quantity after the change (for `DELETED`:
+    /// what it held).
+    pub produit_id: i64,
+    pub quantite: i32,
+    /// The id of the stock message (AMQP `message_id`).
+    pub message_id: uuid::Uuid,
+    /// The id of the HTTP request that made the change (its `X-Request-Id`;
+    /// the message's `correlation_id`).
+    pub request_id: Option<String>,
+    pub accepte_le: DateTime<Utc>,
+    /// `null` until the broker confirmed the message.
+    pub publie_le: Option<DateTime<Utc>>,
+    /// `null` until a worker applied it.
+    pub applique_le: Option<DateTime<Utc>>,
+    /// `RESERVE`, `LIBERE`, `REJETE` (not enough stock), `PERIME` (a newer
+    /// version was applied first) or `REFUSE` (dead-lettered); `null` until
+    /// applied.
+    pub resultat: Option<String>,
+    /// Why it was refused.
+    pub motif: Option<String>,
 }
 
 /// An order line with its version, for changes.

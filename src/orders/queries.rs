@@ -5,14 +5,17 @@
 //! by id — and the stock worker locks lines last, so these transactions
 //! cannot deadlock with each other or with the worker.
 
-use super::model::{LineChanges, LineRow, NewLine, Order, OrderError, OrderLine, OrderRow};
-use crate::db::schema::{commandes, commandes_produits, produits};
+use super::model::{
+    LineChange, LineChanges, LineRow, NewLine, Order, OrderError, OrderLine, OrderRow,
+};
+use crate::db::schema::{commandes, commandes_produits, historique_lignes, produits};
 use crate::domain::limits::LINES_PER_ORDER_MAX;
 use crate::domain::Money;
 use crate::domain::{FieldError, Page};
 use crate::domain::{OrderStatus, StockStatus};
 use crate::messages::{Action, StockMessage};
 use crate::outbox;
+use crate::request_id::RequestId;
 use chrono::Utc;
 use diesel::prelude::*;
 use uuid::Uuid;
@@ -144,6 +147,7 @@ fn closed_conflict(order: i64, status: OrderStatus) -> OrderError {
 /// Returns the order and whether messages were written.
 pub fn update_order(
     conn: &mut PgConnection,
+    request: &RequestId,
     id: i64,
     statut: Option<OrderStatus>,
 ) -> Result<(Order, bool), OrderError> {
@@ -157,7 +161,7 @@ pub fn update_order(
             }
             if target == OrderStatus::Annulee {
                 let messages = release_lines(conn, id)?;
-                outbox::enqueue_stock(conn, &messages)?;
+                outbox::enqueue_stock(conn, request, &messages)?;
                 wrote = !messages.is_empty();
             }
             diesel::update(commandes::table.find(id))
@@ -172,7 +176,11 @@ pub fn update_order(
 /// Deletes an order and its lines; each line of a non-cancelled order
 /// releases its stock. A shipped order is kept (409). Returns whether
 /// messages were written.
-pub fn delete_order(conn: &mut PgConnection, id: i64) -> Result<bool, OrderError> {
+pub fn delete_order(
+    conn: &mut PgConnection,
+    request: &RequestId,
+    id: i64,
+) -> Result<bool, OrderError> {
     conn.transaction(|conn| {
         let order = lock_order(conn, id)?;
         if order.statut == OrderStatus::Expediee {
@@ -186,7 +194,7 @@ pub fn delete_order(conn: &mut PgConnection, id: i64) -> Result<bool, OrderError
         } else {
             release_lines(conn, id)?
         };
-        outbox::enqueue_stock(conn, &messages)?;
+        outbox::enqueue_stock(conn, request, &messages)?;
         diesel::delete(commandes_produits::table.filter(commandes_produits::commande_id.eq(id)))
             .execute(conn)?;
         diesel::delete(commandes::table.find(id)).execute(conn)?;
@@ -271,7 +279,11 @@ fn missing_product(id: i64) -> FieldError {
     FieldError::new("produit_id", format!("product {id} does not exist"))
 }
 
-pub fn create_line(conn: &mut PgConnection, new: NewLine) -> Result<OrderLine, OrderError> {
+pub fn create_line(
+    conn: &mut PgConnection,
+    request: &RequestId,
+    new: NewLine,
+) -> Result<OrderLine, OrderError> {
     conn.transaction(|conn| {
         let order = lock_order_for_a_new_line(conn, new.commande_id);
         let price = product_price(conn, new.produit_id)?;
@@ -296,7 +308,7 @@ pub fn create_line(conn: &mut PgConnection, new: NewLine) -> Result<OrderLine, O
             .returning(LineRow::as_returning())
             .get_result(conn)
             .map_err(product_gone(new.produit_id))?;
-        outbox::enqueue_stock(conn, &[message(Action::Created, &line, None)])?;
+        outbox::enqueue_stock(conn, request, &[message(Action::Created, &line, None)])?;
         Ok(line.into())
     })
 }
@@ -349,6 +361,7 @@ fn lock_line(conn: &mut PgConnection, id: i64) -> Result<LineRow, OrderError> {
 /// Changes a line; returns it and whether it changed (and a message was written).
 pub fn update_line(
     conn: &mut PgConnection,
+    request: &RequestId,
     id: i64,
     changes: LineChanges,
 ) -> Result<(OrderLine, bool), OrderError> {
@@ -390,17 +403,41 @@ pub fn update_line(
             .returning(LineRow::as_returning())
             .get_result(conn)
             .map_err(product_gone(produit_id))?;
-        outbox::enqueue_stock(conn, &[message(Action::Updated, &line, Some(&old))])?;
+        outbox::enqueue_stock(
+            conn,
+            request,
+            &[message(Action::Updated, &line, Some(&old))],
+        )?;
         Ok((line.into(), true))
     })
 }
 
-pub fn delete_line(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
+pub fn delete_line(
+    conn: &mut PgConnection,
+    request: &RequestId,
+    id: i64,
+) -> Result<(), OrderError> {
     conn.transaction(|conn| {
         let mut line = lock_line(conn, id)?;
         diesel::delete(commandes_produits::table.find(id)).execute(conn)?;
         line.version += 1;
-        outbox::enqueue_stock(conn, &[message(Action::Deleted, &line, None)])?;
+        outbox::enqueue_stock(conn, request, &[message(Action::Deleted, &line, None)])?;
         Ok(())
     })
+}
+
+/// A line's history, oldest change first; `None` when the line never
+/// existed (or its history is past retention).
+pub fn line_history(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Vec<LineChange>>> {
+    let changes: Vec<LineChange> = historique_lignes::table
+        .filter(historique_lignes::ligne_id.eq(id))
+        .order((historique_lignes::version, historique_lignes::accepte_le))
+        .select(LineChange::as_select())
+        .load(conn)?;
+    if !changes.is_empty() {
+        return Ok(Some(changes));
+    }
+    let exists = diesel::select(diesel::dsl::exists(commandes_produits::table.find(id)))
+        .get_result::<bool>(conn)?;
+    Ok(exists.then_some(changes))
 }

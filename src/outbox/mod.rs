@@ -10,8 +10,10 @@ use crate::db::schema::outbox;
 use crate::messages::{
     StockAlert, StockMessage, ALERTS_EXCHANGE, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY,
 };
+use crate::request_id::RequestId;
 use crossbeam_channel::{Receiver, Sender};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
 /// Nudges the relay of this process after a commit that wrote messages, so
@@ -44,22 +46,77 @@ struct NewRow<'a> {
     payload: String,
 }
 
-/// Writes stock messages; call inside the transaction of the change.
-pub fn enqueue_stock(conn: &mut PgConnection, messages: &[StockMessage]) -> QueryResult<()> {
-    let rows = messages
-        .iter()
-        .map(|m| {
-            Ok(NewRow {
-                message_id: m.message_id.unwrap_or_else(Uuid::new_v4),
-                exchange: PRODUCT_EXCHANGE,
-                routing_key: PRODUCT_ROUTING_KEY,
-                payload: serde_json::to_string(m)
-                    .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?,
-            })
-        })
-        .collect::<QueryResult<Vec<_>>>()?;
-    insert(conn, rows)
+fn json<T: serde::Serialize>(value: &T) -> QueryResult<String> {
+    serde_json::to_string(value).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
 }
+
+/// Writes stock messages, each keeping the id of the request that caused
+/// it, and a history row for each line change; call inside the transaction
+/// of the change. One statement, whatever the number of messages.
+pub fn enqueue_stock(
+    conn: &mut PgConnection,
+    request: &RequestId,
+    messages: &[StockMessage],
+) -> QueryResult<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut rows = StockRows::default();
+    for m in messages {
+        let message_id = m.message_id.unwrap_or_else(Uuid::new_v4);
+        rows.ids.push(message_id);
+        rows.payloads.push(json(m)?);
+        if let (Some(line), Some(version)) = (m.ligne_id, m.version) {
+            rows.history_ids.push(message_id);
+            rows.lines.push(line);
+            rows.orders.push(m.commande_id);
+            rows.versions.push(version);
+            rows.actions.push(m.action.as_str());
+            rows.products.push(m.produit_id);
+            rows.quantities.push(m.quantite);
+        }
+    }
+    diesel::sql_query(ENQUEUE_STOCK)
+        .bind::<Array<SqlUuid>, _>(&rows.ids)
+        .bind::<Array<Text>, _>(&rows.payloads)
+        .bind::<Text, _>(PRODUCT_EXCHANGE)
+        .bind::<Text, _>(PRODUCT_ROUTING_KEY)
+        .bind::<Text, _>(request.as_str())
+        .bind::<Array<SqlUuid>, _>(&rows.history_ids)
+        .bind::<Array<BigInt>, _>(&rows.lines)
+        .bind::<Array<BigInt>, _>(&rows.orders)
+        .bind::<Array<BigInt>, _>(&rows.versions)
+        .bind::<Array<Text>, _>(&rows.actions)
+        .bind::<Array<BigInt>, _>(&rows.products)
+        .bind::<Array<Integer>, _>(&rows.quantities)
+        .execute(conn)?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct StockRows {
+    ids: Vec<Uuid>,
+    payloads: Vec<String>,
+    history_ids: Vec<Uuid>,
+    lines: Vec<i64>,
+    orders: Vec<i64>,
+    versions: Vec<i64>,
+    actions: Vec<&'static str>,
+    products: Vec<i64>,
+    quantities: Vec<i32>,
+}
+
+/// The outbox rows in the messages' order (the relay publishes by id), and
+/// the lines' history rows, in one round trip.
+const ENQUEUE_STOCK: &str = "\
+WITH queued AS (
+    INSERT INTO outbox (message_id, exchange, routing_key, payload, request_id)
+    SELECT m, $3, $4, p, $5 FROM unnest($1, $2) WITH ORDINALITY AS u (m, p, n) ORDER BY n
+    RETURNING 1
+)
+INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, produit_id,
+                               quantite, request_id)
+SELECT m, l, c, v, a, p, q, $5 FROM unnest($6, $7, $8, $9, $10, $11, $12) AS u (m, l, c, v, a, p, q)";
 
 /// Writes stock alerts; call inside the transaction that changed the stock.
 pub fn enqueue_alerts(conn: &mut PgConnection, alerts: &[StockAlert]) -> QueryResult<()> {
@@ -70,8 +127,7 @@ pub fn enqueue_alerts(conn: &mut PgConnection, alerts: &[StockAlert]) -> QueryRe
                 message_id: Uuid::new_v4(),
                 exchange: ALERTS_EXCHANGE,
                 routing_key: "",
-                payload: serde_json::to_string(a)
-                    .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?,
+                payload: json(a)?,
             })
         })
         .collect::<QueryResult<Vec<_>>>()?;

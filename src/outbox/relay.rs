@@ -19,11 +19,15 @@ use crate::amqp::{self, AmqpError, ConfirmingChannel};
 use crate::db::schema::outbox;
 use crate::db::{self, Database};
 use crate::dependencies::Dependencies;
+use crate::logging;
+use crate::messages::PRODUCT_EXCHANGE;
 use crate::metrics::Metrics;
+use crate::request_id::{self, RequestId};
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -75,7 +79,7 @@ impl Relay {
                 Err(RelayError::Broker(e)) => broker.set_down(&e),
                 Err(e) => self.deps.database.set_down(&e),
             }
-            Metrics::add(&self.metrics.outbox_failed_batches, 1);
+            self.metrics.outbox.failed_batches.inc();
             if self.shutdown.sleep(backoff.next_delay()) {
                 return;
             }
@@ -138,8 +142,12 @@ impl Relay {
     }
 }
 
+/// A claimed outbox row.
+type Row = (i64, Uuid, String, String, String, Option<String>);
+
 /// Claims up to `limit` unsent rows, publishes them, waits for the confirms,
-/// marks them sent. Returns how many were sent.
+/// marks them sent (and the lines' history published). Returns how many
+/// were sent.
 fn publish_batch(
     pg: &mut PgConnection,
     channel: &mut ConfirmingChannel,
@@ -148,7 +156,7 @@ fn publish_batch(
     metrics: &Metrics,
 ) -> Result<usize, RelayError> {
     let sent = pg.transaction::<_, RelayError, _>(|pg| {
-        let rows: Vec<(i64, Uuid, String, String, String)> = outbox::table
+        let rows: Vec<Row> = outbox::table
             .filter(outbox::sent_at.is_null())
             .filter(outbox::exchange.eq_any(exchanges))
             .order(outbox::id)
@@ -159,6 +167,7 @@ fn publish_batch(
                 outbox::exchange,
                 outbox::routing_key,
                 outbox::payload,
+                outbox::request_id,
             ))
             .for_update()
             .skip_locked()
@@ -166,19 +175,65 @@ fn publish_batch(
         if rows.is_empty() {
             return Ok(0);
         }
-        for (_, message_id, exchange, routing_key, payload) in &rows {
-            let properties = amqp::properties(&message_id.to_string());
+        let started = Instant::now();
+        for (_, message_id, exchange, routing_key, payload, request_id) in &rows {
+            let properties = properties(*message_id, request_id.as_deref());
             channel.publish(exchange, routing_key, payload.as_bytes(), properties)?;
         }
         channel.wait_for_confirms(CONFIRM_TIMEOUT)?;
+        if log::log_enabled!(target: logging::FLOW, log::Level::Info) {
+            for (_, message_id, exchange, _, _, request_id) in &rows {
+                let request_id = request_id.as_deref().unwrap_or("");
+                log::info!(
+                    target: logging::FLOW,
+                    request_id, message_id:% = message_id, exchange = exchange.as_str();
+                    "published to {exchange}"
+                );
+            }
+        }
+        metrics
+            .outbox
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-            .set(outbox::sent_at.eq(diesel::dsl::now))
+        // The history is the stock changes' (the worker's relay, which
+        // publishes alerts, has no right to it).
+        let query = if exchanges.contains(&PRODUCT_EXCHANGE) {
+            MARK_SENT_AND_PUBLISHED
+        } else {
+            MARK_SENT
+        };
+        diesel::sql_query(query)
+            .bind::<Array<BigInt>, _>(&ids)
             .execute(pg)?;
         Ok(rows.len())
     })?;
-    Metrics::add(&metrics.outbox_published, sent as u64);
+    metrics.outbox.published.inc_by(sent as u64);
     Ok(sent)
+}
+
+const MARK_SENT: &str = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1)";
+const MARK_SENT_AND_PUBLISHED: &str = "\
+WITH sent AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($1) RETURNING message_id)
+UPDATE historique_lignes h SET publie_le = now() FROM sent WHERE h.message_id = sent.message_id";
+
+/// A row's AMQP properties: persistent, its message id, and the id of the
+/// request that wrote it as `correlation_id` and as a W3C `traceparent`.
+fn properties(message_id: Uuid, request_id: Option<&str>) -> amiquip::AmqpProperties {
+    let properties = amqp::properties(&message_id.to_string());
+    match request_id.and_then(RequestId::parse) {
+        Some(id) => {
+            let mut headers = amiquip::FieldTable::default();
+            headers.insert(
+                request_id::TRACEPARENT.into(),
+                amiquip::AmqpValue::LongString(id.traceparent(message_id)),
+            );
+            properties
+                .with_correlation_id(id.as_str().into())
+                .with_headers(headers)
+        }
+        None => properties,
+    }
 }
 
 /// Deletes rows sent longer than `retention` ago.

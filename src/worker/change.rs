@@ -3,6 +3,7 @@
 
 use crate::domain::limits::QUANTITE_MAX;
 use crate::messages::{Action, StockMessage};
+use crate::request_id::RequestId;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -19,6 +20,9 @@ pub struct StockChange {
     /// The line's product and quantity before an UPDATED.
     pub ancien: Option<(i64, i32)>,
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The id of the request that made the change (the message's
+    /// `correlation_id`), when it has a valid one.
+    pub request_id: Option<RequestId>,
 }
 
 /// What makes a message "tracked": its id (the de-duplication key), its
@@ -126,6 +130,7 @@ impl StockChange {
             commande_id: m.commande_id,
             ancien,
             occurred_at: m.occurred_at,
+            request_id: None,
         })
     }
 }

@@ -15,14 +15,18 @@
 //! second application change nothing.
 
 use super::change::StockChange;
-use super::plan::Outcome;
+use super::plan::{Outcome, Refusal};
 use super::store;
 use crate::amqp::{self, AmqpError, ConfirmingChannel};
 use crate::db::{self, Database, Failure};
 use crate::dependencies::Dependencies;
-use crate::messages::{DEAD_LETTER_EXCHANGE, ERROR_HEADER, PRODUCT_QUEUE};
-use crate::metrics::Metrics;
+use crate::logging;
+use crate::messages::{
+    DeadLetterClass, DEAD_LETTER_EXCHANGE, ERROR_CLASS_HEADER, ERROR_HEADER, PRODUCT_QUEUE,
+};
+use crate::metrics::{self, Metrics};
 use crate::outbox::Waker;
+use crate::request_id::RequestId;
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -124,15 +128,25 @@ impl Consumer<'_> {
         }
         backoff.reset();
         let receiver = consumer.receiver();
+        // Consumer 0 reports the queue's depth, on a channel of its own (a
+        // refused declare closes its channel, not the consumer's).
+        let mut depth = match self.index {
+            0 => Some(QueueDepth::new(connection.open_channel(None)?)),
+            _ => None,
+        };
         let batch_size = settings
             .worker
             .batch_size
             .min(settings.amqp.prefetch.into())
             .max(1);
         loop {
+            if let Some(depth) = depth.as_mut() {
+                depth.refresh(&self.ctx.metrics);
+            }
             let first = crossbeam_channel::select! {
                 recv(receiver) -> message => message.map_err(|_| AmqpError::Closed)?,
                 recv(self.ctx.shutdown.channel()) -> _ => break,
+                default(QUEUE_DEPTH_EVERY) => continue,
             };
             let mut batch = Vec::with_capacity(batch_size);
             let mut closed = None;
@@ -173,6 +187,9 @@ impl Consumer<'_> {
             }
         }
         drop(consumer);
+        if let Some(depth) = depth {
+            let _ = depth.channel.close();
+        }
         dead_letters.close();
         let _ = channel.close();
         let _ = connection.close();
@@ -187,8 +204,10 @@ impl Consumer<'_> {
     ) -> Result<(), Stop> {
         let mut changes = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
-        let mut rejected: Vec<(usize, String)> = Vec::new();
+        let mut rejected: Vec<(usize, Refusal)> = Vec::new();
         let worker = &self.ctx.settings.worker;
+        let metrics = &self.ctx.metrics.stock;
+        metrics.batch_size.observe(batch.len() as f64);
         for (i, delivery) in batch.iter().enumerate() {
             let id = delivery.properties.message_id().as_deref();
             match StockChange::decode(
@@ -197,39 +216,74 @@ impl Consumer<'_> {
                 worker.max_message_bytes,
                 worker.accept_seed_format,
             ) {
-                Ok(change) => {
+                Ok(mut change) => {
+                    change.request_id = delivery
+                        .properties
+                        .correlation_id()
+                        .as_deref()
+                        .and_then(RequestId::parse);
                     changes.push(change);
                     positions.push(i);
                 }
-                Err(reason) => rejected.push((i, reason)),
+                Err(reason) => rejected.push((i, Refusal::new(DeadLetterClass::Malformed, reason))),
             }
         }
         let outcomes = self.apply(&changes)?;
-        let metrics = &self.ctx.metrics;
-        for (outcome, &i) in outcomes.into_iter().zip(&positions) {
+        let now = chrono::Utc::now();
+        for ((outcome, &i), change) in outcomes.into_iter().zip(&positions).zip(&changes) {
+            let counted = match &outcome {
+                Outcome::Applied(_) => metrics::Outcome::applied,
+                Outcome::Rejected => metrics::Outcome::rejected,
+                Outcome::Duplicate => metrics::Outcome::duplicate,
+                Outcome::Stale => metrics::Outcome::stale,
+                Outcome::DeadLetter(_) => metrics::Outcome::dead_lettered,
+            };
+            if let (Outcome::Applied(_) | Outcome::Rejected, Some(at)) =
+                (&outcome, change.occurred_at)
+            {
+                let latency = (now - at).to_std().unwrap_or_default();
+                metrics.change_latency.observe(latency.as_secs_f64());
+            }
             match outcome {
-                Outcome::Applied(_) | Outcome::Rejected => Metrics::add(&metrics.stock_applied, 1),
-                Outcome::Duplicate => Metrics::add(&metrics.stock_duplicates, 1),
-                Outcome::Stale => Metrics::add(&metrics.stock_stale, 1),
-                Outcome::DeadLetter(reason) => rejected.push((i, reason)),
+                Outcome::DeadLetter(refusal) => rejected.push((i, refusal)),
+                outcome => {
+                    metrics.count(counted, 1);
+                    log_outcome(&batch[i], change, &outcome);
+                }
             }
         }
         // In delivery order, whichever step rejected them.
         rejected.sort_by_key(|(i, _)| *i);
-        for (i, reason) in &rejected {
+        for (i, refusal) in &rejected {
             let delivery = &batch[*i];
             // What a producer sent is logged escaped: no control character
             // or forged line reaches the log as such.
             let id = delivery.properties.message_id().clone();
+            let request_id = delivery
+                .properties
+                .correlation_id()
+                .as_deref()
+                .and_then(RequestId::parse);
             let body = &delivery.body[..delivery.body.len().min(200)];
             log::warn!(
+                target: logging::FLOW,
+                request_id = request_id.as_ref().map_or("", |r| r.as_str()),
+                class = refusal.class.as_str();
                 "dead-lettering message {} ({}): {}",
                 id.as_deref().unwrap_or("without id").escape_debug(),
                 String::from_utf8_lossy(body).escape_debug(),
-                reason.escape_debug()
+                refusal.reason.escape_debug()
             );
             let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-            headers.insert(ERROR_HEADER.into(), AmqpValue::LongString(reason.clone()));
+            headers.insert(
+                ERROR_HEADER.into(),
+                AmqpValue::LongString(refusal.reason.clone()),
+            );
+            headers.insert(
+                ERROR_CLASS_HEADER.into(),
+                AmqpValue::LongString(refusal.class.as_str().into()),
+            );
+            // The original properties stay, correlation_id included.
             let properties = delivery
                 .properties
                 .clone()
@@ -244,7 +298,9 @@ impl Consumer<'_> {
         }
         if !rejected.is_empty() {
             dead_letters.wait_for_confirms(CONFIRM_TIMEOUT)?;
-            Metrics::add(&metrics.stock_dead_lettered, rejected.len() as u64);
+            for (_, refusal) in &rejected {
+                metrics.dead_lettered(refusal.class);
+            }
         }
         if let Some(last) = batch.into_iter().max_by_key(|d| d.delivery_tag()) {
             last.ack_multiple(channel)?;
@@ -263,9 +319,12 @@ impl Consumer<'_> {
         }
         match self.apply_while_transient(changes)? {
             Ok(outcomes) => Ok(outcomes),
-            Err(Failed::Refused(refused)) if changes.len() == 1 => Ok(vec![Outcome::DeadLetter(
-                format!("the database refused it: {refused}"),
-            )]),
+            Err(Failed::Refused(refused)) if changes.len() == 1 => {
+                Ok(vec![Outcome::DeadLetter(Refusal::new(
+                    DeadLetterClass::Refused,
+                    format!("the database refused it: {refused}"),
+                ))])
+            }
             Err(failed) => {
                 log::warn!(
                     "a batch of {} change(s) failed, bisecting it: {failed}",
@@ -308,9 +367,17 @@ impl Consumer<'_> {
                 }
             }
             let conn = self.conn.as_mut().expect("connected above");
+            let started = Instant::now();
             match store::apply(conn, changes, settings.stock.low_threshold) {
                 Ok(plan) => {
                     database.set_up();
+                    let metrics = &self.ctx.metrics.stock;
+                    metrics
+                        .apply_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    for alert in &plan.alerts {
+                        metrics.alert(alert.event);
+                    }
                     if !plan.alerts.is_empty() {
                         self.ctx.waker.wake();
                     }
@@ -360,6 +427,69 @@ impl Consumer<'_> {
             }
         }
     }
+}
+
+/// How often consumer 0 reads the queue's depth.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Reads `product_queue`'s depth now and then, for `ordersys_queue_messages`.
+struct QueueDepth {
+    channel: amiquip::Channel,
+    last: Option<Instant>,
+    refused: bool,
+}
+
+impl QueueDepth {
+    fn new(channel: amiquip::Channel) -> QueueDepth {
+        QueueDepth {
+            channel,
+            last: None,
+            refused: false,
+        }
+    }
+
+    fn refresh(&mut self, metrics: &Metrics) {
+        if self.refused || self.last.is_some_and(|t| t.elapsed() < QUEUE_DEPTH_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        match self.channel.queue_declare_passive(PRODUCT_QUEUE) {
+            Ok(queue) => {
+                let messages = queue.declared_message_count().unwrap_or_default();
+                metrics.stock.queue_depth(PRODUCT_QUEUE, messages);
+            }
+            Err(e) => {
+                // Its channel is closed now: stop asking until the next session.
+                log::warn!("cannot read {PRODUCT_QUEUE}'s depth: {e}");
+                self.refused = true;
+            }
+        }
+    }
+}
+
+/// One line per message of the flow, with the request that caused it.
+fn log_outcome(delivery: &Delivery, change: &StockChange, outcome: &Outcome) {
+    if !log::log_enabled!(target: logging::FLOW, log::Level::Info) {
+        return;
+    }
+    let what = match outcome {
+        Outcome::Applied(Some(status)) => status.as_str(),
+        Outcome::Applied(None) => "APPLIED",
+        Outcome::Rejected => "REJETE",
+        Outcome::Duplicate => "DUPLICATE",
+        Outcome::Stale => store::STALE,
+        Outcome::DeadLetter(_) => store::REFUSED,
+    };
+    let request_id = change.request_id.as_ref().map_or("", |r| r.as_str());
+    let message_id = delivery.properties.message_id().as_deref().unwrap_or("");
+    let (line, version) = change.line.map_or((0, 0), |l| (l.ligne_id, l.version));
+    log::info!(
+        target: logging::FLOW,
+        request_id, message_id, ligne_id = line, version, outcome = what;
+        "{} line {line} v{version} of order {}: {what}",
+        change.action.as_str(),
+        change.commande_id
+    );
 }
 
 /// Builds the dead-letter headers of a rejected delivery (for tests).

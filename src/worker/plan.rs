@@ -25,7 +25,8 @@
 
 use super::change::{LineRef, StockChange};
 use crate::domain::status::StockStatus;
-use crate::messages::{Action, AlertEvent, StockAlert};
+use crate::messages::{Action, AlertEvent, DeadLetterClass, StockAlert};
+use crate::request_id::RequestId;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
@@ -64,7 +65,23 @@ pub enum Outcome {
     /// A newer version of the line was already applied.
     Stale,
     /// Can never succeed: to the dead-letter queue with this reason.
-    DeadLetter(String),
+    DeadLetter(Refusal),
+}
+
+/// Why a message can never succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub class: DeadLetterClass,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(class: DeadLetterClass, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            class,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// One stock change applied to a product (a row of `mouvements`).
@@ -74,6 +91,7 @@ pub struct Movement {
     pub ligne_id: Option<i64>,
     pub commande_id: i64,
     pub message_id: Option<Uuid>,
+    pub request_id: Option<RequestId>,
     pub action: Action,
     /// Negative: reserved; positive: released.
     pub delta: i32,
@@ -150,12 +168,15 @@ impl State<'_> {
     /// Why `quantite` units cannot be given back to `product`: its stock
     /// would pass what the column holds (only after inventory corrections
     /// far beyond the input bounds).
-    fn cannot_release(&self, product: i64, quantite: i32) -> Option<String> {
+    fn cannot_release(&self, product: i64, quantite: i32) -> Option<Refusal> {
         let stock = self.stock_of(product)?;
         stock.checked_add(quantite).is_none().then(|| {
-            format!(
-                "releasing {quantite} units would take product {product}'s stock {stock} past {}",
-                i32::MAX
+            Refusal::new(
+                DeadLetterClass::Overflow,
+                format!(
+                    "releasing {quantite} units would take product {product}'s stock {stock} past {}",
+                    i32::MAX
+                ),
             )
         })
     }
@@ -171,6 +192,7 @@ impl State<'_> {
             ligne_id: change.line.map(|l| l.ligne_id),
             commande_id: change.commande_id,
             message_id: change.line.map(|l| l.message_id),
+            request_id: change.request_id.clone(),
             action: change.action,
             delta,
             quantite_en_stock: after,
@@ -212,7 +234,7 @@ impl State<'_> {
             Action::Deleted => None,
             _ if self.stock_of(change.produit_id).is_none() => {
                 self.plan.unrecorded.push(line.message_id);
-                return Outcome::DeadLetter(format!("unknown product {}", change.produit_id));
+                return Outcome::DeadLetter(unknown(change.produit_id));
             }
             _ => Some((change.produit_id, change.quantite)),
         };
@@ -312,8 +334,7 @@ impl State<'_> {
 pub fn plan_seed(
     change: &StockChange,
     stock: impl Fn(i64) -> Option<i32>,
-) -> Result<Vec<(i64, i32)>, String> {
-    let unknown = |p: i64| format!("unknown product {p}");
+) -> Result<Vec<(i64, i32)>, Refusal> {
     let available = stock(change.produit_id).ok_or_else(|| unknown(change.produit_id))?;
     if change.action == Action::Deleted {
         return Ok(if change.quantite > 0 {
@@ -334,13 +355,23 @@ pub fn plan_seed(
         }
     }
     if can_give < i64::from(change.quantite) {
-        return Err(format!(
-            "not enough stock on product {} for {} (seed-format message: no order line to mark REJETE)",
-            change.produit_id, change.quantite
+        return Err(Refusal::new(
+            DeadLetterClass::Uncoverable,
+            format!(
+                "not enough stock on product {} for {} (seed-format message: no order line to mark REJETE)",
+                change.produit_id, change.quantite
+            ),
         ));
     }
     deltas.push((change.produit_id, -change.quantite));
     Ok(deltas)
+}
+
+fn unknown(product: i64) -> Refusal {
+    Refusal::new(
+        DeadLetterClass::UnknownProduct,
+        format!("unknown product {product}"),
+    )
 }
 
 /// The alert a reservation from `before` to `after` units raises, if any.

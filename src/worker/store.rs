@@ -13,8 +13,9 @@
 //! defence.
 
 use super::change::StockChange;
-use super::plan::{self, Plan, Reservation, Snapshot};
+use super::plan::{self, Outcome, Plan, Reservation, Snapshot};
 use crate::db::schema::{commandes_produits, messages_traites, produits, reservations};
+use crate::domain::status::StockStatus;
 use crate::outbox;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -38,7 +39,7 @@ pub fn apply(
     conn.transaction(|conn| {
         let snapshot = load(conn, changes)?;
         let plan = plan::plan(changes, &snapshot, low_threshold);
-        write(conn, &plan)?;
+        write(conn, changes, &plan)?;
         Ok(plan)
     })
 }
@@ -125,7 +126,7 @@ struct Recorded {
 /// one statement (stock, reservations, movements, line statuses), then the
 /// alerts into the outbox. Arrays, not one row per message: the SQL text is
 /// fixed (its prepared statement is reused) whatever the batch size.
-fn write(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
+fn write(conn: &mut PgConnection, changes: &[StockChange], plan: &Plan) -> QueryResult<()> {
     if !plan.unrecorded.is_empty() {
         diesel::delete(messages_traites::table)
             .filter(messages_traites::message_id.eq_any(&plan.unrecorded))
@@ -140,7 +141,8 @@ fn write(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
         .select(commandes_produits::id)
         .for_no_key_update()
         .load::<i64>(conn)?;
-    let rows = Rows::of(plan);
+    let mut rows = Rows::of(plan);
+    rows.stamp_history(changes, &plan.outcomes);
     diesel::sql_query(WRITE)
         .bind::<Array<BigInt>, _>(rows.stock_ids)
         .bind::<Array<Integer>, _>(rows.stock)
@@ -160,6 +162,10 @@ fn write(conn: &mut PgConnection, plan: &Plan) -> QueryResult<()> {
         .bind::<Array<BigInt>, _>(lines)
         .bind::<Array<BigInt>, _>(rows.status_versions)
         .bind::<Array<Text>, _>(rows.statuses)
+        .bind::<Array<Nullable<Text>>, _>(rows.movement_requests)
+        .bind::<Array<SqlUuid>, _>(rows.history_messages)
+        .bind::<Array<Text>, _>(rows.history_results)
+        .bind::<Array<Nullable<Text>>, _>(rows.history_reasons)
         .execute(conn)?;
     outbox::enqueue_alerts(conn, &plan.alerts)
 }
@@ -186,9 +192,10 @@ WITH stock AS (
     RETURNING 1
 ), moved AS (
     INSERT INTO mouvements (produit_id, ligne_id, commande_id, message_id, action, delta,
-                            quantite_en_stock, occurred_at)
-    SELECT p, l, c, m, a, d, s, o
-      FROM unnest($8, $9, $10, $11, $12, $13, $14, $15) WITH ORDINALITY AS u (p, l, c, m, a, d, s, o, n)
+                            quantite_en_stock, occurred_at, request_id)
+    SELECT p, l, c, m, a, d, s, o, r
+      FROM unnest($8, $9, $10, $11, $12, $13, $14, $15, $19)
+           WITH ORDINALITY AS u (p, l, c, m, a, d, s, o, r, n)
      ORDER BY n
     RETURNING 1
 ), status AS (
@@ -196,12 +203,16 @@ WITH stock AS (
       FROM unnest($16, $17, $18) AS u (id, version, statut)
      WHERE c.id = u.id AND c.version = u.version
     RETURNING 1
+), history AS (
+    UPDATE historique_lignes h SET applique_le = now(), resultat = u.r, motif = u.m
+      FROM unnest($20, $21, $22) AS u (id, r, m) WHERE h.message_id = u.id
+    RETURNING 1
 )
 SELECT 1";
 
 /// The plan's rows as the columns [`WRITE`] takes.
 #[derive(Default)]
-struct Rows {
+struct Rows<'a> {
     stock_ids: Vec<i64>,
     stock: Vec<i32>,
     reservation_lines: Vec<i64>,
@@ -219,10 +230,14 @@ struct Rows {
     movement_times: Vec<Option<DateTime<Utc>>>,
     status_versions: Vec<i64>,
     statuses: Vec<&'static str>,
+    movement_requests: Vec<Option<&'a str>>,
+    history_messages: Vec<Uuid>,
+    history_results: Vec<&'static str>,
+    history_reasons: Vec<Option<&'a str>>,
 }
 
-impl Rows {
-    fn of(plan: &Plan) -> Rows {
+impl<'a> Rows<'a> {
+    fn of(plan: &'a Plan) -> Rows<'a> {
         let mut rows = Rows::default();
         for (id, stock) in &plan.stock {
             rows.stock_ids.push(*id);
@@ -244,6 +259,8 @@ impl Rows {
             rows.movement_deltas.push(m.delta);
             rows.movement_stock.push(m.quantite_en_stock);
             rows.movement_times.push(m.occurred_at);
+            rows.movement_requests
+                .push(m.request_id.as_ref().map(|r| r.as_str()));
         }
         for (version, status) in plan.line_statuses.values() {
             rows.status_versions.push(*version);
@@ -252,6 +269,31 @@ impl Rows {
         rows
     }
 }
+
+impl<'a> Rows<'a> {
+    /// The outcome of each tracked change, for its line's history (a
+    /// duplicate leaves the first outcome as it was).
+    fn stamp_history(&mut self, changes: &[StockChange], outcomes: &'a [Outcome]) {
+        for (change, outcome) in changes.iter().zip(outcomes) {
+            let Some(line) = change.line else { continue };
+            let (result, reason) = match outcome {
+                Outcome::Applied(Some(status)) => (status.as_str(), None),
+                Outcome::Applied(None) | Outcome::Duplicate => continue,
+                Outcome::Rejected => (StockStatus::Rejete.as_str(), None),
+                Outcome::Stale => (STALE, None),
+                Outcome::DeadLetter(refusal) => (REFUSED, Some(refusal.reason.as_str())),
+            };
+            self.history_messages.push(line.message_id);
+            self.history_results.push(result);
+            self.history_reasons.push(reason);
+        }
+    }
+}
+
+/// A line history's outcome of a change older than the line's applied version.
+pub const STALE: &str = "PERIME";
+/// A line history's outcome of a dead-lettered change.
+pub const REFUSED: &str = "REFUSE";
 
 /// Forgets processed message ids older than `retention`. Safe: a tracked
 /// message that old is also older than its line's applied version.

@@ -385,8 +385,10 @@ async fn transient_database_errors_are_retried_not_dead_lettered() {
     one_batch(&mut app, p, &[701, 702, 703]).await;
     app.wait_for_stock(p, 97).await;
     assert_eq!(
-        app.worker_metric("ordersys_stock_dead_lettered_total")
-            .await,
+        app.worker_metric(
+            r#"ordersys_stock_messages_total{mode="worker",outcome="dead_lettered"}"#
+        )
+        .await,
         0
     );
     assert_eq!(app.broker.ready(DEAD_LETTER_QUEUE), 0);

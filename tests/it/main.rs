@@ -5,6 +5,7 @@
 mod cli;
 use ordersys_testkit as common;
 mod faults;
+mod flow;
 mod hostile;
 mod migrations;
 mod openapi;
@@ -12,3 +13,4 @@ mod orders;
 mod pipeline;
 mod products;
 mod security;
+mod swagger_ui;

@@ -20,8 +20,6 @@ const COMMON: &[&str] = &["GET /healthz", "GET /readyz", "GET /metrics"];
 const PRODUCTS: &[&str] = &[
     "POST /produits/",
     "GET /produits/",
-    "POST /produits",
-    "GET /produits",
     "GET /produits/{id}",
     "PUT /produits/{id}",
     "DELETE /produits/{id}",
@@ -30,7 +28,8 @@ const PRODUCTS: &[&str] = &[
 
 fn orders_routes() -> Vec<String> {
     let mut routes = Vec::new();
-    for base in ["/commandes", "/api/v1/commandes"] {
+    // The seed's /api/v1/ aliases are served but not listed.
+    for base in ["/commandes"] {
         for op in [
             "POST {b}",
             "GET {b}",
@@ -42,13 +41,14 @@ fn orders_routes() -> Vec<String> {
             routes.push(op.replace("{b}", base));
         }
     }
-    for base in ["/commandes-produits", "/api/v1/commandes_produits"] {
+    for base in ["/commandes-produits"] {
         for op in [
             "POST {b}",
             "GET {b}",
             "GET {b}/{id}",
             "PUT {b}/{id}",
             "DELETE {b}/{id}",
+            "GET {b}/{id}/historique",
         ] {
             routes.push(op.replace("{b}", base));
         }

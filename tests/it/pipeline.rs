@@ -176,12 +176,14 @@ async fn wait_for_processed(app: &TestApp, n: u64) {
         &format!("{n} messages handled"),
         Duration::from_secs(20),
         || async {
-            let handled = app.worker_metric("ordersys_stock_applied_total").await
-                + app.worker_metric("ordersys_stock_duplicates_total").await
-                + app.worker_metric("ordersys_stock_stale_total").await
-                + app
-                    .worker_metric("ordersys_stock_dead_lettered_total")
+            let mut handled = 0;
+            for outcome in ["applied", "rejected", "duplicate", "stale", "dead_lettered"] {
+                handled += app
+                    .worker_metric(&format!(
+                        r#"ordersys_stock_messages_total{{mode="worker",outcome="{outcome}"}}"#
+                    ))
                     .await;
+            }
             (handled >= n).then_some(())
         },
     )
@@ -201,7 +203,8 @@ async fn the_same_message_delivered_twice_is_applied_once() {
     wait_for_processed(&app, 2).await;
     assert_eq!(app.stock(p), 7);
     assert_eq!(
-        app.worker_metric("ordersys_stock_duplicates_total").await,
+        app.worker_metric(r#"ordersys_stock_messages_total{mode="worker",outcome="duplicate"}"#)
+            .await,
         1
     );
     assert_eq!(app.db.count("SELECT count(*) AS n FROM mouvements"), 1);
@@ -240,8 +243,10 @@ async fn changes_of_one_line_delivered_out_of_order_converge() {
         0
     );
     assert_eq!(
-        app.worker_metric("ordersys_stock_dead_lettered_total")
-            .await,
+        app.worker_metric(
+            r#"ordersys_stock_messages_total{mode="worker",outcome="dead_lettered"}"#
+        )
+        .await,
         0
     );
 }

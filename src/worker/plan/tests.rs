@@ -24,6 +24,7 @@ fn change(action: Action, line: Option<LineRef>, produit_id: i64, quantite: i32)
         commande_id: 1,
         ancien: None,
         occurred_at: None,
+        request_id: None,
     }
 }
 
@@ -172,7 +173,10 @@ fn an_unknown_product_is_dead_lettered_and_not_recorded() {
     let plan = plan(&[message], &snapshot(&[(1, 20)], &[]), LOW);
     assert_eq!(
         plan.outcomes,
-        [Outcome::DeadLetter("unknown product 99".into())]
+        [Outcome::DeadLetter(Refusal {
+            class: DeadLetterClass::UnknownProduct,
+            reason: "unknown product 99".into()
+        })]
     );
     assert_eq!(plan.unrecorded, [id]);
     assert!(plan.reservations.is_empty());
@@ -195,7 +199,9 @@ fn a_release_that_would_overflow_the_stock_is_dead_lettered() {
         &snapshot(&[(1, i32::MAX - 3), (2, i32::MAX)], &[(10, 1, 4, 1)]),
         LOW,
     );
-    assert!(matches!(&plan.outcomes[0], Outcome::DeadLetter(r) if r.contains("past 2147483647")));
+    assert!(
+        matches!(&plan.outcomes[0], Outcome::DeadLetter(r) if r.reason.contains("past 2147483647") && r.class == DeadLetterClass::Overflow)
+    );
     assert!(matches!(&plan.outcomes[1], Outcome::DeadLetter(_)));
     assert!(plan.stock.is_empty());
 }
@@ -248,9 +254,13 @@ fn seed_format_messages_apply_their_delta_without_deduplication() {
 fn seed_format_rules_refuse_what_cannot_be_applied() {
     let stock = |p: i64| (p == 1).then_some(2);
     let short = plan_seed(&seed(Action::Created, 1, 3), stock).unwrap_err();
-    assert!(short.contains("not enough stock"), "{short}");
+    assert!(short.reason.contains("not enough stock"), "{short:?}");
+    assert_eq!(short.class, DeadLetterClass::Uncoverable);
     let unknown = plan_seed(&seed(Action::Deleted, 7, 1), stock).unwrap_err();
-    assert_eq!(unknown, "unknown product 7");
+    assert_eq!(
+        unknown,
+        Refusal::new(DeadLetterClass::UnknownProduct, "unknown product 7")
+    );
     let mut moved = seed(Action::Updated, 1, 4);
     moved.ancien = Some((1, 3));
     assert_eq!(plan_seed(&moved, stock).unwrap(), [(1, 3), (1, -4)]);

@@ -6,6 +6,7 @@
 //! helpers that read like the user's story (`app.create_product(...)`).
 
 pub mod broker;
+pub mod browser;
 pub mod db;
 pub mod http_load;
 pub mod load;
@@ -181,6 +182,8 @@ pub struct Client {
     http: reqwest::Client,
     /// Sent as `Authorization: Bearer …` with every request.
     token: Option<String>,
+    /// Sent with every request.
+    headers: Vec<(String, String)>,
 }
 
 impl Client {
@@ -193,6 +196,7 @@ impl Client {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             token: None,
+            headers: Vec::new(),
         }
     }
 
@@ -204,8 +208,18 @@ impl Client {
         }
     }
 
+    /// The same client, sending `name: value` with every request.
+    pub fn with_header(&self, name: &str, value: &str) -> Client {
+        let mut client = self.clone();
+        client.headers.push((name.to_owned(), value.to_owned()));
+        client
+    }
+
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
         match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,

@@ -51,6 +51,8 @@ impl Process {
         let retry = &settings.retry;
         let child = Command::new(binary())
             .args(args)
+            // Before `env`, which may override it.
+            .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .env("DATABASE_URL", &settings.database.url)
             .env("AMQP_URL", &settings.amqp.url)
@@ -66,7 +68,6 @@ impl Process {
                 "ORDERSYS__SHUTDOWN__GRACE_SECS",
                 settings.shutdown.grace_secs.to_string(),
             )
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stderr(match &stderr {
                 Some(path) => Stdio::from(std::fs::File::create(path).expect("stderr file")),

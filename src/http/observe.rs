@@ -1,0 +1,76 @@
+//! What every request leaves behind: its id (accepted from `X-Request-Id`
+//! or `traceparent`, else generated; returned in `X-Request-Id` and kept in
+//! the request for the handlers), one access log line carrying it, and its
+//! duration in the request histogram by method, route template and status
+//! class.
+
+use crate::metrics::{status_class, HttpMetrics, RouteLabels};
+use crate::request_id::{self, RequestId};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use paperclip::v2::schema::Apiv2Schema;
+use std::time::Instant;
+
+/// Log target of the access lines (`RUST_LOG=ordersys::access=warn`
+/// silences them).
+pub const ACCESS_TARGET: &str = "ordersys::access";
+
+/// Gives the request its id; call first, before anything can answer.
+pub fn begin(req: &ServiceRequest) -> RequestId {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let id = RequestId::for_request(header(request_id::HEADER), header(request_id::TRACEPARENT));
+    req.extensions_mut().insert(id.clone());
+    id
+}
+
+/// Stamps the response with the id, logs the request, records its duration.
+pub fn finish<B>(
+    res: &mut ServiceResponse<B>,
+    id: &RequestId,
+    started: Instant,
+    metrics: &HttpMetrics,
+) {
+    let elapsed = started.elapsed();
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(request_id::HEADER), value);
+    }
+    let req = res.request();
+    let status = res.status().as_u16();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    if req.path() != "/healthz" {
+        log::info!(
+            target: ACCESS_TARGET,
+            request_id = id.as_str();
+            "{} {} {status} {:.3}ms",
+            req.method(),
+            req.path(),
+            elapsed.as_secs_f64() * 1000.0
+        );
+    }
+    metrics.record(
+        RouteLabels {
+            method: req.method().as_str().to_owned(),
+            route,
+            status: status_class(status),
+        },
+        elapsed,
+    );
+}
+
+/// The request's id, for handlers whose changes carry it on.
+impl FromRequest for RequestId {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<RequestId, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let id = req.extensions().get::<RequestId>().cloned();
+        std::future::ready(Ok(id.unwrap_or_else(RequestId::generate)))
+    }
+}
+
+impl Apiv2Schema for RequestId {}
+impl paperclip::actix::OperationModifier for RequestId {}
