@@ -177,6 +177,7 @@ impl Application {
         };
         let state = AppState {
             mode: mode.name(),
+            relay_exchanges: relay_exchanges(mode),
             db,
             deps,
             metrics,
@@ -265,13 +266,21 @@ fn start_relay(
         metrics: metrics.clone(),
         wakeups,
         shutdown: shutdown.clone(),
-        exchanges: match mode {
-            Mode::Worker => &[crate::messages::ALERTS_EXCHANGE],
-            _ => &[crate::messages::PRODUCT_EXCHANGE],
-        },
+        exchanges: relay_exchanges(mode),
     };
     background.spawn("outbox-relay", move || relay.run())?;
     Ok(waker)
+}
+
+/// The exchanges of the outbox rows a mode's relay publishes (its broker
+/// user may publish to no other): the orders' stock changes, or a worker's
+/// alerts; none for products, which has no relay.
+fn relay_exchanges(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::Products => &[],
+        Mode::Orders => &[crate::messages::PRODUCT_EXCHANGE],
+        Mode::Worker => &[crate::messages::ALERTS_EXCHANGE],
+    }
 }
 
 /// Starts `worker.replicas` consumer threads.

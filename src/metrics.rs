@@ -39,7 +39,7 @@ pub struct Metrics {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: &'static str,
     /// The route's template (`/produits/{id}`), `unmatched` for none.
     pub route: String,
     /// `2xx` … `5xx`.
@@ -230,7 +230,7 @@ impl Metrics {
             );
             registry.register(
                 "ordersys_worker_batch_size",
-                "Messages per applied batch",
+                "Messages per batch taken from the queue",
                 stock.batch_size.clone(),
             );
             registry.register_with_unit(
@@ -312,6 +312,13 @@ impl StockMetrics {
             .inc();
     }
 
+    /// Drops a queue's depth series (it could not be read).
+    pub fn forget_queue_depth(&self, queue: &str) {
+        if let Some(queue) = QUEUES.into_iter().find(|q| *q == queue) {
+            self.queue.remove(&QueueLabel { queue });
+        }
+    }
+
     /// Records a queue's depth; only the queues the worker knows.
     pub fn queue_depth(&self, queue: &str, messages: u32) {
         if let Some(queue) = QUEUES.into_iter().find(|q| *q == queue) {
@@ -342,7 +349,7 @@ mod tests {
         );
         m.http.record(
             RouteLabels {
-                method: "GET".into(),
+                method: "GET",
                 route: "/commandes/{id}".into(),
                 status: status_class(200),
             },

@@ -24,13 +24,20 @@
 #   RABBITMQ_ORDERS_PASSWORD   broker user ordersys_orders (publishes to product_exchange)
 #   RABBITMQ_WORKER_PASSWORD   broker user ordersys_worker (consumes product_queue)
 #   JWT_SECRET              HS256 secret of the APIs' bearer tokens (at least 32 bytes)
+#   GRAFANA_ADMIN_PASSWORD  Grafana's `admin` (the dashboards, through Traefik at /grafana/)
 #   DATABASE_URL_PARAMS     optional query string for every PostgreSQL URL, e.g. sslmode=require
 #   AMQP_SCHEME             amqp (default) or amqps (TLS; port 5671 unless AMQP_PORT is set)
 #
 # Generated values cannot be read back from here; what needs them reads
-# them from the secrets. To mint a bearer token (scopes products:write,
-# orders:write, stock:correct; products:read, orders:read when reads are
-# protected), run the image's `token` mode inside a products task:
+# them from the secrets. Grafana's password, to sign in: give
+# GRAFANA_ADMIN_PASSWORD here, or read it in the grafana task:
+#
+#   docker exec "$(docker ps -q -f label=com.docker.swarm.service.name=ordersys_grafana | head -n1)" \
+#     cat /run/secrets/ordersys_grafana_admin_password
+#
+# To mint a bearer token (scopes products:write, orders:write,
+# stock:correct; products:read, orders:read when reads are protected), run
+# the image's `token` mode inside a products task:
 #
 #   docker exec "$(docker ps -q -f label=com.docker.swarm.service.name=ordersys_products | head -n1)" \
 #     ordersys token --scope products:write,orders:write --ttl 600
@@ -57,6 +64,7 @@ secrets=(
   ordersys_jwt_secret
   ordersys_rabbitmq_conf
   ordersys_rabbitmq_definitions
+  ordersys_grafana_admin_password
 )
 
 usage() {
@@ -169,6 +177,7 @@ worker_db=$(value WORKER_DB_PASSWORD)
 mq_migrate=$(value RABBITMQ_MIGRATE_PASSWORD)
 mq_orders=$(value RABBITMQ_ORDERS_PASSWORD)
 mq_worker=$(value RABBITMQ_WORKER_PASSWORD)
+grafana_admin=$(value GRAFANA_ADMIN_PASSWORD)
 if [ -n "${JWT_SECRET:-}" ]; then
   jwt_secret=$(value JWT_SECRET)
   if [ "$(printf '%s' "$jwt_secret" | wc -c)" -lt 32 ]; then
@@ -250,3 +259,4 @@ loopback_users.guest = true
 "
 
 create ordersys_rabbitmq_definitions "$definitions"
+create ordersys_grafana_admin_password "$grafana_admin"

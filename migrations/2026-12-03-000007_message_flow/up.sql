@@ -11,7 +11,7 @@ ALTER TABLE mouvements ADD COLUMN request_id VARCHAR(128);
 -- when it applied it and with what outcome. GET
 -- /commandes-produits/{id}/historique reads it. Rows outlive a deleted
 -- line (its history stays readable) and are purged after
--- `history.retention_secs`.
+-- `outbox.history_retention_secs`.
 CREATE TABLE historique_lignes (
     message_id  UUID PRIMARY KEY,
     ligne_id    BIGINT NOT NULL,

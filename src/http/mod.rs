@@ -9,8 +9,8 @@ pub mod auth;
 pub mod docs;
 pub mod error;
 pub mod extract;
-pub mod observe;
-pub mod openapi;
+mod observe;
+mod openapi;
 pub mod orders;
 mod probes;
 pub mod products;
@@ -42,6 +42,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the outbox relay after a commit that wrote messages (orders only).
     pub waker: Option<Waker>,
+    /// The exchanges of the outbox rows this process's relay publishes
+    /// (empty: no relay), for the backlog gauges.
+    pub relay_exchanges: &'static [&'static str],
 }
 
 /// Registers an API's routes (and any data only they use).

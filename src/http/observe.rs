@@ -41,7 +41,9 @@ pub fn finish<B>(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    if req.path() != "/healthz" {
+    // Not the probes and scrapes: Prometheus and health checks would
+    // fill the log.
+    if !matches!(req.path(), "/healthz" | "/readyz" | "/metrics") {
         log::info!(
             target: ACCESS_TARGET,
             request_id = id.as_str();
@@ -53,12 +55,22 @@ pub fn finish<B>(
     }
     metrics.record(
         RouteLabels {
-            method: req.method().as_str().to_owned(),
+            method: method_label(req.method()),
             route,
             status: status_class(status),
         },
         elapsed,
     );
+}
+
+/// The method as a label: the standard ones, else `other` (a client may
+/// send any token as a method; each would be a series of its own).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
+    KNOWN
+        .into_iter()
+        .find(|known| method.as_str() == *known)
+        .unwrap_or("other")
 }
 
 /// The request's id, for handlers whose changes carry it on.

@@ -80,11 +80,12 @@ async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiErro
 /// backlog: unsent messages, and the age of the oldest one.
 #[api_v2_operation(tags(Health), produces = "text/plain")]
 async fn metrics(state: web::Data<AppState>) -> Result<PlainText, ApiError> {
-    if state.waker.is_some() {
+    let exchanges = state.relay_exchanges;
+    if !exchanges.is_empty() {
         // Left as last seen, not an error, while the database is unreachable.
         let backlog = state
             .db
-            .run(|conn| crate::outbox::backlog(conn).map_err(ApiError::from));
+            .run(move |conn| crate::outbox::backlog(conn, exchanges).map_err(ApiError::from));
         if let Ok(backlog) = backlog.await {
             state.metrics.outbox.unsent.set(backlog.unsent);
             state

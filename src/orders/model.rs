@@ -60,8 +60,9 @@ pub struct OrderLine {
 }
 
 /// One change of an order line, as it went through the pipeline: accepted
-/// (committed with its outbox message), published (confirmed by the
-/// broker), applied by a worker (with its outcome).
+/// (committed with its outbox message), published (taken by the relay,
+/// recorded once the broker confirmed it), applied by a worker (with its
+/// outcome).
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize, Apiv2Schema)]
 #[diesel(table_name = historique_lignes, check_for_backend(diesel::pg::Pg))]
 pub struct LineChange {
@@ -81,7 +82,8 @@ pub struct LineChange {
     /// the message's `correlation_id`).
     pub request_id: Option<String>,
     pub accepte_le: DateTime<Utc>,
-    /// `null` until the broker confirmed the message.
+    /// When the relay took the message to publish it; `null` until the
+    /// broker confirmed it.
     pub publie_le: Option<DateTime<Utc>>,
     /// `null` until a worker applied it.
     pub applique_le: Option<DateTime<Utc>>,

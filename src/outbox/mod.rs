@@ -144,12 +144,15 @@ pub struct Backlog {
     pub oldest_secs: f64,
 }
 
-pub fn backlog(conn: &mut PgConnection) -> QueryResult<Backlog> {
+/// Of the rows bound for `exchanges` (each relay's own: orders and workers
+/// share the table).
+pub fn backlog(conn: &mut PgConnection, exchanges: &[&str]) -> QueryResult<Backlog> {
     diesel::sql_query(
         "SELECT count(*) AS unsent, \
                 coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_secs \
-           FROM outbox WHERE sent_at IS NULL",
+           FROM outbox WHERE sent_at IS NULL AND exchange = ANY($1)",
     )
+    .bind::<Array<Text>, _>(exchanges)
     .get_result(conn)
 }
 

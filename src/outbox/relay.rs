@@ -100,7 +100,9 @@ impl Relay {
         backoff.reset();
         let poll = Duration::from_millis(settings.outbox.poll_interval_ms);
         let retention = Duration::from_secs(settings.outbox.retention_secs);
-        let purge_every = db::purge_interval(retention, HOUSEKEEPING_EVERY);
+        let history_retention = Duration::from_secs(settings.outbox.history_retention_secs);
+        let purge_every = db::purge_interval(retention.min(history_retention), HOUSEKEEPING_EVERY);
+        let keeps_history = self.exchanges.contains(&PRODUCT_EXCHANGE);
         let mut last_purge = Instant::now() - purge_every;
         loop {
             // Drain everything pending, a batch at a time, purging on the
@@ -117,6 +119,9 @@ impl Relay {
                 if last_purge.elapsed() >= purge_every {
                     last_purge = Instant::now();
                     purge_sent(&mut pg, retention);
+                    if keeps_history {
+                        purge_history(&mut pg, history_retention);
+                    }
                 }
                 if sent < batch_size {
                     break;
@@ -143,7 +148,15 @@ impl Relay {
 }
 
 /// A claimed outbox row.
-type Row = (i64, Uuid, String, String, String, Option<String>);
+type Row = (
+    i64,
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    chrono::DateTime<chrono::Utc>,
+);
 
 /// Claims up to `limit` unsent rows, publishes them, waits for the confirms,
 /// marks them sent (and the lines' history published). Returns how many
@@ -168,6 +181,9 @@ fn publish_batch(
                 outbox::routing_key,
                 outbox::payload,
                 outbox::request_id,
+                // When the claim ran: after the rows committed, before they
+                // are published (so between accepted and applied).
+                diesel::dsl::sql::<diesel::sql_types::Timestamptz>("statement_timestamp()"),
             ))
             .for_update()
             .skip_locked()
@@ -176,13 +192,13 @@ fn publish_batch(
             return Ok(0);
         }
         let started = Instant::now();
-        for (_, message_id, exchange, routing_key, payload, request_id) in &rows {
+        for (_, message_id, exchange, routing_key, payload, request_id, _) in &rows {
             let properties = properties(*message_id, request_id.as_deref());
             channel.publish(exchange, routing_key, payload.as_bytes(), properties)?;
         }
         channel.wait_for_confirms(CONFIRM_TIMEOUT)?;
         if log::log_enabled!(target: logging::FLOW, log::Level::Info) {
-            for (_, message_id, exchange, _, _, request_id) in &rows {
+            for (_, message_id, exchange, _, _, request_id, _) in &rows {
                 let request_id = request_id.as_deref().unwrap_or("");
                 log::info!(
                     target: logging::FLOW,
@@ -198,14 +214,16 @@ fn publish_batch(
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         // The history is the stock changes' (the worker's relay, which
         // publishes alerts, has no right to it).
-        let query = if exchanges.contains(&PRODUCT_EXCHANGE) {
-            MARK_SENT_AND_PUBLISHED
+        if exchanges.contains(&PRODUCT_EXCHANGE) {
+            diesel::sql_query(MARK_SENT_AND_PUBLISHED)
+                .bind::<Array<BigInt>, _>(&ids)
+                .bind::<diesel::sql_types::Timestamptz, _>(rows[0].6)
+                .execute(pg)?;
         } else {
-            MARK_SENT
-        };
-        diesel::sql_query(query)
-            .bind::<Array<BigInt>, _>(&ids)
-            .execute(pg)?;
+            diesel::sql_query(MARK_SENT)
+                .bind::<Array<BigInt>, _>(&ids)
+                .execute(pg)?;
+        }
         Ok(rows.len())
     })?;
     metrics.outbox.published.inc_by(sent as u64);
@@ -213,9 +231,19 @@ fn publish_batch(
 }
 
 const MARK_SENT: &str = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1)";
+/// The history rows are locked in message id order, as the worker locks
+/// them when it stamps their outcome (it may be applying this very batch):
+/// the two never deadlock. `publie_le` ($2) is when the rows were claimed
+/// to be published (this statement runs once the broker confirmed them).
 const MARK_SENT_AND_PUBLISHED: &str = "\
-WITH sent AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($1) RETURNING message_id)
-UPDATE historique_lignes h SET publie_le = now() FROM sent WHERE h.message_id = sent.message_id";
+WITH sent AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($1) RETURNING message_id),
+locked AS (
+    SELECT h.message_id FROM historique_lignes h
+     WHERE h.message_id IN (SELECT message_id FROM sent)
+     ORDER BY h.message_id FOR UPDATE
+)
+UPDATE historique_lignes h SET publie_le = $2
+  FROM locked WHERE h.message_id = locked.message_id";
 
 /// A row's AMQP properties: persistent, its message id, and the id of the
 /// request that wrote it as `correlation_id` and as a W3C `traceparent`.
@@ -233,6 +261,17 @@ fn properties(message_id: Uuid, request_id: Option<&str>) -> amiquip::AmqpProper
                 .with_headers(headers)
         }
         None => properties,
+    }
+}
+
+/// Forgets line history older than `retention`.
+fn purge_history(pg: &mut PgConnection, retention: Duration) {
+    const CHUNK: &str = "DELETE FROM historique_lignes WHERE message_id IN (SELECT message_id \
+        FROM historique_lignes WHERE accepte_le < now() - make_interval(secs => $1) LIMIT 5000)";
+    match db::purge(pg, CHUNK, retention) {
+        Ok(n) if n > 0 => log::debug!("purged {n} line history rows"),
+        Ok(_) => {}
+        Err(e) => log::warn!("could not purge line history: {e}"),
     }
 }
 

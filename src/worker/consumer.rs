@@ -14,7 +14,7 @@
 //! redelivers it, and the processed-id record and line versions make the
 //! second application change nothing.
 
-use super::change::StockChange;
+use super::change::{LineRef, StockChange};
 use super::plan::{Outcome, Refusal};
 use super::store;
 use crate::amqp::{self, AmqpError, ConfirmingChannel};
@@ -204,10 +204,22 @@ impl Consumer<'_> {
     ) -> Result<(), Stop> {
         let mut changes = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
-        let mut rejected: Vec<(usize, Refusal)> = Vec::new();
+        // Set aside with the reason, and the line of a tracked change.
+        let mut rejected: Vec<(usize, Refusal, Option<LineRef>)> = Vec::new();
         let worker = &self.ctx.settings.worker;
         let metrics = &self.ctx.metrics.stock;
         metrics.batch_size.observe(batch.len() as f64);
+        // A valid id of the request behind each message, else none: a
+        // producer's bad correlation_id is ignored, never a reason to refuse.
+        let request_ids: Vec<Option<RequestId>> = batch
+            .iter()
+            .map(|d| {
+                d.properties
+                    .correlation_id()
+                    .as_deref()
+                    .and_then(RequestId::parse)
+            })
+            .collect();
         for (i, delivery) in batch.iter().enumerate() {
             let id = delivery.properties.message_id().as_deref();
             match StockChange::decode(
@@ -217,26 +229,27 @@ impl Consumer<'_> {
                 worker.accept_seed_format,
             ) {
                 Ok(mut change) => {
-                    change.request_id = delivery
-                        .properties
-                        .correlation_id()
-                        .as_deref()
-                        .and_then(RequestId::parse);
+                    change.request_id = request_ids[i].clone();
                     changes.push(change);
                     positions.push(i);
                 }
-                Err(reason) => rejected.push((i, Refusal::new(DeadLetterClass::Malformed, reason))),
+                Err(reason) => {
+                    rejected.push((i, Refusal::new(DeadLetterClass::Malformed, reason), None))
+                }
             }
         }
         let outcomes = self.apply(&changes)?;
         let now = chrono::Utc::now();
         for ((outcome, &i), change) in outcomes.into_iter().zip(&positions).zip(&changes) {
             let counted = match &outcome {
+                Outcome::DeadLetter(refusal) => {
+                    rejected.push((i, refusal.clone(), change.line));
+                    continue;
+                }
                 Outcome::Applied(_) => metrics::Outcome::applied,
                 Outcome::Rejected => metrics::Outcome::rejected,
                 Outcome::Duplicate => metrics::Outcome::duplicate,
                 Outcome::Stale => metrics::Outcome::stale,
-                Outcome::DeadLetter(_) => metrics::Outcome::dead_lettered,
             };
             if let (Outcome::Applied(_) | Outcome::Rejected, Some(at)) =
                 (&outcome, change.occurred_at)
@@ -244,26 +257,17 @@ impl Consumer<'_> {
                 let latency = (now - at).to_std().unwrap_or_default();
                 metrics.change_latency.observe(latency.as_secs_f64());
             }
-            match outcome {
-                Outcome::DeadLetter(refusal) => rejected.push((i, refusal)),
-                outcome => {
-                    metrics.count(counted, 1);
-                    log_outcome(&batch[i], change, &outcome);
-                }
-            }
+            metrics.count(counted, 1);
+            log_outcome(change, &outcome);
         }
         // In delivery order, whichever step rejected them.
-        rejected.sort_by_key(|(i, _)| *i);
-        for (i, refusal) in &rejected {
+        rejected.sort_by_key(|(i, _, _)| *i);
+        for (i, refusal, _) in &rejected {
             let delivery = &batch[*i];
             // What a producer sent is logged escaped: no control character
             // or forged line reaches the log as such.
             let id = delivery.properties.message_id().clone();
-            let request_id = delivery
-                .properties
-                .correlation_id()
-                .as_deref()
-                .and_then(RequestId::parse);
+            let request_id = &request_ids[*i];
             let body = &delivery.body[..delivery.body.len().min(200)];
             log::warn!(
                 target: logging::FLOW,
@@ -298,8 +302,11 @@ impl Consumer<'_> {
         }
         if !rejected.is_empty() {
             dead_letters.wait_for_confirms(CONFIRM_TIMEOUT)?;
-            for (_, refusal) in &rejected {
+            for (_, refusal, line) in &rejected {
                 metrics.dead_lettered(refusal.class);
+                if let (DeadLetterClass::Refused, Some(line)) = (refusal.class, line) {
+                    self.stamp_refused(*line, &refusal.reason);
+                }
             }
         }
         if let Some(last) = batch.into_iter().max_by_key(|d| d.delivery_tag()) {
@@ -411,6 +418,20 @@ impl Consumer<'_> {
         }
     }
 
+    /// A change the database refused rolled its batch back, its history
+    /// stamp with it: stamped on its own (best effort: the dead letter and
+    /// the log have the reason).
+    fn stamp_refused(&mut self, line: LineRef, reason: &str) {
+        if let Some(conn) = self.conn.as_mut() {
+            if let Err(e) = store::stamp_refused(conn, line, reason) {
+                log::warn!(
+                    "could not record a refused change in line {}'s history: {e}",
+                    line.ligne_id
+                );
+            }
+        }
+    }
+
     /// Consumer 0 forgets old processed ids now and then.
     fn housekeeping(&mut self) {
         let retention = Duration::from_secs(self.ctx.settings.worker.dedupe_retention_secs);
@@ -459,37 +480,46 @@ impl QueueDepth {
                 metrics.stock.queue_depth(PRODUCT_QUEUE, messages);
             }
             Err(e) => {
-                // Its channel is closed now: stop asking until the next session.
+                // Its channel is closed now: stop asking until the next
+                // session, and show no stale figure meanwhile.
                 log::warn!("cannot read {PRODUCT_QUEUE}'s depth: {e}");
+                metrics.stock.forget_queue_depth(PRODUCT_QUEUE);
                 self.refused = true;
             }
         }
     }
 }
 
-/// One line per message of the flow, with the request that caused it.
-fn log_outcome(delivery: &Delivery, change: &StockChange, outcome: &Outcome) {
+/// One line per message of the flow, with the request that caused it
+/// (dead letters have their own warning). Only validated values: the ids
+/// are the change's, not the delivery's properties as sent.
+fn log_outcome(change: &StockChange, outcome: &Outcome) {
     if !log::log_enabled!(target: logging::FLOW, log::Level::Info) {
         return;
     }
-    let what = match outcome {
-        Outcome::Applied(Some(status)) => status.as_str(),
-        Outcome::Applied(None) => "APPLIED",
-        Outcome::Rejected => "REJETE",
-        Outcome::Duplicate => "DUPLICATE",
-        Outcome::Stale => store::STALE,
-        Outcome::DeadLetter(_) => store::REFUSED,
-    };
+    let what = outcome.word();
     let request_id = change.request_id.as_ref().map_or("", |r| r.as_str());
-    let message_id = delivery.properties.message_id().as_deref().unwrap_or("");
-    let (line, version) = change.line.map_or((0, 0), |l| (l.ligne_id, l.version));
-    log::info!(
-        target: logging::FLOW,
-        request_id, message_id, ligne_id = line, version, outcome = what;
-        "{} line {line} v{version} of order {}: {what}",
-        change.action.as_str(),
-        change.commande_id
-    );
+    match change.line {
+        Some(line) => log::info!(
+            target: logging::FLOW,
+            request_id, message_id:% = line.message_id, ligne_id = line.ligne_id,
+            version = line.version, outcome = what;
+            "{} line {} v{} of order {}: {what}",
+            change.action.as_str(),
+            line.ligne_id,
+            line.version,
+            change.commande_id
+        ),
+        None => log::info!(
+            target: logging::FLOW,
+            request_id, outcome = what;
+            "{} (seed format) of {} on product {} for order {}: {what}",
+            change.action.as_str(),
+            change.quantite,
+            change.produit_id,
+            change.commande_id
+        ),
+    }
 }
 
 /// Builds the dead-letter headers of a rejected delivery (for tests).

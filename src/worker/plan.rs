@@ -68,6 +68,27 @@ pub enum Outcome {
     DeadLetter(Refusal),
 }
 
+/// A line history's outcome of a change older than the line's applied version.
+pub const STALE: &str = "PERIME";
+/// A line history's outcome of a dead-lettered change.
+pub const REFUSED: &str = "REFUSE";
+
+impl Outcome {
+    /// The outcome in one word, as the line's history and the logs say it:
+    /// the line's new status, `PERIME`, `REFUSE`, `DOUBLON`, or `APPLIQUE`
+    /// for a seed-format message.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Applied(Some(status)) => status.as_str(),
+            Outcome::Applied(None) => "APPLIQUE",
+            Outcome::Rejected => StockStatus::Rejete.as_str(),
+            Outcome::Duplicate => "DOUBLON",
+            Outcome::Stale => STALE,
+            Outcome::DeadLetter(_) => REFUSED,
+        }
+    }
+}
+
 /// Why a message can never succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

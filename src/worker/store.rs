@@ -12,10 +12,9 @@
 //! transactions. `CHECK (quantite_en_stock >= 0)` stays as the last line of
 //! defence.
 
-use super::change::StockChange;
+use super::change::{LineRef, StockChange};
 use super::plan::{self, Outcome, Plan, Reservation, Snapshot};
 use crate::db::schema::{commandes_produits, messages_traites, produits, reservations};
-use crate::domain::status::StockStatus;
 use crate::outbox;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -164,6 +163,8 @@ fn write(conn: &mut PgConnection, changes: &[StockChange], plan: &Plan) -> Query
         .bind::<Array<Text>, _>(rows.statuses)
         .bind::<Array<Nullable<Text>>, _>(rows.movement_requests)
         .bind::<Array<SqlUuid>, _>(rows.history_messages)
+        .bind::<Array<BigInt>, _>(rows.history_lines)
+        .bind::<Array<BigInt>, _>(rows.history_versions)
         .bind::<Array<Text>, _>(rows.history_results)
         .bind::<Array<Nullable<Text>>, _>(rows.history_reasons)
         .execute(conn)?;
@@ -203,9 +204,21 @@ WITH stock AS (
       FROM unnest($16, $17, $18) AS u (id, version, statut)
      WHERE c.id = u.id AND c.version = u.version
     RETURNING 1
+), stamped AS (
+    SELECT * FROM unnest($20, $21, $22, $23, $24) AS u (id, l, v, r, m)
+), locked AS (
+    -- In message id order, as the relay locks them (no deadlock with it);
+    -- a change's first outcome stays (a redelivery after its id was
+    -- forgotten is stale, not news), and only the row of this line and
+    -- version is touched.
+    SELECT h.message_id FROM historique_lignes h JOIN stamped u
+        ON h.message_id = u.id AND h.ligne_id = u.l AND h.version = u.v
+     WHERE h.applique_le IS NULL
+     ORDER BY h.message_id FOR UPDATE OF h
 ), history AS (
-    UPDATE historique_lignes h SET applique_le = now(), resultat = u.r, motif = u.m
-      FROM unnest($20, $21, $22) AS u (id, r, m) WHERE h.message_id = u.id
+    UPDATE historique_lignes h SET applique_le = statement_timestamp(), resultat = u.r, motif = u.m
+      FROM stamped u JOIN locked ON locked.message_id = u.id
+     WHERE h.message_id = u.id
     RETURNING 1
 )
 SELECT 1";
@@ -232,6 +245,8 @@ struct Rows<'a> {
     statuses: Vec<&'static str>,
     movement_requests: Vec<Option<&'a str>>,
     history_messages: Vec<Uuid>,
+    history_lines: Vec<i64>,
+    history_versions: Vec<i64>,
     history_results: Vec<&'static str>,
     history_reasons: Vec<Option<&'a str>>,
 }
@@ -268,32 +283,44 @@ impl<'a> Rows<'a> {
         }
         rows
     }
-}
 
-impl<'a> Rows<'a> {
     /// The outcome of each tracked change, for its line's history (a
     /// duplicate leaves the first outcome as it was).
     fn stamp_history(&mut self, changes: &[StockChange], outcomes: &'a [Outcome]) {
         for (change, outcome) in changes.iter().zip(outcomes) {
             let Some(line) = change.line else { continue };
-            let (result, reason) = match outcome {
-                Outcome::Applied(Some(status)) => (status.as_str(), None),
-                Outcome::Applied(None) | Outcome::Duplicate => continue,
-                Outcome::Rejected => (StockStatus::Rejete.as_str(), None),
-                Outcome::Stale => (STALE, None),
-                Outcome::DeadLetter(refusal) => (REFUSED, Some(refusal.reason.as_str())),
+            // A duplicate leaves the first outcome; the seed format has no line.
+            if matches!(outcome, Outcome::Duplicate | Outcome::Applied(None)) {
+                continue;
+            }
+            let reason = match outcome {
+                Outcome::DeadLetter(refusal) => Some(refusal.reason.as_str()),
+                _ => None,
             };
             self.history_messages.push(line.message_id);
+            self.history_lines.push(line.ligne_id);
+            self.history_versions.push(line.version);
+            let result = outcome.word();
             self.history_results.push(result);
             self.history_reasons.push(reason);
         }
     }
 }
 
-/// A line history's outcome of a change older than the line's applied version.
-pub const STALE: &str = "PERIME";
-/// A line history's outcome of a dead-lettered change.
-pub const REFUSED: &str = "REFUSE";
+/// Stamps a change the database refused (dead-lettered alone, after its
+/// batch's transaction rolled back) in its line's history.
+pub fn stamp_refused(conn: &mut PgConnection, line: LineRef, reason: &str) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE historique_lignes SET applique_le = statement_timestamp(), resultat = $4, motif = $5 \
+          WHERE message_id = $1 AND ligne_id = $2 AND version = $3 AND applique_le IS NULL",
+    )
+    .bind::<SqlUuid, _>(line.message_id)
+    .bind::<BigInt, _>(line.ligne_id)
+    .bind::<BigInt, _>(line.version)
+    .bind::<Text, _>(plan::REFUSED)
+    .bind::<Text, _>(reason)
+    .execute(conn)
+}
 
 /// Forgets processed message ids older than `retention`. Safe: a tracked
 /// message that old is also older than its line's applied version.

@@ -2,15 +2,29 @@
 # on its own project name and ports so it cannot touch a user's stack.
 
 compose_ports() {
-  export ORDERSYS_PRODUCTS_PORT=18000 ORDERSYS_ORDERS_PORT=18081 ORDERSYS_RABBITMQ_UI_PORT=15673
+  export ORDERSYS_PRODUCTS_PORT=18000 ORDERSYS_ORDERS_PORT=18081 ORDERSYS_RABBITMQ_UI_PORT=15673 \
+    ORDERSYS_PROMETHEUS_PORT=19090 ORDERSYS_GRAFANA_PORT=13000
   products_url=http://127.0.0.1:$ORDERSYS_PRODUCTS_PORT
   orders_url=http://127.0.0.1:$ORDERSYS_ORDERS_PORT
+  prometheus_url=http://127.0.0.1:$ORDERSYS_PROMETHEUS_PORT
+}
+
+# The targets Prometheus should report, as prometheus_targets prints them:
+# every container of each mode, up.
+compose_targets() {
+  local service out=
+  for service in orders products worker; do
+    out+="${out:+, }$service up $("${compose[@]}" ps -q "$service" | wc -l)"
+  done
+  echo "$out"
 }
 
 scenario_compose() {
   local project=ordersys-ci t
   read -r -a compose <<<"$(compose_bin)"
-  compose+=(-p "$project" -f compose.yml)
+  # The observability profile on, so that `down` removes Prometheus too;
+  # every `up` names its services, so Grafana (no image here) never starts.
+  compose+=(-p "$project" -f compose.yml --profile observability)
   compose_ports
   PSQL=("${compose[@]}" exec -T postgres psql -U ordersys -d ordersys)
   queue() { "${compose[@]}" exec -T rabbitmq rabbitmqctl -q list_queues name "$1" |
@@ -25,10 +39,10 @@ scenario_compose() {
   "${compose[@]}" build products >/dev/null
   summary "compose build: $((SECONDS - t)) s; image ordersys:local is $(image_size ordersys:local)"
 
-  log "compose: up every service but Traefik, and wait until healthy"
+  log "compose: up every service but Traefik and Grafana, and wait until healthy"
   t=$SECONDS
-  "${compose[@]}" up -d --wait postgres rabbitmq products orders worker
-  summary "compose up --wait: all healthy in $((SECONDS - t)) s"
+  "${compose[@]}" up -d --wait postgres rabbitmq products orders worker prometheus
+  summary "compose up --wait: all healthy in $((SECONDS - t)) s (Prometheus included; not run here: Traefik, Grafana)"
   local service uid health
   for service in products orders worker; do
     uid=$("${compose[@]}" exec -T "$service" id -u)
@@ -52,13 +66,21 @@ scenario_compose() {
         fail "$service container ${container:0:12} started before migrate had finished"
     done
   done
-  for service in migrate products orders worker; do
+  for service in migrate products orders worker prometheus; do
     for container in $("${compose[@]}" ps -a -q "$service"); do
       [[ $(hardening "$container") =~ ^true\ drop=ALL\ add=\ (.*,)?no-new-privileges(:true)?(,|$) ]] ||
         fail "$service container ${container:0:12} is not hardened: $(hardening "$container")"
     done
   done
-  summary "migrate exited 0 before the services started; migrate, products, orders, worker: read-only, CapDrop ALL, no-new-privileges"
+  summary "migrate exited 0 before the services started; migrate, products, orders, worker, prometheus: read-only, CapDrop ALL, no-new-privileges"
+
+  log "compose: Prometheus scrapes every container of every mode"
+  t=$SECONDS
+  local targets
+  targets=$(compose_targets)
+  [[ $targets == *"worker up 2" ]] || fail "expected 2 worker containers: $targets"
+  wait_for_targets "$prometheus_url" 90 "$targets"
+  summary "Prometheus (DNS discovery): every target up ($targets) in $((SECONDS - t)) s"
 
   log "compose: the walkthrough through the published ports"
   walkthrough "$products_url" "$orders_url"
@@ -70,7 +92,9 @@ scenario_compose() {
   [ "$workers" = 4 ] || fail "$workers worker containers after --scale worker=4"
   wait_until "8 consumers on product_queue (4 workers x 2 replicas)" 60 \
     eval '[ "$(queue consumers)" = 8 ]'
-  summary "--scale worker=4: 4 worker containers, 8 consumers on product_queue"
+  targets=$(compose_targets)
+  wait_for_targets "$prometheus_url" 90 "$targets"
+  summary "--scale worker=4: 4 worker containers, 8 consumers on product_queue, Prometheus targets: $targets"
 
   log "compose: docker kill a worker, then restart rabbitmq, under load"
   local ids state traffic victim answers

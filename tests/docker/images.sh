@@ -9,9 +9,11 @@
 #   rust:<version>-slim-trixie  the above + gcc + this machine's Rust toolchain and CA bundle
 #   postgres:17                 Debian trixie's PostgreSQL 17, official entrypoint contract
 #   rabbitmq:4.0-management     Debian trixie's RabbitMQ 4.0 + management plugin
+#   prom/prometheus:v2.53.3     Debian trixie's Prometheus 2.53.3 (no web UI: the API only)
 #   ordersys-test/client:1      curl + jq, for requests from inside the Swarm network
 #
-# Not made (no binary can be had here): traefik, dockersamples/visualizer.
+# Not made (no binary can be had here): traefik, dockersamples/visualizer,
+# grafana/grafana (the Docker scenarios run without them).
 #
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian),
 # ORDERSYS_IMAGES_WORKDIR (default /var/tmp/ordersys-images).
@@ -24,6 +26,7 @@ standins=tests/docker/standins
 rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
 rust_tag="rust:${rust_version}-slim-trixie"
 client_tag=ordersys-test/client:1
+prometheus_tag=prom/prometheus:v2.53.3
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 say() { printf 'images: %s\n' "$*"; }
@@ -37,8 +40,8 @@ check_names() {
   local image
   for image in $named; do
     case $image in
-      debian:trixie-slim | "$rust_tag" | postgres:17 | rabbitmq:4.0-management) ;;
-      traefik:* | dockersamples/visualizer:*) ;;              # cannot be had here
+      debian:trixie-slim | "$rust_tag" | postgres:17 | rabbitmq:4.0-management | "$prometheus_tag") ;;
+      traefik:* | dockersamples/visualizer:* | grafana/grafana:*) ;; # cannot be had here
       ordersys:* | '${ORDERSYS_IMAGE:-ordersys:latest}') ;;   # built from our Dockerfile
       *) echo "images: $image is named by the deployment files but has no stand-in" >&2; return 1 ;;
     esac
@@ -94,5 +97,6 @@ debian_base
 rust_builder
 from_dir postgres:17 "$standins/postgres"
 from_dir rabbitmq:4.0-management "$standins/rabbitmq"
+from_dir "$prometheus_tag" "$standins/prometheus"
 from_dir "$client_tag" "$standins/client"
-say "ready: debian:trixie-slim $rust_tag postgres:17 rabbitmq:4.0-management $client_tag"
+say "ready: debian:trixie-slim $rust_tag postgres:17 rabbitmq:4.0-management $prometheus_tag $client_tag"

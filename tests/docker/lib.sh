@@ -157,6 +157,30 @@ check_invariant() { # check_invariant STOCK LABEL
   summary "$2: invariant holds for all $products products (lines: ${lines:-none})"
 }
 
+# prometheus_targets PROMETHEUS_URL: Prometheus's active scrape targets,
+# counted by job and health, e.g. "orders up 1, products up 1, worker up 2"
+# (CURL as for http; jq runs here).
+prometheus_targets() {
+  "${CURL[@]}" -sf -m 10 "$1/api/v1/targets?state=active" |
+    jq -er '[.data.activeTargets[] | "\(.labels.job) \(.health)"]
+      | group_by(.) | map("\(.[0]) \(length)") | join(", ")'
+}
+
+# wait_for_targets PROMETHEUS_URL SECONDS EXPECTED: polls until
+# prometheus_targets prints EXPECTED (every target of every job up, as many
+# as expected); fails the run with what it saw last.
+wait_for_targets() {
+  local url=$1 seconds=$2 expected=$3 got
+  local deadline=$((SECONDS + seconds))
+  while :; do
+    got=$(prometheus_targets "$url" 2>/dev/null) || got="no answer"
+    [ "$got" = "$expected" ] && return 0
+    ((SECONDS < deadline)) ||
+      fail "Prometheus targets after ${seconds}s: ${got:-none}; expected $expected"
+    sleep 0.5
+  done
+}
+
 answered_at_least() { [ "$(cat "$1"/answers.* 2>/dev/null | wc -l)" -ge "$2" ]; }
 
 # hardening CONTAINER: "READ_ONLY drop=CAPS add=CAPS SECURITY_OPTS" as Docker

@@ -30,6 +30,16 @@ running_tasks() { docker ps -q --filter "label=com.docker.swarm.service.name=${s
 swarm_queue() { swarm_exec rabbitmq rabbitmqctl -q list_queues name "$1" |
   awk '$1 == "product_queue" {print $2}'; }
 
+# The targets Prometheus should report, as prometheus_targets prints them:
+# every running task of each mode, up.
+swarm_targets() {
+  local service out=
+  for service in orders products worker; do
+    out+="${out:+, }$service up $(running_tasks "$service" | wc -l)"
+  done
+  echo "$out"
+}
+
 scenario_swarm() {
   local t
   if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
@@ -40,7 +50,7 @@ scenario_swarm() {
   if docker stack ls --format '{{.Name}}' | grep -qx "$stack"; then
     fail "a stack named $stack already runs on this machine; remove it first"
   fi
-  docker volume rm "${stack}_postgres-data" "${stack}_rabbitmq-data" >/dev/null 2>&1 || true
+  docker volume rm "${stack}_postgres-data" "${stack}_rabbitmq-data" "${stack}_prometheus-data" >/dev/null 2>&1 || true
 
   log "swarm: the image, the secrets, the node label"
   read -r -a compose <<<"$(compose_bin)"
@@ -80,7 +90,7 @@ scenario_swarm() {
 
   log "swarm: docker stack deploy"
   t=$SECONDS
-  at_exit "docker volume rm ${stack}_postgres-data ${stack}_rabbitmq-data"
+  at_exit "docker volume rm ${stack}_postgres-data ${stack}_rabbitmq-data ${stack}_prometheus-data"
   at_exit "swarm_remove_stack"
   local deployed
   deployed=$(ORDERSYS_IMAGE=ordersys:ci-1 docker stack deploy -c swarm/stack.yml \
@@ -89,9 +99,9 @@ scenario_swarm() {
   wait_until "migrate to complete" 300 migrate_completed
   summary "migrate completed in $((SECONDS - t)) s (after $(migrate_tasks Failed) failed attempts while the database or broker was starting)"
   wait_until "every service with an image to run n/n" 300 \
-    all_running postgres rabbitmq products orders worker
-  summary "stack deploy (no option ignored): postgres, rabbitmq, products 2/2, orders 2/2, worker 2/2 running in $((SECONDS - t)) s"
-  summary "not run here: traefik and visualizer (no image can be had; deployed with 0 replicas)"
+    all_running postgres rabbitmq products orders worker prometheus
+  summary "stack deploy (no option ignored): postgres, rabbitmq, products 2/2, orders 2/2, worker 2/2, prometheus running in $((SECONDS - t)) s"
+  summary "not run here: traefik, visualizer and grafana (no image can be had; deployed with 0 replicas)"
 
   docker rm -f "$client" >/dev/null 2>&1 || true
   local state
@@ -106,6 +116,14 @@ scenario_swarm() {
   wait_until "products and orders to be ready" 120 eval \
     'http GET http://products:8000/readyz && http GET http://orders:8081/readyz'
 
+  log "swarm: Prometheus scrapes every task of every mode"
+  t=$SECONDS
+  local targets
+  targets=$(swarm_targets)
+  [ "$targets" = "orders up 2, products up 2, worker up 2" ] || fail "running tasks: $targets"
+  wait_for_targets http://prometheus:9090 90 "$targets"
+  summary "Prometheus (tasks.<service> discovery): every target up ($targets) in $((SECONDS - t)) s"
+
   swarm_who_may_do_what
 
   log "swarm: the walkthrough from a container on the overlay network"
@@ -116,7 +134,9 @@ scenario_swarm() {
   wait_until "6 worker tasks running" 120 eval '[ "$(running_tasks worker | wc -l)" = 6 ]'
   wait_until "12 consumers on product_queue (6 tasks x 2 replicas)" 120 \
     eval '[ "$(swarm_queue consumers)" = 12 ]'
-  summary "scale worker=6: 6 tasks running, 12 consumers on product_queue"
+  targets=$(swarm_targets)
+  wait_for_targets http://prometheus:9090 90 "$targets"
+  summary "scale worker=6: 6 tasks running, 12 consumers on product_queue, Prometheus targets: $targets"
 
   log "swarm: kill a worker task's container under load"
   local ids victim answers
@@ -240,7 +260,7 @@ CHECKS
   summary "published: ${published//,/, } only (no RabbitMQ management UI, no Traefik dashboard)"
 
   # Containers: read-only, no capability; healthy.
-  for service in products orders worker; do
+  for service in products orders worker prometheus; do
     for container in $(running_tasks "$service"); do
       h=$(hardening "$container")
       [[ $h == "true drop=ALL add= "* ]] || fail "$service task ${container:0:12} is not hardened: $h"
@@ -253,7 +273,7 @@ CHECKS
     h=$(hardening "$container")
     [[ $h == "true drop=ALL add= "* ]] || fail "migrate task ${container:0:12} is not hardened: $h"
   done
-  summary "migrate, products, orders, worker: read-only root filesystem, CapDrop ALL; products, orders, worker healthy"
+  summary "migrate, products, orders, worker, prometheus: read-only root filesystem, CapDrop ALL; products, orders, worker, prometheus healthy"
 }
 
 # The roles PostgreSQL's client connections logged in as, but this one.

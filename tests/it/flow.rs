@@ -381,3 +381,108 @@ async fn every_series_the_dashboard_queries_is_exposed() {
         "queried but not exposed: {missing:?}\nexposed: {all:?}"
     );
 }
+
+#[tokio::test]
+async fn request_metrics_have_bounded_labels() {
+    let app = TestApp::spawn().await;
+    app.products.get("/produits/1").await.expect(404);
+    app.products.get("/produits/2").await.expect(404);
+    app.products.get("/no/such/route/1").await.expect(404);
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    app.products
+        .raw(brew, "/produits/", None, None)
+        .await
+        .expect(405);
+    let text = app.products.get("/metrics").await.expect(200).body;
+    let text = text.as_str().unwrap();
+    let count = |labels: &str| {
+        crate::common::metric(
+            text,
+            &format!("ordersys_http_request_duration_seconds_count{{mode=\"products\",{labels}}}"),
+        )
+    };
+    // One series per route template, not per path; unknown methods pooled.
+    assert_eq!(
+        count(r#"method="GET",route="/produits/{id}",status="4xx""#),
+        2
+    );
+    assert_eq!(count(r#"method="GET",route="unmatched",status="4xx""#), 1);
+    assert_eq!(
+        count(r#"method="other",route="/produits/",status="4xx""#),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("BREW"), "{text}");
+}
+
+#[tokio::test]
+async fn hostile_message_properties_are_ignored_not_logged_as_sent() {
+    let db = TestDb::migrated();
+    let broker = TestBroker::create();
+    let settings = crate::common::settings(&db, &broker);
+    let worker = Process::serve_capturing(&settings, "worker", &[("RUST_LOG", "info")]);
+    worker.wait_ready().await;
+    let p = db.count(
+        "INSERT INTO produits (nom, prix, quantite_en_stock) VALUES ('p', 1, 10) RETURNING id AS n",
+    );
+    let message_id = uuid::Uuid::new_v4();
+    let body = json!({
+        "action": "CREATED", "produit_id": p, "quantite": 4, "commande_id": 1,
+        "message_id": message_id, "ligne_id": 700_001, "version": 1,
+    });
+    let forged = "x\n[2026-12-03T00:00:00Z INFO  ordersys::flow] forged";
+    broker.with_channel(|channel| {
+        let properties = AmqpProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(forged.into())
+            .with_correlation_id(forged.into());
+        channel
+            .basic_publish(
+                PRODUCT_EXCHANGE,
+                Publish::with_properties(
+                    body.to_string().as_bytes(),
+                    PRODUCT_ROUTING_KEY,
+                    properties,
+                ),
+            )
+            .expect("publish")
+    });
+    let stock = || {
+        db.count(&format!(
+            "SELECT quantite_en_stock::bigint AS n FROM produits WHERE id = {p}"
+        ))
+    };
+    wait_for("the change applied", Duration::from_secs(20), || async {
+        (stock() == 6).then_some(())
+    })
+    .await;
+    // The bad correlation_id is no request id; the body's message id is the one logged.
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM mouvements WHERE request_id IS NULL"),
+        1
+    );
+    let log = wait_for("the worker's line", Duration::from_secs(10), || async {
+        let log = worker.stderr();
+        log.contains("line 700001 v1").then_some(log)
+    })
+    .await;
+    assert!(!log.contains("forged"), "{log}");
+    let line = log.lines().find(|l| l.contains("line 700001 v1")).unwrap();
+    assert!(line.contains(&message_id.to_string()), "{line}");
+}
+
+#[tokio::test]
+async fn line_history_is_forgotten_after_its_retention() {
+    let app = TestApp::build(true, |s| s.outbox.history_retention_secs = 1).await;
+    let p = app.create_product("brief", 1.0, 10).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 1).await);
+    app.wait_for_stock(p, 9).await;
+    wait_for("the history purged", Duration::from_secs(20), || async {
+        let rows = app.db.count("SELECT count(*) AS n FROM historique_lignes");
+        (rows == 0).then_some(())
+    })
+    .await;
+    // The line is still there: an empty history, not a 404.
+    assert_eq!(history(&app, line).await, Vec::<Value>::new());
+}

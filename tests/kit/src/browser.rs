@@ -112,7 +112,14 @@ impl Browser {
             .as_array()
             .expect("a list of elements")
             .iter()
-            .map(|e| Element(e[ELEMENT].as_str().unwrap_or_else(|| panic!("an element id in {e}")).to_owned()))
+            .map(|e| {
+                Element(
+                    e[ELEMENT]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("an element id in {e}"))
+                        .to_owned(),
+                )
+            })
             .collect()
     }
 
