@@ -42,6 +42,126 @@ pub enum Command {
     /// Print a bearer token (JWT) signed with the HS256 secret of
     /// auth.jwt_secret_file, for development and tests
     Token(TokenArgs),
+    /// Put a steady open-loop load on a running ordersys (its own products,
+    /// orders and lines), with a live view and a closing summary
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Base URL of the products API
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8000",
+        env = "ORDERSYS_LOAD_PRODUCTS_URL"
+    )]
+    pub products_url: String,
+
+    /// Base URL of the orders API
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8081",
+        env = "ORDERSYS_LOAD_ORDERS_URL"
+    )]
+    pub orders_url: String,
+
+    /// Requests per second, sent on schedule whether or not earlier ones answered
+    #[arg(long, value_name = "N", default_value_t = 200.0, value_parser = positive)]
+    pub rate: f64,
+
+    /// How long to send, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive)]
+    pub duration: f64,
+
+    /// Requests in flight at most; a request due beyond it is not sent, and counted
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+
+    /// The operation mix, name=weight,… (read_product, read_order, create_order,
+    /// create_line, change_quantity, change_product, delete_line, cancel_order)
+    #[arg(long, value_name = "MIX", default_value = crate::load::mix::DEFAULT_MIX,
+          value_parser = crate::load::mix::Mix::parse)]
+    pub mix: crate::load::mix::Mix,
+
+    /// Products to create for the run
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub products: u32,
+
+    /// Initial stock of each product created
+    #[arg(long, value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(i32).range(0..=1_000_000_000))]
+    pub stock: i32,
+
+    /// Order these existing products instead of creating some (ids, comma-separated)
+    #[arg(long, value_name = "ID[,ID…]", value_delimiter = ',')]
+    pub use_products: Vec<i64>,
+
+    /// Exit 1 when errors and requests not sent exceed this share (0–1)
+    #[arg(long, value_name = "SHARE", default_value_t = 0.01)]
+    pub max_error_rate: f64,
+
+    /// After the load, wait for the pipeline to settle and check the stock invariant
+    #[arg(long)]
+    pub verify: bool,
+
+    /// How long --verify waits for the lines to leave EN_ATTENTE, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = positive)]
+    pub settle_timeout: f64,
+
+    /// Seed of the operation choices (the same seed replays the same choices)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Bearer token for deployments with auth.mode = jwt (products:read,
+    /// products:write, orders:read, orders:write)
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "ORDERSYS_LOAD_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Seconds between two lines of the plain view (when not on a terminal)
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = positive)]
+    pub report_every: f64,
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a number above 0")),
+    }
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> crate::load::Options {
+        crate::load::Options {
+            products_url: self.products_url.clone(),
+            orders_url: self.orders_url.clone(),
+            rate: self.rate,
+            duration: std::time::Duration::from_secs_f64(self.duration),
+            concurrency: self.concurrency as usize,
+            mix: self.mix.clone(),
+            products: self.products as usize,
+            stock: self.stock,
+            use_products: self.use_products.clone(),
+            max_error_rate: self.max_error_rate,
+            verify: self.verify,
+            settle_timeout: std::time::Duration::from_secs_f64(self.settle_timeout),
+            seed: self.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            }),
+            token: self.token.clone(),
+            report_every: std::time::Duration::from_secs_f64(self.report_every),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

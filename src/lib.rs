@@ -27,6 +27,7 @@ pub mod db;
 pub mod dependencies;
 pub mod domain;
 pub mod http;
+pub mod load;
 pub mod logging;
 pub mod messages;
 pub mod metrics;

@@ -15,6 +15,10 @@ fn main() -> ExitCode {
         logging::init(LogFormat::Text);
         return probe(args.url.as_deref());
     }
+    if let Command::Load(args) = &cli.command {
+        logging::init(LogFormat::Text);
+        return load(args);
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -35,7 +39,9 @@ fn main() -> ExitCode {
 fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
     let modes = match command {
         Command::Migrate => return migrate(&settings),
-        Command::Probe(_) => unreachable!("handled before settings are loaded"),
+        Command::Probe(_) | Command::Load(_) => {
+            unreachable!("handled before settings are loaded")
+        }
         Command::Token(args) => return token(&settings, &args),
         Command::Orders(args) => vec![(
             Mode::Orders,
@@ -94,6 +100,47 @@ fn probe(url: Option<&str>) -> ExitCode {
     }
     eprintln!("ordersys probe: {last}");
     ExitCode::FAILURE
+}
+
+/// `ordersys load`: the live view on standard error, the summary on
+/// standard output; exit 1 when the run fails its thresholds.
+fn load(args: &ordersys::cli::LoadArgs) -> ExitCode {
+    let options = args.options();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ordersys load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ordersys::load::run(&options)) {
+        Ok(report) => {
+            print!(
+                "{}",
+                ordersys::load::stats::summary(&report.stats, report.elapsed, options.rate)
+            );
+            if let Some(v) = &report.verified {
+                println!("{}", v.describe());
+            }
+            if report.passed(&options) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "ordersys load: failed (error rate {:.3}% > {:.3}%, or the stock check failed)",
+                    report.stats.error_rate() * 100.0,
+                    options.max_error_rate * 100.0
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ordersys load: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `ordersys token`: a token on stdout, nothing else.

@@ -85,6 +85,15 @@ scenario_compose() {
   log "compose: the walkthrough through the published ports"
   walkthrough "$products_url" "$orders_url"
 
+  log "compose: ordersys load (the profile's service), with --verify"
+  local load_out
+  load_out=$("${compose[@]}" --profile load run --rm --no-deps load \
+    --rate 100 --duration 5 --report-every 1 --verify 2>&1) ||
+    fail "ordersys load failed: $load_out"
+  grep -q '^all ' <<<"$load_out" || fail "no summary from ordersys load: $load_out"
+  grep -q 'the stock invariant holds' <<<"$load_out" || fail "ordersys load --verify: $load_out"
+  summary "load: $(grep '^achieved' <<<"$load_out"); $(grep '^verify' <<<"$load_out")"
+
   log "compose: --scale worker=4"
   "${compose[@]}" up -d --wait --no-recreate --scale worker=4 worker
   local workers

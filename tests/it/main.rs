@@ -7,6 +7,7 @@ use ordersys_testkit as common;
 mod faults;
 mod flow;
 mod hostile;
+mod load;
 mod migrations;
 mod openapi;
 mod orders;

@@ -1,0 +1,337 @@
+//! `ordersys load`: a steady, open-loop load on a running ordersys — local,
+//! compose or Swarm — with a live view and a closing summary.
+//!
+//! - **Open loop.** Request n is due at `start + n / rate`, whether or not
+//!   earlier ones have answered; its latency is measured from that time, so
+//!   a slow server cannot hide its delays (no coordinated omission). When
+//!   `concurrency` requests are already in flight a due request is not
+//!   sent, and counted (`over_cap`), never silently absorbed.
+//! - **Its own data.** It creates its products (or uses the ones given) and
+//!   only ever touches them and the orders and lines it created, so it is
+//!   safe against a system holding other data.
+//! - **`--verify`.** Afterwards it waits until none of its lines is
+//!   `EN_ATTENTE`, then checks the stock invariant for its products:
+//!   stock = initial − Σ quantite of their `RESERVE` lines.
+
+pub mod mix;
+mod pool;
+pub mod stats;
+mod verify;
+
+use anyhow::Context;
+use mix::{Mix, Op, Rng};
+use pool::{Pool, Prepared};
+use reqwest::Method;
+use serde_json::{json, Value};
+use stats::Stats;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use verify::Verified;
+
+/// What a run does (the command line's `ordersys load`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub products_url: String,
+    pub orders_url: String,
+    /// Requests per second.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Requests in flight at most.
+    pub concurrency: usize,
+    pub mix: Mix,
+    /// Products to create (when `use_products` is empty), each with `stock`.
+    pub products: usize,
+    pub stock: i32,
+    /// Existing products to order instead (their stock is read at start).
+    pub use_products: Vec<i64>,
+    /// Exit non-zero above this share of errors (and requests not sent).
+    pub max_error_rate: f64,
+    pub verify: bool,
+    pub settle_timeout: Duration,
+    pub seed: u64,
+    /// Sent as `Authorization: Bearer …` (deployments with `auth.mode = jwt`).
+    pub token: Option<String>,
+    /// How often the plain (non-terminal) view prints a line.
+    pub report_every: Duration,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    pub stats: Stats,
+    pub elapsed: Duration,
+    pub verified: Option<Verified>,
+    /// What the server holds of this run: orders and lines created.
+    pub orders_created: Vec<i64>,
+    pub lines_created: usize,
+}
+
+impl Report {
+    /// Whether the run passes: error rate within bounds, invariant held.
+    pub fn passed(&self, options: &Options) -> bool {
+        self.stats.error_rate() <= options.max_error_rate
+            && self.verified.as_ref().is_none_or(|v| v.holds())
+    }
+}
+
+/// The HTTP side: one client, both base URLs.
+#[derive(Clone)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    products: String,
+    orders: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(options: &Options) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(options.concurrency)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Api {
+            http,
+            products: options.products_url.trim_end_matches('/').to_owned(),
+            orders: options.orders_url.trim_end_matches('/').to_owned(),
+            token: options.token.clone(),
+        })
+    }
+
+    /// Sends one request: the status (0 when no answer came) and the body.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: String,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        match request.send().await {
+            Ok(answer) => {
+                let status = answer.status().as_u16();
+                (status, answer.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub(crate) fn product(&self, path: &str) -> String {
+        format!("{}{path}", self.products)
+    }
+
+    pub(crate) fn order(&self, path: &str) -> String {
+        format!("{}{path}", self.orders)
+    }
+}
+
+/// Runs the load; the live view goes to standard error.
+pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    let api = Api::new(options)?;
+    let products = setup(&api, options).await?;
+    let pool = Arc::new(Mutex::new(Pool::new(products.keys().copied().collect())));
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let window = Arc::new(Mutex::new(Stats::default()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(options.concurrency));
+    let view = View::new(options);
+    let total = (options.rate * options.duration.as_secs_f64()).round() as u64;
+    let period = Duration::from_secs_f64(1.0 / options.rate);
+    let mut rng = Rng::new(options.seed);
+    let start = tokio::time::Instant::now();
+    let mut next_report = view.every;
+    for n in 0..total {
+        let due = start + period.mul_f64(n as f64);
+        tokio::time::sleep_until(due).await;
+        let elapsed = start.elapsed();
+        if elapsed >= next_report {
+            next_report += view.every;
+            let window = std::mem::take(&mut *window.lock().expect("window"));
+            view.tick(elapsed, &stats.lock().expect("stats"), &window);
+        }
+        let Ok(permit) = gate.clone().try_acquire_owned() else {
+            stats.lock().expect("stats").over_cap += 1;
+            continue;
+        };
+        let op = options.mix.pick(rng.next_u64());
+        let prepared = pool.lock().expect("pool").prepare(op, &mut rng);
+        let (api, pool, stats, window) = (api.clone(), pool.clone(), stats.clone(), window.clone());
+        tokio::spawn(async move {
+            let (status, body) = send(&api, &prepared).await;
+            let latency = due.elapsed();
+            pool.lock().expect("pool").settle(&prepared, status, &body);
+            stats
+                .lock()
+                .expect("stats")
+                .record(prepared.op, status, latency);
+            window
+                .lock()
+                .expect("window")
+                .record(prepared.op, status, latency);
+            drop(permit);
+        });
+    }
+    // Every request in flight answers (or times out) before the summary.
+    let _all = gate
+        .acquire_many(options.concurrency as u32)
+        .await
+        .context("the request gate closed")?;
+    let elapsed = start.elapsed();
+    view.finish();
+    let stats = stats.lock().expect("stats").clone();
+    let (orders_created, lines_created) = {
+        let pool = pool.lock().expect("pool");
+        (pool.orders_created.clone(), pool.lines_created)
+    };
+    let verified = if options.verify {
+        Some(
+            verify::settle_and_check(&api, &products, &orders_created, options.settle_timeout)
+                .await?,
+        )
+    } else {
+        None
+    };
+    Ok(Report {
+        stats,
+        elapsed,
+        verified,
+        orders_created,
+        lines_created,
+    })
+}
+
+/// The products the run orders, with their stock at start.
+async fn setup(
+    api: &Api,
+    options: &Options,
+) -> anyhow::Result<std::collections::BTreeMap<i64, i64>> {
+    let mut products = std::collections::BTreeMap::new();
+    if options.use_products.is_empty() {
+        let tag = format!("{:08x}", options.seed as u32);
+        for i in 0..options.products {
+            let body = json!({"nom": format!("load {tag} #{i}"), "prix": 1.25, "quantite_en_stock": options.stock});
+            let (status, answer) = api
+                .send(Method::POST, api.product("/produits/"), Some(body))
+                .await;
+            anyhow::ensure!(
+                status == 201,
+                "cannot create a product at {}: {}",
+                api.product("/produits/"),
+                if status == 0 {
+                    "no answer".to_owned()
+                } else {
+                    format!("{status} {answer}")
+                }
+            );
+            let id = answer["id"]
+                .as_i64()
+                .context("the created product has no id")?;
+            products.insert(id, i64::from(options.stock));
+        }
+    } else {
+        for id in &options.use_products {
+            let (status, answer) = api
+                .send(Method::GET, api.product(&format!("/produits/{id}")), None)
+                .await;
+            anyhow::ensure!(status == 200, "product {id}: {status} {answer}");
+            let stock = answer["quantite_en_stock"]
+                .as_i64()
+                .context("a product has its stock")?;
+            products.insert(*id, stock);
+        }
+    }
+    Ok(products)
+}
+
+async fn send(api: &Api, prepared: &Prepared) -> (u16, Value) {
+    let (method, url, body) = match prepared.op {
+        Op::ReadProduct => (
+            Method::GET,
+            api.product(&format!("/produits/{}", prepared.product)),
+            None,
+        ),
+        Op::ReadOrder => (
+            Method::GET,
+            api.order(&format!("/commandes/{}", prepared.order)),
+            None,
+        ),
+        Op::CreateOrder => (Method::POST, api.order("/commandes"), Some(json!({}))),
+        Op::CreateLine => (
+            Method::POST,
+            api.order("/commandes-produits"),
+            Some(
+                json!({"commande_id": prepared.order, "produit_id": prepared.product, "quantite": prepared.quantite}),
+            ),
+        ),
+        Op::ChangeQuantity => (
+            Method::PUT,
+            api.order(&format!("/commandes-produits/{}", prepared.line)),
+            Some(json!({"quantite": prepared.quantite})),
+        ),
+        Op::ChangeProduct => (
+            Method::PUT,
+            api.order(&format!("/commandes-produits/{}", prepared.line)),
+            Some(json!({"produit_id": prepared.product})),
+        ),
+        Op::DeleteLine => (
+            Method::DELETE,
+            api.order(&format!("/commandes-produits/{}", prepared.line)),
+            None,
+        ),
+        Op::CancelOrder => (
+            Method::PUT,
+            api.order(&format!("/commandes/{}", prepared.order)),
+            Some(json!({"statut": "ANNULEE"})),
+        ),
+    };
+    api.send(method, url, body).await
+}
+
+/// The live view: a progress bar on a terminal, else one plain line every
+/// `report_every`.
+struct View {
+    bar: Option<indicatif::ProgressBar>,
+    /// How often it shows: every second on a terminal, else `report_every`.
+    every: Duration,
+}
+
+impl View {
+    fn new(options: &Options) -> View {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(options.duration.as_secs().max(1));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len}s {msg}")
+                    .expect("a valid template"),
+            );
+            bar
+        });
+        let every = match bar {
+            Some(_) => Duration::from_secs(1),
+            None => options.report_every,
+        };
+        View { bar, every }
+    }
+
+    fn tick(&self, elapsed: Duration, total: &Stats, window: &Stats) {
+        let line = stats::progress_line(elapsed, total, window);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(elapsed.as_secs());
+                bar.set_message(line);
+            }
+            None => eprintln!("load: {line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `--verify`: wait for the pipeline to settle on the run's lines, then
+//! check the stock invariant of its products, through the APIs only.
+
+use super::Api;
+use reqwest::Method;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// What the check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// How long after the load every line had left `EN_ATTENTE`.
+    pub settled_in: Duration,
+    /// Products checked, and those whose stock is not what their lines say:
+    /// (product, stock, expected).
+    pub products: usize,
+    pub mismatches: Vec<(i64, i64, i64)>,
+    /// Lines still `EN_ATTENTE` when `settle_timeout` ran out.
+    pub pending: usize,
+}
+
+impl Verified {
+    pub fn holds(&self) -> bool {
+        self.pending == 0 && self.mismatches.is_empty()
+    }
+
+    /// One line: `verify: settled in 1.2s; the stock invariant holds for 20
+    /// products` (or what failed).
+    pub fn describe(&self) -> String {
+        if self.pending > 0 {
+            return format!(
+                "verify: FAILED: {} line(s) still EN_ATTENTE after {:.1}s",
+                self.pending,
+                self.settled_in.as_secs_f64()
+            );
+        }
+        if !self.mismatches.is_empty() {
+            let what: Vec<String> = self
+                .mismatches
+                .iter()
+                .map(|(p, s, e)| format!("product {p}: stock {s}, expected {e}"))
+                .collect();
+            return format!("verify: FAILED: {}", what.join("; "));
+        }
+        format!(
+            "verify: settled in {:.1}s; the stock invariant holds for {} products",
+            self.settled_in.as_secs_f64(),
+            self.products
+        )
+    }
+}
+
+pub async fn settle_and_check(
+    api: &Api,
+    products: &BTreeMap<i64, i64>,
+    orders: &[i64],
+    timeout: Duration,
+) -> anyhow::Result<Verified> {
+    let started = Instant::now();
+    loop {
+        // Σ quantite of RESERVE lines by product, and lines still waiting.
+        let mut reserved: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut pending = 0;
+        for order in orders {
+            let (status, body) = api
+                .send(Method::GET, api.order(&format!("/commandes/{order}")), None)
+                .await;
+            anyhow::ensure!(status == 200, "order {order}: {status} {body}");
+            for line in body["lignes"].as_array().into_iter().flatten() {
+                match line["statut_stock"].as_str() {
+                    Some("EN_ATTENTE") => pending += 1,
+                    Some("RESERVE") => {
+                        let product = line["produit_id"].as_i64().unwrap_or_default();
+                        *reserved.entry(product).or_default() +=
+                            line["quantite"].as_i64().unwrap_or_default();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let settled_in = started.elapsed();
+        if pending > 0 && settled_in < timeout {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let mut mismatches = Vec::new();
+        for (product, initial) in products {
+            let (status, body) = api
+                .send(
+                    Method::GET,
+                    api.product(&format!("/produits/{product}")),
+                    None,
+                )
+                .await;
+            anyhow::ensure!(status == 200, "product {product}: {status} {body}");
+            let stock = body["quantite_en_stock"].as_i64().unwrap_or(-1);
+            let expected = initial - reserved.get(product).copied().unwrap_or_default();
+            if stock != expected {
+                mismatches.push((*product, stock, expected));
+            }
+        }
+        return Ok(Verified {
+            settled_in,
+            products: products.len(),
+            mismatches,
+            pending,
+        });
+    }
+}

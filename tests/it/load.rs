@@ -1,0 +1,176 @@
+//! `ordersys load` against services on the real PostgreSQL and RabbitMQ:
+//! what it counts as done is on the server, `--verify` finds the invariant
+//! holding, a service stopped mid-run shows as errors by status, and the
+//! plain output parses.
+
+use crate::common::process::{binary, Process};
+use crate::common::TestApp;
+use ordersys::load::mix::{Mix, Op, DEFAULT_MIX};
+use ordersys::load::{self, Options};
+use std::time::Duration;
+
+fn options_for(app_products: &str, app_orders: &str) -> Options {
+    Options {
+        products_url: app_products.to_owned(),
+        orders_url: app_orders.to_owned(),
+        rate: 150.0,
+        duration: Duration::from_secs(3),
+        concurrency: 64,
+        mix: Mix::parse(DEFAULT_MIX).unwrap(),
+        products: 5,
+        stock: 1_000_000,
+        use_products: Vec::new(),
+        max_error_rate: 0.0,
+        verify: true,
+        settle_timeout: Duration::from_secs(60),
+        seed: 42,
+        token: None,
+        report_every: Duration::from_secs(1),
+    }
+}
+
+fn ok(report: &load::Report, op: Op) -> i64 {
+    report.stats.ops.get(&op).map_or(0, |s| {
+        s.statuses
+            .iter()
+            .filter(|(st, _)| (200..300).contains(*st))
+            .map(|(_, n)| *n)
+            .sum::<u64>() as i64
+    })
+}
+
+#[tokio::test]
+async fn what_the_load_counts_as_done_is_on_the_server_and_the_stock_adds_up() {
+    let app = TestApp::with_worker().await;
+    let options = options_for(&app.products_server.url(""), &app.orders_server.url(""));
+    let report = load::run(&options).await.expect("the load runs");
+    assert_eq!(
+        report.stats.count() + report.stats.over_cap,
+        450,
+        "every scheduled request"
+    );
+    assert_eq!(
+        report.stats.errors(),
+        0,
+        "{}",
+        report.stats.errors_by_status()
+    );
+    let db = |sql: &str| app.db.count(sql);
+    assert_eq!(db("SELECT count(*) AS n FROM produits"), 5);
+    assert_eq!(
+        db("SELECT count(*) AS n FROM commandes"),
+        ok(&report, Op::CreateOrder)
+    );
+    assert_eq!(
+        db("SELECT count(*) AS n FROM commandes WHERE statut = 'ANNULEE'"),
+        ok(&report, Op::CancelOrder)
+    );
+    assert_eq!(
+        db("SELECT count(*) AS n FROM commandes_produits"),
+        ok(&report, Op::CreateLine) - ok(&report, Op::DeleteLine)
+    );
+    assert!(ok(&report, Op::ChangeQuantity) > 0 && ok(&report, Op::ReadProduct) > 0);
+    let verified = report.verified.expect("verified");
+    assert!(verified.holds(), "{}", verified.describe());
+    assert_eq!(verified.products, 5);
+    // The database agrees with what --verify read through the APIs.
+    app.wait_until_settled(Duration::from_secs(30)).await;
+    assert_eq!(
+        db(
+            "SELECT count(*) AS n FROM produits p WHERE quantite_en_stock <> 1000000 - coalesce(\
+            (SELECT sum(quantite) FROM commandes_produits l \
+              WHERE l.produit_id = p.id AND l.statut_stock = 'RESERVE'), 0)"
+        ),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_service_stopped_mid_run_shows_as_errors_by_status() {
+    let app = TestApp::spawn().await;
+    let orders = Process::serve(&app.settings, "orders", &[]);
+    orders.wait_ready().await;
+    let mut options = options_for(
+        &app.products_server.url(""),
+        &format!("http://{}", orders.addr()),
+    );
+    options.verify = false;
+    options.duration = Duration::from_secs(4);
+    let run = tokio::spawn(async move { load::run(&options).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    orders.kill();
+    let report = run.await.unwrap().expect("the load runs to its end");
+    let by = report.stats.errors_by_status();
+    assert!(by.contains("no-answer×"), "{by}");
+    assert!(
+        ok(&report, Op::ReadProduct) > 0,
+        "the products API still answered"
+    );
+    assert!(report.stats.error_rate() > 0.0);
+    let strict = Options {
+        max_error_rate: 0.01,
+        ..options_for("http://unused", "http://unused")
+    };
+    assert!(!report.passed(&strict), "the run fails its threshold");
+}
+
+#[tokio::test]
+async fn the_command_prints_plain_progress_lines_and_a_summary_that_parse() {
+    let app = TestApp::with_worker().await;
+    let (products, orders) = (app.products_server.url(""), app.orders_server.url(""));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary())
+            .args([
+                "load",
+                "--products-url",
+                &products,
+                "--orders-url",
+                &orders,
+                "--rate",
+                "100",
+                "--duration",
+                "3",
+                "--report-every",
+                "1",
+                "--verify",
+                "--seed",
+                "7",
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("ordersys load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("load: t="))
+        .collect();
+    assert!(progress.len() >= 2, "{stderr}");
+    for line in &progress {
+        let fields: Vec<&str> = line["load: ".len()..].split(' ').collect();
+        let keys: Vec<&str> = fields
+            .iter()
+            .map(|f| f.split('=').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["t", "sent", "rate", "errors", "p50", "p99", "over_cap"],
+            "{line}"
+        );
+    }
+    let all = stdout
+        .lines()
+        .find(|l| l.starts_with("all "))
+        .expect("a total row");
+    let count: u64 = all.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(count, 300, "{stdout}");
+    assert!(stdout.contains("achieved "), "{stdout}");
+    assert!(stdout.contains("verify: settled in"), "{stdout}");
+    assert!(
+        stdout.contains("the stock invariant holds for 20 products"),
+        "{stdout}"
+    );
+}
