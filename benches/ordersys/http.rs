@@ -5,7 +5,7 @@
 use crate::report::{verdict, Report};
 use crate::setup::{Bench, LoadOrders};
 use crate::sizes::target;
-use ordersys_testkit::http_load::{closed_loop, LoadResult};
+use ordersys::load::http::{closed_loop, LoadResult};
 use serde_json::json;
 use std::net::SocketAddr;
 

@@ -9,7 +9,7 @@ use crate::setup::{Bench, LoadOrders};
 use crate::sizes::{target, PACED_CONNECTIONS};
 use crate::sql::{count, seconds, until_applied};
 use diesel::PgConnection;
-use ordersys_testkit::http_load::{closed_loop, open_loop, Request};
+use ordersys::load::http::{closed_loop, open_loop, Request};
 use ordersys_testkit::process::Process;
 use serde_json::json;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 use crate::setup::Bench;
 use crate::sizes::CATALOG;
 use crate::sql::{count, until_applied};
-use ordersys_testkit::http_load::closed_loop;
+use ordersys::load::http::closed_loop;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -13,8 +13,10 @@
 //!   `EN_ATTENTE`, then checks the stock invariant for its products:
 //!   stock = initial − Σ quantite of their `RESERVE` lines.
 
+pub mod http;
 pub mod mix;
 mod pool;
+pub mod schedule;
 pub mod stats;
 mod verify;
 
@@ -139,52 +141,45 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let pool = Arc::new(Mutex::new(Pool::new(products.keys().copied().collect())));
     let stats = Arc::new(Mutex::new(Stats::default()));
     let window = Arc::new(Mutex::new(Stats::default()));
-    let gate = Arc::new(tokio::sync::Semaphore::new(options.concurrency));
     let view = View::new(options);
-    let total = (options.rate * options.duration.as_secs_f64()).round() as u64;
-    let period = Duration::from_secs_f64(1.0 / options.rate);
     let mut rng = Rng::new(options.seed);
-    let start = tokio::time::Instant::now();
     let mut next_report = view.every;
-    for n in 0..total {
-        let due = start + period.mul_f64(n as f64);
-        tokio::time::sleep_until(due).await;
-        let elapsed = start.elapsed();
-        if elapsed >= next_report {
-            next_report += view.every;
-            let window = std::mem::take(&mut *window.lock().expect("window"));
-            view.tick(elapsed, &stats.lock().expect("stats"), &window);
-        }
-        let Ok(permit) = gate.clone().try_acquire_owned() else {
-            stats.lock().expect("stats").over_cap += 1;
-            continue;
-        };
-        let op = options.mix.pick(rng.next_u64());
-        let prepared = pool.lock().expect("pool").prepare(op, &mut rng);
-        let (api, pool, stats, window) = (api.clone(), pool.clone(), stats.clone(), window.clone());
-        tokio::spawn(async move {
-            let (status, body) = send(&api, &prepared).await;
-            let latency = due.elapsed();
-            pool.lock().expect("pool").settle(&prepared, status, &body);
-            stats
-                .lock()
-                .expect("stats")
-                .record(prepared.op, status, latency);
-            window
-                .lock()
-                .expect("window")
-                .record(prepared.op, status, latency);
-            drop(permit);
-        });
-    }
-    // Every request in flight answers (or times out) before the summary.
-    let _all = gate
-        .acquire_many(options.concurrency as u32)
-        .await
-        .context("the request gate closed")?;
-    let elapsed = start.elapsed();
+    let ran = schedule::open_loop(
+        options.rate,
+        options.duration,
+        options.concurrency,
+        |_, due| {
+            let op = options.mix.pick(rng.next_u64());
+            let prepared = pool.lock().expect("pool").prepare(op, &mut rng);
+            let (api, pool, stats, window) =
+                (api.clone(), pool.clone(), stats.clone(), window.clone());
+            async move {
+                let (status, body) = send(&api, &prepared).await;
+                let latency = due.elapsed();
+                pool.lock().expect("pool").settle(&prepared, status, &body);
+                stats
+                    .lock()
+                    .expect("stats")
+                    .record(prepared.op, status, latency);
+                window
+                    .lock()
+                    .expect("window")
+                    .record(prepared.op, status, latency);
+            }
+        },
+        |elapsed| {
+            if elapsed >= next_report {
+                next_report += view.every;
+                let last = std::mem::take(&mut *window.lock().expect("window"));
+                view.tick(elapsed, &stats.lock().expect("stats"), &last);
+            }
+        },
+    )
+    .await;
+    let elapsed = ran.elapsed;
     view.finish();
-    let stats = stats.lock().expect("stats").clone();
+    let mut stats = stats.lock().expect("stats").clone();
+    stats.over_cap = ran.over_cap;
     let (orders_created, lines_created) = {
         let pool = pool.lock().expect("pool");
         (pool.orders_created.clone(), pool.lines_created)

@@ -129,6 +129,17 @@ scenario_swarm() {
   log "swarm: the walkthrough from a container on the overlay network"
   walkthrough http://products:8000 http://orders:8081
 
+  log "swarm: ordersys load from a container on the overlay network, with a token"
+  local load_token load_out
+  load_token=$(mint products:read,products:write,orders:read,orders:write) || fail "ordersys token failed"
+  load_out=$(docker run --rm --network "$network" --read-only --cap-drop ALL \
+    -e ORDERSYS_LOAD_TOKEN="$load_token" ordersys:ci-1 load \
+    --products-url http://products:8000 --orders-url http://orders:8081 \
+    --rate 100 --duration 5 --report-every 1 --verify 2>&1) || fail "ordersys load failed: $load_out"
+  grep -q '^all ' <<<"$load_out" || fail "no summary from ordersys load: $load_out"
+  grep -q 'the stock invariant holds' <<<"$load_out" || fail "ordersys load --verify: $load_out"
+  summary "load: $(grep '^achieved' <<<"$load_out"); $(grep '^verify' <<<"$load_out")"
+
   log "swarm: docker service scale ${stack}_worker=6"
   docker service scale "${stack}_worker=6" >/dev/null
   wait_until "6 worker tasks running" 120 eval '[ "$(running_tasks worker | wc -l)" = 6 ]'

@@ -8,7 +8,6 @@
 pub mod broker;
 pub mod browser;
 pub mod db;
-pub mod http_load;
 pub mod load;
 pub mod process;
 pub mod proxy;

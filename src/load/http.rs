@@ -1,7 +1,8 @@
-//! HTTP load for the benchmark: many keep-alive HTTP/1.1 connections (hyper,
-//! one per task), closed loop (each connection sends its next request when
-//! the last answered) or open loop (requests at a fixed rate), with every
-//! latency kept for percentiles.
+//! HTTP load at full speed, for the benchmark: many keep-alive HTTP/1.1
+//! connections (hyper), closed loop (each connection sends its next request
+//! when the last answered: the ceiling figures) or open loop (the project's
+//! one schedule, [`super::schedule`], over a pool of these connections),
+//! with every latency kept for percentiles.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -131,7 +132,10 @@ where
     gather(tasks.collect(), started).await
 }
 
-/// Requests at a fixed overall `rate` over `connections` for `secs`.
+/// Requests at a fixed overall `rate` for `secs`, at most `connections`
+/// in flight (each on a connection of its own, kept for the next), on the
+/// project's open-loop schedule: latencies count from each request's due
+/// time; requests due beyond the cap are errors (not sent).
 pub async fn open_loop<F>(
     addr: SocketAddr,
     connections: usize,
@@ -143,33 +147,43 @@ where
     F: Fn(usize, u64) -> Request + Send + Sync + 'static,
 {
     let request = Arc::new(request);
-    let period = Duration::from_secs_f64(connections as f64 / rate);
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let started = Instant::now();
-    let tasks = (0..connections).map(|task| {
-        let request = request.clone();
-        tokio::spawn(async move {
-            let mut result = LoadResult::default();
-            let Ok(mut conn) = Connection::open(addr).await else {
-                result.errors += 1;
-                return result;
-            };
-            let offset = period.mul_f64(task as f64 / connections as f64);
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for n in 0.. {
-                ticks.tick().await;
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let sent = Instant::now();
+    let idle: Arc<std::sync::Mutex<Vec<Connection>>> = Arc::default();
+    let result: Arc<std::sync::Mutex<LoadResult>> = Arc::default();
+    let ran = super::schedule::open_loop(
+        rate,
+        Duration::from_secs_f64(secs),
+        connections,
+        |n, due| {
+            let (request, idle, result) = (request.clone(), idle.clone(), result.clone());
+            async move {
+                let task = (n % connections as u64) as usize;
+                let conn = idle.lock().expect("idle connections").pop();
+                let conn = match conn {
+                    Some(conn) => Ok(conn),
+                    None => Connection::open(addr).await,
+                };
+                let Ok(mut conn) = conn else {
+                    result.lock().expect("result").errors += 1;
+                    return;
+                };
                 let answer = conn.send(&request(task, n)).await;
-                result.record(answer, sent);
+                let reusable = result
+                    .lock()
+                    .expect("result")
+                    .record(answer, due.into_std());
+                if reusable {
+                    idle.lock().expect("idle connections").push(conn);
+                }
             }
-            result
-        })
-    });
-    gather(tasks.collect(), started).await
+        },
+        |_| {},
+    )
+    .await;
+    let mut total = std::mem::take(&mut *result.lock().expect("result"));
+    total.errors += ran.over_cap;
+    total.elapsed = ran.elapsed.as_secs_f64();
+    total.latencies_us.sort_unstable();
+    total
 }
 
 /// Sums the connections' results.
