@@ -92,6 +92,9 @@ impl Api {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(options.concurrency)
+            // Below the servers' keep-alive (actix: 5 s), so that no request
+            // goes out on a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             .build()?;
         Ok(Api {
