@@ -47,7 +47,7 @@ pub enum Command {
     Load(LoadArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct LoadArgs {
     /// Base URL of the products API
     #[arg(
@@ -68,11 +68,11 @@ pub struct LoadArgs {
     pub orders_url: String,
 
     /// Requests per second, sent on schedule whether or not earlier ones answered
-    #[arg(long, value_name = "N", default_value_t = 200.0, value_parser = positive)]
+    #[arg(long, value_name = "N", default_value_t = 200.0, value_parser = rate)]
     pub rate: f64,
 
     /// How long to send, in seconds
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = seconds)]
     pub duration: f64,
 
     /// Requests in flight at most; a request due beyond it is not sent, and counted
@@ -96,12 +96,13 @@ pub struct LoadArgs {
           value_parser = clap::value_parser!(i32).range(0..=1_000_000_000))]
     pub stock: i32,
 
-    /// Order these existing products instead of creating some (ids, comma-separated)
+    /// Order these existing products instead of creating some (ids,
+    /// comma-separated; --verify assumes no one else orders them meanwhile)
     #[arg(long, value_name = "ID[,ID…]", value_delimiter = ',')]
     pub use_products: Vec<i64>,
 
     /// Exit 1 when errors and requests not sent exceed this share (0–1)
-    #[arg(long, value_name = "SHARE", default_value_t = 0.01)]
+    #[arg(long, value_name = "SHARE", default_value_t = 0.01, value_parser = share)]
     pub max_error_rate: f64,
 
     /// After the load, wait for the pipeline to settle and check the stock invariant
@@ -109,10 +110,12 @@ pub struct LoadArgs {
     pub verify: bool,
 
     /// How long --verify waits for the lines to leave EN_ATTENTE, in seconds
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = positive)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = seconds)]
     pub settle_timeout: f64,
 
-    /// Seed of the operation choices (the same seed replays the same choices)
+    /// Seed of the operation choices (printed at start; the same seed draws
+    /// the same sequence, though which requests find their target busy
+    /// depends on timing)
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
@@ -127,14 +130,44 @@ pub struct LoadArgs {
     pub token: Option<String>,
 
     /// Seconds between two lines of the plain view (when not on a terminal)
-    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = positive)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
     pub report_every: f64,
 }
 
-fn positive(text: &str) -> Result<f64, String> {
+fn number_in(text: &str, min: f64, max: f64) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("{text:?} is not a number above 0")),
+        Ok(v) if v.is_finite() && v >= min && v <= max => Ok(v),
+        _ => Err(format!("{text:?} is not a number from {min} to {max}")),
+    }
+}
+
+/// Requests per second: 0.01 to 1,000,000.
+fn rate(text: &str) -> Result<f64, String> {
+    number_in(text, 0.01, 1_000_000.0)
+}
+
+/// A duration in seconds: 0.01 s to 30 days.
+fn seconds(text: &str) -> Result<f64, String> {
+    number_in(text, 0.01, 2_592_000.0)
+}
+
+/// A share, 0 to 1.
+fn share(text: &str) -> Result<f64, String> {
+    number_in(text, 0.0, 1.0)
+}
+
+/// The token stays out of debug output.
+impl std::fmt::Debug for LoadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadArgs")
+            .field("products_url", &self.products_url)
+            .field("orders_url", &self.orders_url)
+            .field("rate", &self.rate)
+            .field("duration", &self.duration)
+            .field("concurrency", &self.concurrency)
+            .field("verify", &self.verify)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -241,6 +274,31 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn load_flags_are_bounded() {
+        let cli = Cli::parse_from(["ordersys", "load", "--rate", "50", "--mix", "read_order=1"]);
+        let Command::Load(load) = cli.command else {
+            panic!("load parses")
+        };
+        assert_eq!(
+            (load.rate, load.duration, load.concurrency),
+            (50.0, 30.0, 256)
+        );
+        for bad in [
+            ["--rate", "0"],
+            ["--rate", "1e30"],
+            ["--duration", "NaN"],
+            ["--settle-timeout", "1e30"],
+            ["--max-error-rate", "2"],
+            ["--max-error-rate", "-0.1"],
+            ["--concurrency", "0"],
+            ["--mix", "sell=1"],
+        ] {
+            let args = ["ordersys", "load", bad[0], bad[1]];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

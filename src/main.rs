@@ -113,14 +113,19 @@ fn load(args: &ordersys::cli::LoadArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("ordersys load: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     match runtime.block_on(ordersys::load::run(&options)) {
         Ok(report) => {
             print!(
                 "{}",
-                ordersys::load::stats::summary(&report.stats, report.elapsed, options.rate)
+                ordersys::load::stats::summary(
+                    &report.stats,
+                    report.span,
+                    report.elapsed,
+                    options.rate
+                )
             );
             if let Some(v) = &report.verified {
                 println!("{}", v.describe());

@@ -15,6 +15,10 @@
 //! 4. the ceilings ([`ceilings`]): the broker alone, the database alone;
 //! 5. each process's peak RSS.
 //!
+//! The load is the project's one generator, `ordersys::load`: its HTTP
+//! connections (closed loop for the ceilings) and the open-loop schedule of
+//! `ordersys load` (the paced pipeline step).
+//!
 //! Then it checks the stock invariant, prints one table ([`report`]) and
 //! writes it, with the machine's description, to docs/benchmarks.md.
 //!

@@ -100,8 +100,9 @@ pub async fn paced(bench: &mut Bench, report: &mut Report, rate: f64, catalog: &
     report.add(
         &format!("pipeline latency at {half:.0} changes/s (half), accepted → applied"),
         format!(
-            "p50 {p50:.1} ms, p99 {p99:.1} ms ({} requests, HTTP p99 {:.2} ms)",
+            "p50 {p50:.1} ms, p99 {p99:.1} ms ({} requests, {} errors or not sent, HTTP p99 {:.2} ms from the due time)",
             load.ok,
+            load.errors,
             load.percentile_ms(99.0)
         ),
         None,

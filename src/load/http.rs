@@ -34,6 +34,11 @@ impl Connection {
         })
     }
 
+    /// Whether the server closed it.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Sends one request and reads the whole answer: (status, body).
     pub async fn send(&mut self, (method, path, body): &Request) -> anyhow::Result<(u16, Bytes)> {
         let mut request = hyper::Request::builder()
@@ -157,7 +162,11 @@ where
             let (request, idle, result) = (request.clone(), idle.clone(), result.clone());
             async move {
                 let task = (n % connections as u64) as usize;
-                let conn = idle.lock().expect("idle connections").pop();
+                // One the server closed meanwhile (keep-alive) is dropped.
+                let conn = {
+                    let mut idle = idle.lock().expect("idle connections");
+                    std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+                };
                 let conn = match conn {
                     Some(conn) => Ok(conn),
                     None => Connection::open(addr).await,
@@ -176,7 +185,7 @@ where
                 }
             }
         },
-        |_| {},
+        |_, _| {},
     )
     .await;
     let mut total = std::mem::take(&mut *result.lock().expect("result"));

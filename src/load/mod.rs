@@ -32,8 +32,9 @@ use std::time::Duration;
 
 pub use verify::Verified;
 
-/// What a run does (the command line's `ordersys load`).
-#[derive(Debug, Clone)]
+/// What a run does (the command line's `ordersys load`). Not `Debug`: it
+/// holds the token.
+#[derive(Clone)]
 pub struct Options {
     pub products_url: String,
     pub orders_url: String,
@@ -63,7 +64,10 @@ pub struct Options {
 #[derive(Debug)]
 pub struct Report {
     pub stats: Stats,
+    /// From the first due time to the last answer.
     pub elapsed: Duration,
+    /// From the first due time to the last.
+    pub span: Duration,
     pub verified: Option<Verified>,
     /// What the server holds of this run: orders and lines created.
     pub orders_created: Vec<i64>,
@@ -141,6 +145,15 @@ impl Api {
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let api = Api::new(options)?;
     let products = setup(&api, options).await?;
+    anyhow::ensure!(!products.is_empty(), "no product to order");
+    eprintln!(
+        "load: {} products, {:.1} req/s for {:.0}s, at most {} in flight, seed {}",
+        products.len(),
+        options.rate,
+        options.duration.as_secs_f64(),
+        options.concurrency,
+        options.seed
+    );
     let pool = Arc::new(Mutex::new(Pool::new(products.keys().copied().collect())));
     let stats = Arc::new(Mutex::new(Stats::default()));
     let window = Arc::new(Mutex::new(Stats::default()));
@@ -170,16 +183,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
                     .record(prepared.op, status, latency);
             }
         },
-        |elapsed| {
+        |elapsed, so_far| {
             if elapsed >= next_report {
-                next_report += view.every;
+                next_report = elapsed + view.every;
                 let last = std::mem::take(&mut *window.lock().expect("window"));
-                view.tick(elapsed, &stats.lock().expect("stats"), &last);
+                view.tick(elapsed, so_far, &stats.lock().expect("stats"), &last);
             }
         },
     )
     .await;
     let elapsed = ran.elapsed;
+    let span = ran.span;
     view.finish();
     let mut stats = stats.lock().expect("stats").clone();
     stats.over_cap = ran.over_cap;
@@ -190,7 +204,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let verified = if options.verify {
         Some(
             verify::settle_and_check(&api, &products, &orders_created, options.settle_timeout)
-                .await?,
+                .await,
         )
     } else {
         None
@@ -198,6 +212,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     Ok(Report {
         stats,
         elapsed,
+        span,
         verified,
         orders_created,
         lines_created,
@@ -316,8 +331,8 @@ impl View {
         View { bar, every }
     }
 
-    fn tick(&self, elapsed: Duration, total: &Stats, window: &Stats) {
-        let line = stats::progress_line(elapsed, total, window);
+    fn tick(&self, elapsed: Duration, so_far: &schedule::Ran, total: &Stats, window: &Stats) {
+        let line = stats::progress_line(elapsed, so_far.sent, so_far.over_cap, total, window);
         match &self.bar {
             Some(bar) => {
                 bar.set_position(elapsed.as_secs());

@@ -6,8 +6,8 @@ use super::mix::{fallback, Op, Rng};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
-/// An order holds at most 100 lines: the load stops adding at this many.
-const LINES_PER_ORDER: usize = 50;
+/// The load stops adding lines to an order at half what one may hold.
+const LINES_PER_ORDER: usize = crate::domain::limits::LINES_PER_ORDER_MAX as usize / 2;
 
 /// One request, with its targets chosen.
 #[derive(Debug, Clone)]
@@ -104,10 +104,7 @@ impl Pool {
             }
             Op::ReadProduct | Op::CreateOrder => {}
         }
-        if matches!(
-            op,
-            Op::CreateLine | Op::ChangeQuantity | Op::ChangeProduct | Op::DeleteLine
-        ) {
+        if holds_its_order(op) {
             *self.busy_orders.entry(prepared.order).or_default() += 1;
         }
         if prepared.line != 0 {

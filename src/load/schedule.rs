@@ -19,17 +19,19 @@ pub struct Ran {
     pub over_cap: u64,
     /// From the first due time to the last answer.
     pub elapsed: Duration,
+    /// From the first due time to the last (the schedule's span).
+    pub span: Duration,
 }
 
 /// Runs the schedule: `fire(n, due)` gives request n's future (sent on a
-/// task of its own); `tick(elapsed)` is called at every due time, for a
-/// live view. Returns once every request sent has finished.
+/// task of its own); `tick(elapsed, so_far)` is called at every due time,
+/// for a live view. Returns once every request sent has finished.
 pub async fn open_loop<F, Fut>(
     rate: f64,
     duration: Duration,
     concurrency: usize,
     mut fire: F,
-    mut tick: impl FnMut(Duration),
+    mut tick: impl FnMut(Duration, &Ran),
 ) -> Ran
 where
     F: FnMut(u64, Instant) -> Fut,
@@ -43,11 +45,13 @@ where
         sent: 0,
         over_cap: 0,
         elapsed: Duration::ZERO,
+        span: Duration::ZERO,
     };
     for n in 0..total {
         let due = start + period.mul_f64(n as f64);
         tokio::time::sleep_until(due).await;
-        tick(start.elapsed());
+        ran.span = due - start;
+        tick(start.elapsed(), &ran);
         let Ok(permit) = gate.clone().try_acquire_owned() else {
             ran.over_cap += 1;
             continue;
@@ -92,7 +96,7 @@ mod tests {
                     answered.fetch_add(1, Ordering::Relaxed);
                 }
             },
-            |_| {},
+            |_, _| {},
         )
         .await;
         assert_eq!(ran.sent + ran.over_cap, 100);

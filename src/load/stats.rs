@@ -130,9 +130,16 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-/// One progress line: `t=5.0s sent=1000 rate=200.0/s errors=none p50=1.2ms
-/// p99=4.5ms over_cap=0` (p50/p99 of `window`, the last seconds).
-pub fn progress_line(elapsed: Duration, total: &Stats, window: &Stats) -> String {
+/// One progress line: `t=5.0s sent=1000 done=998 rate=199.6/s errors=none
+/// p50=1.2ms p99=4.5ms over_cap=0`: requests sent, answered (or failed),
+/// the answer rate, and p50/p99 of `window` (the last seconds).
+pub fn progress_line(
+    elapsed: Duration,
+    sent: u64,
+    over_cap: u64,
+    total: &Stats,
+    window: &Stats,
+) -> String {
     let last = window.all_latencies();
     let secs = elapsed.as_secs_f64();
     let (p50, p99) = if last.is_empty() {
@@ -144,17 +151,18 @@ pub fn progress_line(elapsed: Duration, total: &Stats, window: &Stats) -> String
         )
     };
     format!(
-        "t={secs:.1}s sent={} rate={:.1}/s errors={} p50={p50} p99={p99} over_cap={}",
+        "t={secs:.1}s sent={sent} done={} rate={:.1}/s errors={} p50={p50} p99={p99} over_cap={over_cap}",
         total.count(),
         total.count() as f64 / secs.max(1e-9),
         total.errors_by_status(),
-        total.over_cap,
     )
 }
 
 /// The closing table: per operation, count, errors by status and
-/// p50/p90/p99/max; then the totals.
-pub fn summary(stats: &Stats, elapsed: Duration, target_rate: f64) -> String {
+/// p50/p90/p99/max; then the totals: requests sent per second of the
+/// schedule's `span`, and how long the last answers took after it
+/// (`elapsed` is from the first due time to the last answer).
+pub fn summary(stats: &Stats, span: Duration, elapsed: Duration, target_rate: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -201,11 +209,16 @@ pub fn summary(stats: &Stats, elapsed: Duration, target_rate: f64) -> String {
         stats.errors(),
         &stats.errors_by_status(),
     );
-    let secs = elapsed.as_secs_f64().max(1e-9);
+    // The schedule's span runs from the first due time to the last: one
+    // period short of the duration.
+    let period =
+        span.as_secs_f64() / (stats.count() + stats.over_cap).saturating_sub(1).max(1) as f64;
+    let secs = (span.as_secs_f64() + period).max(1e-9);
     let _ = writeln!(
         out,
-        "achieved {:.1} req/s of {target_rate:.1} targeted over {secs:.1}s; {} not sent (concurrency cap); error rate {:.3}%",
+        "achieved {:.1} req/s of {target_rate:.1} targeted over {secs:.1}s (last answer {:.2}s after the last send); {} not sent (concurrency cap); error rate {:.3}%",
         stats.count() as f64 / secs,
+        (elapsed.as_secs_f64() - span.as_secs_f64()).max(0.0),
         stats.over_cap,
         stats.error_rate() * 100.0,
     );
@@ -243,7 +256,12 @@ mod tests {
         for i in 1..=100 {
             stats.record(Op::ReadOrder, 200, Duration::from_millis(i));
         }
-        let text = summary(&stats, Duration::from_secs(10), 12.0);
+        let text = summary(
+            &stats,
+            Duration::from_millis(9_900),
+            Duration::from_secs(10),
+            12.0,
+        );
         let row = text.lines().find(|l| l.starts_with("read_order")).unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(&cells[..3], ["read_order", "100", "0"]);
@@ -253,10 +271,11 @@ mod tests {
             text.contains("achieved 10.0 req/s of 12.0 targeted"),
             "{text}"
         );
-        let line = progress_line(Duration::from_secs(10), &stats, &stats);
+        let line = progress_line(Duration::from_secs(10), 101, 2, &stats, &stats);
         assert!(
-            line.starts_with("t=10.0s sent=100 rate=10.0/s errors=none p50=50."),
+            line.starts_with("t=10.0s sent=101 done=100 rate=10.0/s errors=none p50=50."),
             "{line}"
         );
+        assert!(line.ends_with(" over_cap=2"), "{line}");
     }
 }

@@ -157,7 +157,7 @@ async fn the_command_prints_plain_progress_lines_and_a_summary_that_parse() {
             .collect();
         assert_eq!(
             keys,
-            ["t", "sent", "rate", "errors", "p50", "p99", "over_cap"],
+            ["t", "sent", "done", "rate", "errors", "p50", "p99", "over_cap"],
             "{line}"
         );
     }
