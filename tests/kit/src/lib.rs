@@ -87,7 +87,7 @@ impl Running {
     }
 
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
+        let client = http_client();
         let url = self.url("/readyz");
         let last = std::sync::Mutex::new(String::new());
         let what = format!("{url} to answer 200");
@@ -174,6 +174,17 @@ impl Answer {
     }
 }
 
+/// The tests' HTTP client. Idle connections are dropped after 2 s, before
+/// the servers' keep-alive (actix: 5 s) closes them: a request sent on a
+/// connection the server is closing gets no answer, a flaky transport
+/// error in a test that expects none.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A client of one service.
 #[derive(Clone)]
 pub struct Client {
@@ -193,7 +204,7 @@ impl Client {
     pub fn new_at(addr: SocketAddr) -> Self {
         Client {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: http_client(),
             token: None,
             headers: Vec::new(),
         }
