@@ -131,11 +131,12 @@ scenario_swarm() {
 
   log "swarm: ordersys load from a container on the overlay network, with a token"
   local load_token load_out
+  # --stock 100: the scenario's invariant checks take every product to start at 100.
   load_token=$(mint products:read,products:write,orders:read,orders:write) || fail "ordersys token failed"
   load_out=$(docker run --rm --network "$network" --read-only --cap-drop ALL \
     -e ORDERSYS_LOAD_TOKEN="$load_token" ordersys:ci-1 load \
     --products-url http://products:8000 --orders-url http://orders:8081 \
-    --rate 100 --duration 5 --report-every 1 --verify 2>&1) || fail "ordersys load failed: $load_out"
+    --rate 100 --duration 5 --report-every 1 --stock 100 --verify 2>&1) || fail "ordersys load failed: $load_out"
   grep -q '^all ' <<<"$load_out" || fail "no summary from ordersys load: $load_out"
   grep -q 'the stock invariant holds' <<<"$load_out" || fail "ordersys load --verify: $load_out"
   summary "load: $(grep '^achieved' <<<"$load_out"); $(grep '^verify' <<<"$load_out")"
