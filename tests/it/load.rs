@@ -97,7 +97,15 @@ async fn a_service_stopped_mid_run_shows_as_errors_by_status() {
     options.verify = false;
     options.duration = Duration::from_secs(4);
     let run = tokio::spawn(async move { load::run(&options).await });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed once the run is under way: lines are being created.
+    crate::common::wait_for(
+        "the load to create lines",
+        Duration::from_secs(20),
+        || async {
+            (app.db.count("SELECT count(*) AS n FROM commandes_produits") >= 20).then_some(())
+        },
+    )
+    .await;
     orders.kill();
     let report = run.await.unwrap().expect("the load runs to its end");
     let by = report.stats.errors_by_status();
