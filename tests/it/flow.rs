@@ -162,6 +162,10 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         .get("/commandes-produits/987654/historique")
         .await
         .expect(404);
+    app.orders
+        .get("/commandes-produits/abc/historique")
+        .await
+        .expect(400);
 }
 
 #[tokio::test]
