@@ -8,8 +8,10 @@
 //! amiquip.
 
 use crate::messages::{
-    ALERTS_EXCHANGE, ALERTS_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, PRODUCT_EXCHANGE,
-    PRODUCT_QUEUE, PRODUCT_ROUTING_KEY,
+    ALERTS_EXCHANGE, ALERTS_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE,
+    ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_QUEUE, ORDER_EVENTS_EXCHANGE,
+    ORDER_EVENTS_QUEUE, ORDER_EVENTS_ROUTING_KEY, PRODUCT_EXCHANGE, PRODUCT_QUEUE,
+    PRODUCT_ROUTING_KEY,
 };
 use crate::settings::AmqpSettings;
 use amiquip::{
@@ -214,19 +216,17 @@ fn long_arg(arguments: &mut FieldTable, name: &str, value: i64) {
     arguments.insert(name.into(), AmqpValue::LongLongInt(value));
 }
 
-/// Each queue with the arguments this version declares it with.
-fn queues(settings: &AmqpSettings) -> [(&'static str, FieldTable); 3] {
-    let mut dead = FieldTable::new();
-    long_arg(&mut dead, "x-max-length", DEAD_LETTER_MAX_LENGTH);
+/// A work queue's arguments: its dead-letter exchange and, when
+/// `delivery_limit` is set, a quorum queue that dead-letters a message
+/// delivered that many times (it crashed or stalled every consumer that
+/// took it) instead of looping forever.
+fn work_queue(settings: &AmqpSettings, dead_letter_exchange: &str) -> FieldTable {
     let mut work = FieldTable::new();
     work.insert(
         "x-dead-letter-exchange".into(),
-        AmqpValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+        AmqpValue::LongString(dead_letter_exchange.into()),
     );
     if settings.delivery_limit > 0 {
-        // A quorum queue counts deliveries: a message redelivered this many
-        // times (it crashed or stalled every consumer that took it) is
-        // dead-lettered by the broker instead of looping forever.
         work.insert(
             "x-queue-type".into(),
             AmqpValue::LongString("quorum".into()),
@@ -237,13 +237,28 @@ fn queues(settings: &AmqpSettings) -> [(&'static str, FieldTable); 3] {
             settings.delivery_limit.into(),
         );
     }
+    work
+}
+
+/// Each queue with the arguments this version declares it with.
+fn queues(settings: &AmqpSettings) -> [(&'static str, FieldTable); 5] {
+    let dead = || {
+        let mut dead = FieldTable::new();
+        long_arg(&mut dead, "x-max-length", DEAD_LETTER_MAX_LENGTH);
+        dead
+    };
     let mut alerts = FieldTable::new();
     long_arg(&mut alerts, "x-max-length", ALERTS_MAX_LENGTH);
     long_arg(&mut alerts, "x-message-ttl", ALERTS_TTL_MS);
     [
-        (DEAD_LETTER_QUEUE, dead),
-        (PRODUCT_QUEUE, work),
+        (DEAD_LETTER_QUEUE, dead()),
+        (PRODUCT_QUEUE, work_queue(settings, DEAD_LETTER_EXCHANGE)),
         (ALERTS_QUEUE, alerts),
+        (ORDER_EVENTS_DEAD_LETTER_QUEUE, dead()),
+        (
+            ORDER_EVENTS_QUEUE,
+            work_queue(settings, ORDER_EVENTS_DEAD_LETTER_EXCHANGE),
+        ),
     ]
 }
 
@@ -267,6 +282,16 @@ pub fn declare_topology(
         durable_exchange(),
     )?;
     channel.exchange_declare(ExchangeType::Fanout, ALERTS_EXCHANGE, durable_exchange())?;
+    channel.exchange_declare(
+        ExchangeType::Direct,
+        ORDER_EVENTS_EXCHANGE,
+        durable_exchange(),
+    )?;
+    channel.exchange_declare(
+        ExchangeType::Fanout,
+        ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
+        durable_exchange(),
+    )?;
     for (name, arguments) in queues(settings) {
         match channel.queue_declare(name, durable_queue(arguments)) {
             Ok(_) => {}
@@ -287,27 +312,41 @@ pub fn declare_topology(
     channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", none())?;
     channel.queue_bind(PRODUCT_QUEUE, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY, none())?;
     channel.queue_bind(ALERTS_QUEUE, ALERTS_EXCHANGE, "", none())?;
+    channel.queue_bind(
+        ORDER_EVENTS_DEAD_LETTER_QUEUE,
+        ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
+        "",
+        none(),
+    )?;
+    channel.queue_bind(
+        ORDER_EVENTS_QUEUE,
+        ORDER_EVENTS_EXCHANGE,
+        ORDER_EVENTS_ROUTING_KEY,
+        none(),
+    )?;
     channel.close()?;
     Ok(())
 }
 
 /// The broker rights each ordersys user needs on its vhost, as RabbitMQ's
-/// (configure, write, read) patterns: the orders relay only publishes to
-/// `product_exchange`; a worker consumes `product_queue` and publishes dead
-/// letters and stock alerts; `ordersys migrate` declares the topology. No
+/// (configure, write, read) patterns: the orders relay publishes to
+/// `product_exchange`, and its saga consumes `order_events` (and
+/// dead-letters what it cannot read); a worker consumes `product_queue` and
+/// publishes dead letters, stock alerts and line events; `ordersys migrate`
+/// declares the topology. No
 /// user may declare, consume or publish anything else (the Swarm stack's
 /// definitions, written by swarm/create-secrets.sh, hold the same patterns).
 pub const PERMISSIONS: &[BrokerUser] = &[
     BrokerUser {
         name: "ordersys_orders",
         configure: "^$",
-        write: "^product_exchange$",
-        read: "^$",
+        write: "^(product_exchange|order_events_dlx)$",
+        read: "^order_events$",
     },
     BrokerUser {
         name: "ordersys_worker",
         configure: "^$",
-        write: "^(product_dlx|stock_alerts)$",
+        write: "^(product_dlx|stock_alerts|order_events)$",
         read: "^product_queue$",
     },
     BrokerUser {
@@ -318,8 +357,7 @@ pub const PERMISSIONS: &[BrokerUser] = &[
     },
 ];
 
-const TOPOLOGY: &str =
-    r"^(product_exchange|product_queue|product_queue\.dlq|product_dlx|stock_alerts)$";
+const TOPOLOGY: &str = r"^(product_exchange|product_queue|product_queue\.dlq|product_dlx|stock_alerts|order_events|order_events\.dlq|order_events_dlx)$";
 
 /// One broker user and its permission patterns.
 #[derive(Debug, Clone, Copy)]

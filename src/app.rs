@@ -10,6 +10,7 @@ use crate::http::{self, AppState};
 use crate::metrics::{Metrics, Parts};
 use crate::outbox::relay::Relay;
 use crate::outbox::Waker;
+use crate::saga;
 use crate::settings::{AuthMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::worker::consumer;
@@ -123,6 +124,7 @@ impl Application {
             Parts {
                 relay: mode != Mode::Products,
                 consumer: mode == Mode::Worker,
+                saga: mode == Mode::Orders,
             },
         ));
         let pool_settings = match mode {
@@ -169,9 +171,24 @@ impl Application {
             };
             start_consumers(context, &mut background)?;
         }
+        if let (Mode::Orders, Some(waker)) = (mode, &waker) {
+            let context = saga::consumer::Context {
+                settings: settings.clone(),
+                db: db.clone(),
+                deps: deps.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                waker: waker.clone(),
+            };
+            background.spawn("saga-consumer", {
+                let context = context.clone();
+                move || saga::consumer::run(context)
+            })?;
+            background.spawn("saga-sweeper", move || saga::consumer::sweep(context))?;
+        }
 
         let api = match mode {
-            Mode::Orders => http::orders::api(),
+            Mode::Orders => http::orders::api(settings.validation.timeout()),
             Mode::Products => http::products::api(&db),
             Mode::Worker => http::worker_api(),
         };
@@ -279,7 +296,10 @@ fn relay_exchanges(mode: Mode) -> &'static [&'static str] {
     match mode {
         Mode::Products => &[],
         Mode::Orders => &[crate::messages::PRODUCT_EXCHANGE],
-        Mode::Worker => &[crate::messages::ALERTS_EXCHANGE],
+        Mode::Worker => &[
+            crate::messages::ALERTS_EXCHANGE,
+            crate::messages::ORDER_EVENTS_EXCHANGE,
+        ],
     }
 }
 

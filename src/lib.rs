@@ -37,6 +37,7 @@ pub mod probe;
 pub mod products;
 pub mod request_id;
 pub mod retry;
+pub mod saga;
 pub mod settings;
 pub mod shutdown;
 pub mod worker;

@@ -19,6 +19,16 @@ pub const DEAD_LETTER_QUEUE: &str = "product_queue.dlq";
 /// Fanout exchange of stock alerts, and the durable queue bound to it.
 pub const ALERTS_EXCHANGE: &str = "stock_alerts";
 pub const ALERTS_QUEUE: &str = "stock_alerts";
+/// Direct exchange of the workers' line events (the order-validation
+/// saga's), the routing key to its queue, and the durable queue the orders
+/// service consumes.
+pub const ORDER_EVENTS_EXCHANGE: &str = "order_events";
+pub const ORDER_EVENTS_ROUTING_KEY: &str = "line.outcome";
+pub const ORDER_EVENTS_QUEUE: &str = "order_events";
+/// Dead-letter exchange of [`ORDER_EVENTS_QUEUE`], and where its refused
+/// messages end up.
+pub const ORDER_EVENTS_DEAD_LETTER_EXCHANGE: &str = "order_events_dlx";
+pub const ORDER_EVENTS_DEAD_LETTER_QUEUE: &str = "order_events.dlq";
 /// Header naming why a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-ordersys-error";
 /// Header with the class of [`ERROR_HEADER`]'s reason ([`DeadLetterClass`]).
@@ -106,6 +116,52 @@ pub struct StockMessage {
     pub ancienne_quantite: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<DateTime<Utc>>,
+    /// Part of an order's validation: the worker reports the outcome as a
+    /// [`LineEvent`]. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validation: bool,
+}
+
+/// What the worker did with a line change that is part of an order's
+/// validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LineOutcome {
+    /// The line holds its quantity.
+    LigneReservee,
+    /// The stock could not cover it: the line holds nothing.
+    LigneRejetee,
+    /// What it held was given back (the compensation of a refused order).
+    LigneLiberee,
+}
+
+impl LineOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineOutcome::LigneReservee => "LIGNE_RESERVEE",
+            LineOutcome::LigneRejetee => "LIGNE_REJETEE",
+            LineOutcome::LigneLiberee => "LIGNE_LIBEREE",
+        }
+    }
+}
+
+/// Published by a worker to [`ORDER_EVENTS_EXCHANGE`], through its outbox,
+/// in the transaction that applied the line change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineEvent {
+    pub event: LineOutcome,
+    pub commande_id: i64,
+    pub ligne_id: i64,
+    /// The line's version the outcome is for.
+    pub version: i64,
+    pub produit_id: i64,
+    /// What the line asked for.
+    pub quantite: i32,
+    /// For [`LineOutcome::LigneRejetee`]: the product's stock when it was
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disponible: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -154,6 +210,7 @@ mod tests {
             ancien_produit_id: None,
             ancienne_quantite: None,
             occurred_at: None,
+            validation: false,
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),

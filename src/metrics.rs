@@ -26,6 +26,8 @@ use std::time::Duration;
 pub struct Parts {
     pub relay: bool,
     pub consumer: bool,
+    /// The order-validation saga (orders).
+    pub saga: bool,
 }
 
 /// Every metric of one process.
@@ -35,6 +37,58 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub outbox: OutboxMetrics,
     pub stock: StockMetrics,
+    pub saga: SagaMetrics,
+}
+
+/// What became of a line event in the orders service
+/// (`ordersys_saga_events_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum EventOutcome {
+    /// It moved its saga.
+    applied,
+    /// Its saga did not wait for it (another version, already known, over).
+    ignored,
+    /// Its message id was applied before.
+    duplicate,
+    dead_lettered,
+}
+
+/// How a validation ended (`ordersys_validations_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ValidationResult {
+    confirmed,
+    refused,
+    timed_out,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    outcome: EventOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: ValidationResult,
+}
+
+#[derive(Debug, Default)]
+pub struct SagaMetrics {
+    events: Family<EventLabel, Counter>,
+    validations: Family<ResultLabel, Counter>,
+}
+
+impl SagaMetrics {
+    pub fn event(&self, outcome: EventOutcome) {
+        self.events.get_or_create(&EventLabel { outcome }).inc();
+    }
+
+    pub fn ended(&self, result: ValidationResult) {
+        self.validations
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -246,12 +300,41 @@ impl Metrics {
                 stock.change_latency.clone(),
             );
         }
+        let saga = SagaMetrics::default();
+        if parts.saga {
+            for outcome in [
+                EventOutcome::applied,
+                EventOutcome::ignored,
+                EventOutcome::duplicate,
+                EventOutcome::dead_lettered,
+            ] {
+                let _ = saga.events.get_or_create(&EventLabel { outcome });
+            }
+            for result in [
+                ValidationResult::confirmed,
+                ValidationResult::refused,
+                ValidationResult::timed_out,
+            ] {
+                let _ = saga.validations.get_or_create(&ResultLabel { result });
+            }
+            registry.register(
+                "ordersys_saga_events",
+                "Line events of order validations, by what became of them",
+                saga.events.clone(),
+            );
+            registry.register(
+                "ordersys_validations",
+                "Order validations ended, by result",
+                saga.validations.clone(),
+            );
+        }
         registry.register_collector(Box::new(process::Process::new()));
         Metrics {
             registry,
             http,
             outbox,
             stock,
+            saga,
         }
     }
 
@@ -345,6 +428,7 @@ mod tests {
             Parts {
                 relay: true,
                 consumer: false,
+                saga: true,
             },
         );
         m.http.record(
@@ -383,6 +467,13 @@ mod tests {
             Some("4")
         );
         assert!(!text.contains("ordersys_stock_messages_total"), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                r#"ordersys_validations_total{mode="orders",result="timed_out"}"#
+            ),
+            Some("0")
+        );
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
     }
 
@@ -393,6 +484,7 @@ mod tests {
             Parts {
                 relay: true,
                 consumer: true,
+                saga: false,
             },
         );
         m.stock.count(Outcome::applied, 3);

@@ -22,6 +22,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub worker: WorkerSettings,
     pub stock: StockSettings,
+    pub validation: ValidationSettings,
     pub outbox: OutboxSettings,
     pub log: LogSettings,
     pub retry: RetrySettings,
@@ -129,6 +130,20 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct StockSettings {
     pub low_threshold: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSettings {
+    pub timeout_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub batch_size: usize,
+}
+
+impl ValidationSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -361,6 +376,17 @@ impl Settings {
             1,
         )?;
         at_least("outbox.batch_size", self.outbox.batch_size as u64, 1)?;
+        at_least("validation.timeout_ms", self.validation.timeout_ms, 1)?;
+        at_least(
+            "validation.sweep_interval_ms",
+            self.validation.sweep_interval_ms,
+            1,
+        )?;
+        at_least(
+            "validation.batch_size",
+            self.validation.batch_size as u64,
+            1,
+        )?;
         at_least("outbox.poll_interval_ms", self.outbox.poll_interval_ms, 1)?;
         at_least("retry.initial_backoff_ms", self.retry.initial_backoff_ms, 1)?;
         at_least(

@@ -195,7 +195,7 @@ user_json() { # user_json NAME PASSWORD
 permission_json() { # permission_json USER CONFIGURE WRITE READ (JSON-escaped regexes)
   printf '    {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' "$1" "$2" "$3" "$4"
 }
-topology='^(product_exchange|product_queue|product_queue\\.dlq|product_dlx|stock_alerts)$'
+topology='^(product_exchange|product_queue|product_queue\\.dlq|product_dlx|stock_alerts|order_events|order_events\\.dlq|order_events_dlx)$'
 definitions=$(
   printf '{\n  "vhosts": [{"name": "/"}],\n  "users": [\n'
   user_json ordersys_migrate "$mq_migrate"
@@ -206,9 +206,9 @@ definitions=$(
   printf '\n  ],\n  "permissions": [\n'
   permission_json ordersys_migrate "$topology" "$topology" "$topology"
   printf ',\n'
-  permission_json ordersys_orders '^$' '^product_exchange$' '^$'
+  permission_json ordersys_orders '^$' '^(product_exchange|order_events_dlx)$' '^order_events$'
   printf ',\n'
-  permission_json ordersys_worker '^$' '^(product_dlx|stock_alerts)$' '^product_queue$'
+  permission_json ordersys_worker '^$' '^(product_dlx|stock_alerts|order_events)$' '^product_queue$'
   printf '\n  ]\n}\n'
 )
 if [ "$action" = definitions ]; then

@@ -6,6 +6,12 @@ diesel::table! {
         #[max_length = 16]
         statut -> Varchar,
         timestamp -> Timestamptz,
+        #[max_length = 16]
+        validation -> Nullable<Varchar>,
+        motif -> Nullable<Text>,
+        validation_commencee_le -> Nullable<Timestamptz>,
+        validation_echeance -> Nullable<Timestamptz>,
+        validation_terminee_le -> Nullable<Timestamptz>,
     }
 }
 
@@ -20,6 +26,13 @@ diesel::table! {
         statut_stock -> Varchar,
         version -> Int8,
         modifiee_le -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    evenements_traites (message_id) {
+        message_id -> Uuid,
+        traite_le -> Timestamptz,
     }
 }
 
@@ -105,17 +118,33 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    validation_lignes (commande_id, ligne_id) {
+        commande_id -> Int8,
+        ligne_id -> Int8,
+        version -> Int8,
+        produit_id -> Int8,
+        quantite -> Int4,
+        #[max_length = 16]
+        resultat -> Nullable<Varchar>,
+        disponible -> Nullable<Int4>,
+    }
+}
+
 diesel::joinable!(commandes_produits -> commandes (commande_id));
 diesel::joinable!(commandes_produits -> produits (produit_id));
 diesel::joinable!(mouvements -> produits (produit_id));
+diesel::joinable!(validation_lignes -> commandes (commande_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     commandes,
     commandes_produits,
+    evenements_traites,
     historique_lignes,
     messages_traites,
     mouvements,
     outbox,
     produits,
     reservations,
+    validation_lignes,
 );

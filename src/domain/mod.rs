@@ -9,4 +9,4 @@ pub mod status;
 
 pub use input::{FieldError, Input, Page, Pagination, Required};
 pub use money::Money;
-pub use status::{OrderStatus, StockStatus};
+pub use status::{OrderStatus, StockStatus, ValidationStatus};

@@ -99,6 +99,29 @@ text_enum!(StockStatus {
     Libere = "LIBERE",
 });
 
+/// Where an order's validation (the saga) stands; `null` on an order that
+/// was never validated.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Apiv2Schema, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ValidationStatus {
+    /// Waiting for the worker's outcome of each line.
+    EnCours,
+    /// Every line holds its stock; the order is `EN_COURS`.
+    Confirmee,
+    /// A line could not be reserved, or the validation timed out: every
+    /// line was released and the order is `ANNULEE`.
+    Refusee,
+}
+
+text_enum!(ValidationStatus {
+    EnCours = "EN_COURS",
+    Confirmee = "CONFIRMEE",
+    Refusee = "REFUSEE",
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::openapi::Alias;
-use super::responses::Created;
+use super::responses::{Accepted, Created};
 use super::{Api, AppState};
 use crate::auth::{ApiScopes, Scope};
 use crate::domain::{FieldError, OrderStatus, Page, Pagination};
@@ -14,10 +14,15 @@ use crate::orders::model::{
 };
 use crate::orders::queries;
 use crate::request_id::RequestId;
+use crate::saga;
 use paperclip::actix::{api_v2_operation, web, NoContent};
 
-/// The orders API.
-pub fn api() -> Api {
+/// How long a validation may take before it is refused (`validation.timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+struct ValidationTimeout(std::time::Duration);
+
+/// The orders API; validations time out after `validation_timeout`.
+pub fn api(validation_timeout: std::time::Duration) -> Api {
     Api {
         title: "ordersys orders",
         description: "Orders and their lines. Every line change is carried to the stock worker \
@@ -25,7 +30,12 @@ pub fn api() -> Api {
                       whether its stock is reserved yet. The seed system's paths \
                       (`/api/v1/commandes…`, `/api/v1/commandes_produits…`) are served too, with \
                       identical behaviour; they are not listed here.",
-        routes: std::sync::Arc::new(routes),
+        routes: std::sync::Arc::new(move |cfg| {
+            cfg.app_data(actix_web::web::Data::new(ValidationTimeout(
+                validation_timeout,
+            )));
+            routes(cfg)
+        }),
         scopes: Some(ApiScopes {
             read: Scope::OrdersRead,
             write: Scope::OrdersWrite,
@@ -51,6 +61,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_order))
                 .route(web::put().to(update_order))
                 .route(web::delete().to(delete_order)),
+        )
+        .service(
+            web::resource(&format!("{base}/{{id}}/validation"))
+                .route(web::post().to(validate_order)),
         );
     }
     for base in ["/commandes-produits", "/api/v1/commandes_produits"] {
@@ -171,6 +185,38 @@ async fn update_order(
         .await?;
     wake_relay(&state, wrote);
     Ok(web::Json(order))
+}
+
+/// Validate an order: confirmed only if every line holds its stock.
+///
+/// Starts the validation of an `EN_ATTENTE` order with at least one line
+/// and answers 202 with the order (`validation`: `EN_COURS`) and its URL
+/// in `Location`; poll it. The worker re-checks each line's reservation.
+/// Every line reserved: `validation` becomes `CONFIRMEE` and `statut`
+/// `EN_COURS`. A line the stock cannot cover, or no answer within
+/// `validation.timeout_ms`: `REFUSEE` with a `motif`, every line is
+/// released and the order is `ANNULEE`. Meanwhile the order and its lines
+/// cannot change (409); a validated order's lines never can. An order that
+/// does not exist: 404; not `EN_ATTENTE`, already validated or without
+/// lines: 409.
+#[api_v2_operation(tags(Orders))]
+async fn validate_order(
+    state: web::Data<AppState>,
+    timeout: web::Data<ValidationTimeout>,
+    request: RequestId,
+    id: web::Path<i64>,
+) -> Result<Accepted<Order>, ApiError> {
+    let id = id.into_inner();
+    let timeout = timeout.0;
+    let order = state
+        .db
+        .run(move |conn| saga::store::start(conn, &request, id, timeout).map_err(ApiError::from))
+        .await?;
+    wake_relay(&state, true);
+    Ok(Accepted {
+        location: format!("/commandes/{}", order.id),
+        body: order,
+    })
 }
 
 /// Delete an order and its lines.

@@ -1,5 +1,6 @@
-//! Success responses that paperclip documents: 201 with a `Location`
-//! header (paperclip's own `CreatedJson` sets none), and 200 JSON.
+//! Success responses that paperclip documents: 201 and 202 with a
+//! `Location` header (paperclip's own `CreatedJson` sets none), and 200
+//! text.
 
 use actix_web::body::BoxBody;
 use actix_web::http::StatusCode;
@@ -9,23 +10,34 @@ use paperclip::v2::models::{DefaultOperationRaw, DefaultSchemaRaw, Either, Heade
 use paperclip::v2::schema::Apiv2Schema;
 use serde::Serialize;
 
-/// 201 Created, the new resource in the body and its URL in `Location`.
-pub struct Created<T> {
+/// A resource in the body and its URL in `Location`, with status `CODE`.
+pub struct Located<T, const CODE: u16> {
     pub location: String,
     pub body: T,
 }
 
-impl<T: Serialize> Responder for Created<T> {
+/// 201 Created: the new resource.
+pub type Created<T> = Located<T, 201>;
+/// 202 Accepted: the resource whose processing started (poll its URL).
+pub type Accepted<T> = Located<T, 202>;
+
+impl<T, const CODE: u16> Located<T, CODE> {
+    fn status() -> StatusCode {
+        StatusCode::from_u16(CODE).expect("a valid status code")
+    }
+}
+
+impl<T: Serialize, const CODE: u16> Responder for Located<T, CODE> {
     type Body = BoxBody;
 
     fn respond_to(self, _: &HttpRequest) -> HttpResponse {
-        HttpResponse::Created()
+        HttpResponse::build(Self::status())
             .insert_header((actix_web::http::header::LOCATION, self.location))
             .json(self.body)
     }
 }
 
-impl<T: Apiv2Schema> Apiv2Schema for Created<T> {
+impl<T: Apiv2Schema, const CODE: u16> Apiv2Schema for Located<T, CODE> {
     fn name() -> Option<String> {
         T::name()
     }
@@ -35,21 +47,22 @@ impl<T: Apiv2Schema> Apiv2Schema for Created<T> {
     }
 }
 
-impl<T: Apiv2Schema> OperationModifier for Created<T> {
+impl<T: Apiv2Schema, const CODE: u16> OperationModifier for Located<T, CODE> {
     fn update_response(op: &mut DefaultOperationRaw) {
         let mut headers = std::collections::BTreeMap::new();
         headers.insert(
             "Location".to_owned(),
             Header {
-                description: Some("URL of the created resource".into()),
+                description: Some("URL of the resource".into()),
                 data_type: Some(paperclip::v2::models::DataType::String),
                 ..Default::default()
             },
         );
+        let status = Self::status();
         op.responses.insert(
-            StatusCode::CREATED.as_str().into(),
+            status.as_str().into(),
             Either::Right(Response {
-                description: Some("Created".into()),
+                description: status.canonical_reason().map(Into::into),
                 schema: Some({
                     let mut def = T::schema_with_ref();
                     def.retain_ref();

@@ -2,7 +2,9 @@
 
 use crate::db::schema::{commandes_produits, historique_lignes};
 use crate::domain::limits::{check_range, QUANTITE_MAX};
-use crate::domain::{FieldError, Input, Money, OrderStatus, Required, StockStatus};
+use crate::domain::{
+    FieldError, Input, Money, OrderStatus, Required, StockStatus, ValidationStatus,
+};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use paperclip::actix::Apiv2Schema;
@@ -18,6 +20,12 @@ pub struct Order {
     pub total: Money,
     /// When the order was created.
     pub timestamp: DateTime<Utc>,
+    /// Its validation (`POST /commandes/{id}/validation`): `null` before
+    /// any, then `EN_COURS`, `CONFIRMEE` or `REFUSEE`.
+    pub validation: Option<ValidationStatus>,
+    /// Why the validation was refused: each line that could not be
+    /// reserved, with what it asked and what was available, or the timeout.
+    pub motif: Option<String>,
     pub lignes: Vec<OrderLine>,
 }
 
@@ -28,6 +36,8 @@ pub struct OrderRow {
     pub id: i64,
     pub statut: OrderStatus,
     pub timestamp: DateTime<Utc>,
+    pub validation: Option<ValidationStatus>,
+    pub motif: Option<String>,
 }
 
 impl OrderRow {
@@ -40,6 +50,8 @@ impl OrderRow {
                 .map(|l| l.prix_unitaire.times(l.quantite))
                 .sum(),
             timestamp: self.timestamp,
+            validation: self.validation,
+            motif: self.motif,
             lignes,
         }
     }
@@ -295,6 +307,8 @@ mod tests {
             id: 1,
             statut: OrderStatus::EnAttente,
             timestamp: Utc::now(),
+            validation: None,
+            motif: None,
         }
         .with_lines(vec![line(3, "0.10"), line(2, "19.99")]);
         assert_eq!(order.total.to_string(), "40.28");

@@ -12,7 +12,7 @@ use crate::db::schema::{commandes, commandes_produits, historique_lignes, produi
 use crate::domain::limits::LINES_PER_ORDER_MAX;
 use crate::domain::Money;
 use crate::domain::{FieldError, Page};
-use crate::domain::{OrderStatus, StockStatus};
+use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, StockMessage};
 use crate::outbox;
 use crate::request_id::RequestId;
@@ -21,7 +21,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 /// The message describing a line's state after a change.
-fn message(action: Action, line: &LineRow, previous: Option<&LineRow>) -> StockMessage {
+pub(crate) fn message(action: Action, line: &LineRow, previous: Option<&LineRow>) -> StockMessage {
     StockMessage {
         action,
         produit_id: line.produit_id,
@@ -33,6 +33,7 @@ fn message(action: Action, line: &LineRow, previous: Option<&LineRow>) -> StockM
         ancien_produit_id: previous.map(|p| p.produit_id),
         ancienne_quantite: previous.map(|p| p.quantite),
         occurred_at: Some(Utc::now()),
+        validation: false,
     }
 }
 
@@ -84,7 +85,7 @@ pub fn list_orders(
     assemble(conn, rows)
 }
 
-pub fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
+pub(crate) fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
     let Some(row) = commandes::table
         .find(id)
         .select(OrderRow::as_select())
@@ -97,7 +98,7 @@ pub fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>
     Ok(Some(row.with_lines(lines)))
 }
 
-fn lock_order(conn: &mut PgConnection, id: i64) -> Result<OrderRow, OrderError> {
+pub(crate) fn lock_order(conn: &mut PgConnection, id: i64) -> Result<OrderRow, OrderError> {
     commandes::table
         .find(id)
         .select(OrderRow::as_select())
@@ -109,7 +110,20 @@ fn lock_order(conn: &mut PgConnection, id: i64) -> Result<OrderRow, OrderError> 
 
 /// Locks the lines of an order, by id, and bumps their version: they are
 /// about to be released.
-fn release_lines(conn: &mut PgConnection, order_id: i64) -> Result<Vec<StockMessage>, OrderError> {
+pub(crate) fn release_lines(
+    conn: &mut PgConnection,
+    order_id: i64,
+) -> Result<Vec<StockMessage>, OrderError> {
+    Ok(bump_lines(conn, order_id)?
+        .iter()
+        .map(|l| message(Action::Deleted, l, None))
+        .collect())
+}
+
+/// Locks the lines of an order, by id, bumps their version and sets them
+/// `EN_ATTENTE` (a message about each is going to the worker); returns them
+/// by id.
+pub(crate) fn bump_lines(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<LineRow>> {
     let ids: Vec<i64> = commandes_produits::table
         .filter(commandes_produits::commande_id.eq(order_id))
         .select(commandes_produits::id)
@@ -129,10 +143,26 @@ fn release_lines(conn: &mut PgConnection, order_id: i64) -> Result<Vec<StockMess
             .returning(LineRow::as_returning())
             .get_results(conn)?;
     lines.sort_by_key(|l| l.id);
-    Ok(lines
-        .iter()
-        .map(|l| message(Action::Deleted, l, None))
-        .collect())
+    Ok(lines)
+}
+
+fn validating_conflict(order: i64) -> OrderError {
+    OrderError::Conflict(format!(
+        "order {order} is being validated; it cannot change until its validation ends"
+    ))
+}
+
+/// Why the lines of an order that went through validation cannot change.
+fn validated_conflict(order: i64, validation: ValidationStatus) -> OrderError {
+    match validation {
+        ValidationStatus::EnCours => OrderError::Conflict(format!(
+            "order {order} is being validated; its lines cannot change until its validation ends"
+        )),
+        other => OrderError::Conflict(format!(
+            "order {order}'s validation is {}; its lines can no longer change",
+            other.as_str()
+        )),
+    }
 }
 
 fn closed_conflict(order: i64, status: OrderStatus) -> OrderError {
@@ -159,6 +189,9 @@ pub fn update_order(
             if order.statut.is_closed() {
                 return Err(closed_conflict(id, order.statut));
             }
+            if order.validation == Some(ValidationStatus::EnCours) {
+                return Err(validating_conflict(id));
+            }
             if target == OrderStatus::Annulee {
                 let messages = release_lines(conn, id)?;
                 outbox::enqueue_stock(conn, request, &messages)?;
@@ -183,6 +216,9 @@ pub fn delete_order(
 ) -> Result<bool, OrderError> {
     conn.transaction(|conn| {
         let order = lock_order(conn, id)?;
+        if order.validation == Some(ValidationStatus::EnCours) {
+            return Err(validating_conflict(id));
+        }
         if order.statut == OrderStatus::Expediee {
             return Err(OrderError::Conflict(format!(
                 "order {id} has shipped; shipped orders are kept"
@@ -207,9 +243,9 @@ pub fn delete_order(
 fn lock_open_order(conn: &mut PgConnection, id: i64, field: &str) -> Result<(), OrderError> {
     let status = commandes::table
         .find(id)
-        .select(commandes::statut)
+        .select((commandes::statut, commandes::validation))
         .for_share()
-        .first::<OrderStatus>(conn)
+        .first(conn)
         .optional()?;
     check_open(id, status, field)
 }
@@ -220,9 +256,9 @@ fn lock_open_order(conn: &mut PgConnection, id: i64, field: &str) -> Result<(), 
 fn lock_order_for_a_new_line(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
     let status = commandes::table
         .find(id)
-        .select(commandes::statut)
+        .select((commandes::statut, commandes::validation))
         .for_no_key_update()
-        .first::<OrderStatus>(conn)
+        .first(conn)
         .optional()?;
     check_open(id, status, "commande_id")?;
     let lines: i64 = commandes_produits::table
@@ -237,13 +273,20 @@ fn lock_order_for_a_new_line(conn: &mut PgConnection, id: i64) -> Result<(), Ord
     Ok(())
 }
 
-fn check_open(id: i64, status: Option<OrderStatus>, field: &str) -> Result<(), OrderError> {
+/// An order's lines may change while it exists, is open, and never went
+/// through validation.
+fn check_open(
+    id: i64,
+    status: Option<(OrderStatus, Option<ValidationStatus>)>,
+    field: &str,
+) -> Result<(), OrderError> {
     match status {
         None => Err(OrderError::Invalid(vec![FieldError::new(
             field,
             format!("order {id} does not exist"),
         )])),
-        Some(status) if status.is_closed() => Err(closed_conflict(id, status)),
+        Some((status, _)) if status.is_closed() => Err(closed_conflict(id, status)),
+        Some((_, Some(validation))) => Err(validated_conflict(id, validation)),
         Some(_) => Ok(()),
     }
 }

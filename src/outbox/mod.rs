@@ -8,12 +8,13 @@ pub mod relay;
 
 use crate::db::schema::outbox;
 use crate::messages::{
-    StockAlert, StockMessage, ALERTS_EXCHANGE, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY,
+    LineEvent, StockAlert, StockMessage, ALERTS_EXCHANGE, ORDER_EVENTS_EXCHANGE,
+    ORDER_EVENTS_ROUTING_KEY, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY,
 };
 use crate::request_id::RequestId;
 use crossbeam_channel::{Receiver, Sender};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
 /// Nudges the relay of this process after a commit that wrote messages, so
@@ -132,6 +133,38 @@ pub fn enqueue_alerts(conn: &mut PgConnection, alerts: &[StockAlert]) -> QueryRe
         })
         .collect::<QueryResult<Vec<_>>>()?;
     insert(conn, rows)
+}
+
+/// Writes the line events of an order validation, each keeping the id of
+/// the request behind its change; call inside the transaction that applied
+/// the changes. One statement, whatever the number of events.
+pub fn enqueue_events(
+    conn: &mut PgConnection,
+    events: &[(LineEvent, Option<RequestId>)],
+) -> QueryResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+    let payloads = events
+        .iter()
+        .map(|(e, _)| json(e))
+        .collect::<QueryResult<Vec<_>>>()?;
+    let requests: Vec<Option<&str>> = events
+        .iter()
+        .map(|(_, r)| r.as_ref().map(|r| r.as_str()))
+        .collect();
+    diesel::sql_query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, payload, request_id) \
+         SELECT m, $4, $5, p, r FROM unnest($1, $2, $3) WITH ORDINALITY AS u (m, p, r, n) ORDER BY n",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&payloads)
+    .bind::<Array<Nullable<Text>>, _>(&requests)
+    .bind::<Text, _>(ORDER_EVENTS_EXCHANGE)
+    .bind::<Text, _>(ORDER_EVENTS_ROUTING_KEY)
+    .execute(conn)?;
+    Ok(())
 }
 
 /// How far behind the relays are: unsent rows, and the age in seconds of

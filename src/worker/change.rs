@@ -23,6 +23,9 @@ pub struct StockChange {
     /// The id of the request that made the change (the message's
     /// `correlation_id`), when it has a valid one.
     pub request_id: Option<RequestId>,
+    /// Part of an order's validation: its outcome is reported as a line
+    /// event (tracked messages only).
+    pub validation: bool,
 }
 
 /// What makes a message "tracked": its id (the de-duplication key), its
@@ -119,6 +122,9 @@ impl StockChange {
                 })
             }
             // Seed format: applied as such, without de-duplication.
+            (None, None) if m.validation => {
+                return Err("a validation message needs ligne_id and version".into())
+            }
             (None, None) => None,
             _ => return Err("ligne_id and version must be given together".into()),
         };
@@ -131,6 +137,7 @@ impl StockChange {
             ancien,
             occurred_at: m.occurred_at,
             request_id: None,
+            validation: m.validation,
         })
     }
 }

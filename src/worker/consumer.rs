@@ -385,7 +385,7 @@ impl Consumer<'_> {
                     for alert in &plan.alerts {
                         metrics.alert(alert.event);
                     }
-                    if !plan.alerts.is_empty() {
+                    if !plan.alerts.is_empty() || !plan.events.is_empty() {
                         self.ctx.waker.wake();
                     }
                     return Ok(Ok(plan.outcomes));

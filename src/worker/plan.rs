@@ -22,10 +22,15 @@
 //!   is not recorded as processed.
 //! - **Alerts.** A reservation that brings stock to 0 raises `STOCK_EPUISE`;
 //!   one that crosses below the low threshold raises `STOCK_BAS`.
+//! - **Line events.** A tracked change that is part of an order's
+//!   validation reports what became of it (reserved, rejected with the
+//!   stock there was, released) as a [`LineEvent`], written with the batch;
+//!   a duplicate, stale or refused one reports nothing (its first
+//!   application did, or the saga's timeout decides).
 
 use super::change::{LineRef, StockChange};
 use crate::domain::status::StockStatus;
-use crate::messages::{Action, AlertEvent, DeadLetterClass, StockAlert};
+use crate::messages::{Action, AlertEvent, DeadLetterClass, LineEvent, LineOutcome, StockAlert};
 use crate::request_id::RequestId;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -135,6 +140,9 @@ pub struct Plan {
     /// Each changed line's new `statut_stock`, for the version it applies to.
     pub line_statuses: BTreeMap<i64, (i64, StockStatus)>,
     pub alerts: Vec<StockAlert>,
+    /// The outcomes of validation changes, for the orders service's saga,
+    /// each with the request id of its change.
+    pub events: Vec<(LineEvent, Option<RequestId>)>,
     /// Message ids recorded as processed that were refused after all.
     pub unrecorded: Vec<Uuid>,
 }
@@ -271,20 +279,40 @@ impl State<'_> {
                 !self.snapshot.reservations.contains_key(&line.ligne_id),
             ),
         );
-        let (outcome, statut) = match (change.action, held) {
+        let (outcome, statut, event) = match (change.action, held) {
             (Action::Deleted, _) => (
                 Outcome::Applied(Some(StockStatus::Libere)),
                 StockStatus::Libere,
+                LineOutcome::LigneLiberee,
             ),
             (_, Some(_)) => (
                 Outcome::Applied(Some(StockStatus::Reserve)),
                 StockStatus::Reserve,
+                LineOutcome::LigneReservee,
             ),
-            (_, None) => (Outcome::Rejected, StockStatus::Rejete),
+            (_, None) => (
+                Outcome::Rejected,
+                StockStatus::Rejete,
+                LineOutcome::LigneRejetee,
+            ),
         };
         self.plan
             .line_statuses
             .insert(line.ligne_id, (line.version, statut));
+        if change.validation {
+            let disponible = (event == LineOutcome::LigneRejetee)
+                .then(|| self.stock_of(change.produit_id).unwrap_or(0));
+            let event = LineEvent {
+                event,
+                commande_id: change.commande_id,
+                ligne_id: line.ligne_id,
+                version: line.version,
+                produit_id: change.produit_id,
+                quantite: change.quantite,
+                disponible,
+            };
+            self.plan.events.push((event, change.request_id.clone()));
+        }
         outcome
     }
 

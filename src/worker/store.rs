@@ -2,7 +2,8 @@
 //! under row locks, then write the plan — all in one transaction, with a
 //! fixed number of set-based statements whatever the batch size (never one
 //! per message): lock the reservations, lock the products, record the
-//! message ids, lock the lines, write everything, and the alerts if any.
+//! message ids, lock the lines, write everything, and the alerts and the
+//! order-validation line events if any.
 //!
 //! Locks are taken in one fixed order — the batch's reservations by line,
 //! then its products by id, then its lines by id — so concurrent batches
@@ -168,7 +169,8 @@ fn write(conn: &mut PgConnection, changes: &[StockChange], plan: &Plan) -> Query
         .bind::<Array<Text>, _>(rows.history_results)
         .bind::<Array<Nullable<Text>>, _>(rows.history_reasons)
         .execute(conn)?;
-    outbox::enqueue_alerts(conn, &plan.alerts)
+    outbox::enqueue_alerts(conn, &plan.alerts)?;
+    outbox::enqueue_events(conn, &plan.events)
 }
 
 /// Every write of a batch. The sub-statements touch different rows, so

@@ -13,5 +13,6 @@ mod openapi;
 mod orders;
 mod pipeline;
 mod products;
+mod saga;
 mod security;
 mod swagger_ui;

@@ -3,12 +3,12 @@
 use crate::common::TestDb;
 use std::process::Command;
 
-/// The tables of the schema; 7 when migrated, 0 when reverted.
+/// The tables of the schema; 9 when migrated, 0 when reverted.
 fn tables(db: &TestDb) -> i64 {
     db.count(
         "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public' \
          AND table_name IN ('produits', 'mouvements', 'commandes', 'commandes_produits', 'outbox', \
-         'reservations', 'messages_traites')",
+         'reservations', 'messages_traites', 'validation_lignes', 'evenements_traites')",
     )
 }
 
@@ -25,7 +25,7 @@ fn up_down_and_up_again() {
     let mut conn = db.conn();
     let applied = ordersys::db::migrate::run_pending(&mut conn).unwrap();
     assert_eq!(applied.len() as i64, migrations_on_disk(), "{applied:?}");
-    assert_eq!(tables(&db), 7);
+    assert_eq!(tables(&db), 9);
     assert!(
         ordersys::db::migrate::run_pending(&mut conn)
             .unwrap()
@@ -39,7 +39,7 @@ fn up_down_and_up_again() {
         ordersys::db::migrate::run_pending(&mut conn).unwrap(),
         applied
     );
-    assert_eq!(tables(&db), 7);
+    assert_eq!(tables(&db), 9);
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn two_processes_migrating_at_once_both_succeed() {
     for mut child in children {
         assert!(child.wait().unwrap().success());
     }
-    assert_eq!(tables(&db), 7);
+    assert_eq!(tables(&db), 9);
     assert_eq!(
         db.count("SELECT count(*) AS n FROM __diesel_schema_migrations"),
         migrations_on_disk()
@@ -137,7 +137,7 @@ fn allowed_words(db: &TestDb, table: &str, column: &str) -> std::collections::BT
 
 #[test]
 fn the_schema_allows_exactly_the_status_words_defined_in_rust() {
-    use ordersys::domain::{OrderStatus, StockStatus};
+    use ordersys::domain::{OrderStatus, StockStatus, ValidationStatus};
     use ordersys::messages::Action;
     let db = TestDb::migrated();
     let words = |all: Vec<&str>| all.into_iter().map(str::to_owned).collect();
@@ -147,6 +147,11 @@ fn the_schema_allows_exactly_the_status_words_defined_in_rust() {
     assert_eq!(
         allowed_words(&db, "commandes_produits", "statut_stock"),
         words(lines)
+    );
+    let validations: Vec<&str> = ValidationStatus::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        allowed_words(&db, "commandes", "validation"),
+        words(validations)
     );
     let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
     assert_eq!(allowed_words(&db, "mouvements", "action"), words(actions));

@@ -25,6 +25,7 @@ fn change(action: Action, line: Option<LineRef>, produit_id: i64, quantite: i32)
         ancien: None,
         occurred_at: None,
         request_id: None,
+        validation: false,
     }
 }
 
@@ -101,6 +102,57 @@ fn a_line_the_stock_cannot_cover_is_rejected_and_reserves_nothing() {
     assert!(plan.stock.is_empty() && plan.movements.is_empty());
     assert_eq!(plan.reservations[&10].0.produit_id, None);
     assert_eq!(plan.line_statuses[&10], (1, StockStatus::Rejete));
+}
+
+fn validating(mut c: StockChange) -> StockChange {
+    c.validation = true;
+    c
+}
+
+#[test]
+fn validation_changes_report_their_outcome_as_line_events() {
+    // Line 10 holds 4 of product 1 (stock 2); line 11 asks 3 of product 2
+    // (stock 1); line 12 is released.
+    let changes = [
+        validating(updated(10, 2, 1, 4)),
+        validating(created(11, 1, 2, 3)),
+        validating(change(Action::Deleted, Some(line(12, 3)), 1, 5)),
+        created(13, 1, 1, 1),
+    ];
+    let plan = plan(
+        &changes,
+        &snapshot(&[(1, 2), (2, 1)], &[(10, 1, 4, 1), (12, 1, 5, 2)]),
+        LOW,
+    );
+    let events: Vec<_> = plan
+        .events
+        .iter()
+        .map(|(e, _)| (e.event, e.ligne_id, e.version, e.quantite, e.disponible))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (LineOutcome::LigneReservee, 10, 2, 4, None),
+            (LineOutcome::LigneRejetee, 11, 1, 3, Some(1)),
+            (LineOutcome::LigneLiberee, 12, 3, 5, None),
+        ],
+        "line 13 is not part of a validation"
+    );
+}
+
+#[test]
+fn duplicate_stale_and_refused_validation_changes_report_nothing() {
+    let first = validating(created(10, 2, 1, 1));
+    let stale = validating(created(11, 1, 1, 1));
+    let unknown = validating(created(12, 1, 99, 1));
+    let mut snap = snapshot(&[(1, 5)], &[(11, 1, 1, 4)]);
+    snap.processed.insert(first.line.unwrap().message_id);
+    let plan = plan(&[first, stale, unknown], &snap, LOW);
+    assert!(matches!(
+        plan.outcomes[..],
+        [Outcome::Duplicate, Outcome::Stale, Outcome::DeadLetter(_)]
+    ));
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
 }
 
 #[test]

@@ -502,59 +502,64 @@ impl TestApp {
         .await
     }
 
-    /// The invariant (docs/contract.md §5): for every product, stock = initial − Σ quantite of its
-    /// RESERVE lines (and never negative); returns the number of products
-    /// checked.
+    /// The invariant (docs/contract.md §5): see [`assert_stock_invariant`].
     pub fn assert_stock_invariant(&self, initial: &std::collections::HashMap<i64, i64>) -> usize {
-        use diesel::prelude::*;
-        use diesel::sql_types::BigInt;
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = BigInt)]
-            id: i64,
-            #[diesel(sql_type = BigInt)]
-            stock: i64,
-            #[diesel(sql_type = BigInt)]
-            reserved: i64,
-        }
-        let rows: Vec<Row> = diesel::sql_query(
-            "SELECT p.id, p.quantite_en_stock::bigint AS stock, \
-             coalesce(sum(l.quantite) FILTER (WHERE l.statut_stock = 'RESERVE'), 0)::bigint AS reserved \
-             FROM produits p LEFT JOIN commandes_produits l ON l.produit_id = p.id GROUP BY p.id ORDER BY p.id",
-        )
-        .load(&mut self.db.conn())
-        .expect("invariant query");
-        for row in &rows {
-            let start = initial
-                .get(&row.id)
-                .unwrap_or_else(|| panic!("initial stock of product {}", row.id));
-            assert!(row.stock >= 0, "product {} has negative stock", row.id);
-            assert_eq!(
-                row.stock,
-                start - row.reserved,
-                "product {}: stock {} != initial {} - reserved {}",
-                row.id,
-                row.stock,
-                start,
-                row.reserved
-            );
-        }
-        let by_status = |status: &str| {
-            self.db.count(&format!(
-                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = '{status}'"
-            ))
-        };
-        eprintln!(
-            "stock invariant holds for {} products: {} RESERVE, {} REJETE, {} LIBERE lines; {} movements, {} messages",
-            rows.len(),
-            by_status("RESERVE"),
-            by_status("REJETE"),
-            by_status("LIBERE"),
-            self.db.count("SELECT count(*) AS n FROM mouvements"),
-            self.db.count("SELECT count(*) AS n FROM outbox"),
-        );
-        rows.len()
+        assert_stock_invariant(&self.db, initial)
     }
+}
+
+/// The invariant (docs/contract.md §5): for every product, stock = initial
+/// − Σ quantite of its RESERVE lines (and never negative); returns the
+/// number of products checked.
+pub fn assert_stock_invariant(db: &TestDb, initial: &std::collections::HashMap<i64, i64>) -> usize {
+    use diesel::prelude::*;
+    use diesel::sql_types::BigInt;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = BigInt)]
+        stock: i64,
+        #[diesel(sql_type = BigInt)]
+        reserved: i64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT p.id, p.quantite_en_stock::bigint AS stock, \
+         coalesce(sum(l.quantite) FILTER (WHERE l.statut_stock = 'RESERVE'), 0)::bigint AS reserved \
+         FROM produits p LEFT JOIN commandes_produits l ON l.produit_id = p.id GROUP BY p.id ORDER BY p.id",
+    )
+    .load(&mut db.conn())
+    .expect("invariant query");
+    for row in &rows {
+        let start = initial
+            .get(&row.id)
+            .unwrap_or_else(|| panic!("initial stock of product {}", row.id));
+        assert!(row.stock >= 0, "product {} has negative stock", row.id);
+        assert_eq!(
+            row.stock,
+            start - row.reserved,
+            "product {}: stock {} != initial {} - reserved {}",
+            row.id,
+            row.stock,
+            start,
+            row.reserved
+        );
+    }
+    let by_status = |status: &str| {
+        db.count(&format!(
+            "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = '{status}'"
+        ))
+    };
+    eprintln!(
+        "stock invariant holds for {} products: {} RESERVE, {} REJETE, {} LIBERE lines; {} movements, {} messages",
+        rows.len(),
+        by_status("RESERVE"),
+        by_status("REJETE"),
+        by_status("LIBERE"),
+        db.count("SELECT count(*) AS n FROM mouvements"),
+        db.count("SELECT count(*) AS n FROM outbox"),
+    );
+    rows.len()
 }
 
 /// Reads one counter from a Prometheus exposition.

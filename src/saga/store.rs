@@ -1,0 +1,383 @@
+//! The database side of the validation saga: starting one, and advancing
+//! sagas by a batch of line events or by their deadline — each in one
+//! transaction, under the orders' row locks, so that one saga is advanced
+//! by one `orders` replica at a time and never twice.
+//!
+//! Locks follow the orders service's one order: the order rows (by id),
+//! then their lines (by id). The worker locks lines last, so none of these
+//! can deadlock with it or with the API.
+
+use super::machine::{Input, LineProgress, Saga, Step};
+use crate::db::schema::{commandes, evenements_traites, validation_lignes};
+use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
+use crate::messages::{Action, LineEvent};
+use crate::orders::model::{Order, OrderError};
+use crate::orders::queries::{bump_lines, find_order, lock_order, message};
+use crate::outbox;
+use crate::request_id::RequestId;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Starts the validation of order `id`: it must exist (404), be
+/// `EN_ATTENTE`, never validated, and have lines (409). Every line is sent
+/// to the worker again at a new version, marked as part of the validation,
+/// so that the worker reports each outcome; the order's lines are frozen
+/// until the validation ends, and it is refused after `timeout`.
+pub fn start(
+    conn: &mut PgConnection,
+    request: &RequestId,
+    id: i64,
+    timeout: Duration,
+) -> Result<Order, OrderError> {
+    conn.transaction(|conn| {
+        let order = lock_order(conn, id)?;
+        if let Some(validation) = order.validation {
+            return Err(OrderError::Conflict(format!(
+                "order {id} was already validated: its validation is {}",
+                validation.as_str()
+            )));
+        }
+        if order.statut != OrderStatus::EnAttente {
+            return Err(OrderError::Conflict(format!(
+                "only an EN_ATTENTE order can be validated; order {id} is {}",
+                order.statut.as_str()
+            )));
+        }
+        let lines = bump_lines(conn, id)?;
+        if lines.is_empty() {
+            return Err(OrderError::Conflict(format!(
+                "order {id} has no lines to validate"
+            )));
+        }
+        diesel::sql_query(
+            "UPDATE commandes SET validation = 'EN_COURS', motif = NULL, \
+                    validation_commencee_le = now(), \
+                    validation_echeance = now() + make_interval(secs => $2), \
+                    validation_terminee_le = NULL \
+              WHERE id = $1",
+        )
+        .bind::<BigInt, _>(id)
+        .bind::<diesel::sql_types::Double, _>(timeout.as_secs_f64())
+        .execute(conn)?;
+        let rows: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                (
+                    validation_lignes::commande_id.eq(id),
+                    validation_lignes::ligne_id.eq(l.id),
+                    validation_lignes::version.eq(l.version),
+                    validation_lignes::produit_id.eq(l.produit_id),
+                    validation_lignes::quantite.eq(l.quantite),
+                )
+            })
+            .collect();
+        diesel::insert_into(validation_lignes::table)
+            .values(&rows)
+            .execute(conn)?;
+        // The line as it is (same product and quantity): the worker
+        // re-checks its reservation under its locks, and tries again one
+        // that was rejected.
+        let messages: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                let mut m = message(Action::Updated, l, Some(l));
+                m.validation = true;
+                m
+            })
+            .collect();
+        outbox::enqueue_stock(conn, request, &messages)?;
+        find_order(conn, id)?.ok_or(OrderError::NotFound("order", id))
+    })
+}
+
+/// What a batch did, for the logs and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Advanced {
+    /// Per input, in order: its step (`None` for an event already applied).
+    pub steps: Vec<(i64, Option<Step>)>,
+    /// Whether compensation messages were written (wake the relay).
+    pub wrote_messages: bool,
+}
+
+/// One line event as received: its message id, and the id of the request
+/// behind it (the validation's), when it has a valid one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub message_id: Uuid,
+    pub request_id: Option<RequestId>,
+    pub event: LineEvent,
+}
+
+/// Applies line events, in order, in one transaction: an event id applied
+/// before is skipped; the others advance their orders' sagas.
+pub fn apply_events(conn: &mut PgConnection, events: &[Received]) -> QueryResult<Advanced> {
+    if events.is_empty() {
+        return Ok(Advanced::default());
+    }
+    conn.transaction(|conn| {
+        let mut ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
+        ids.sort();
+        ids.dedup();
+        // Recorded now: a concurrent batch with the same id waits here
+        // until this one commits, then sees it as applied.
+        let fresh: HashSet<Uuid> = diesel::insert_into(evenements_traites::table)
+            .values(
+                ids.iter()
+                    .map(|id| evenements_traites::message_id.eq(*id))
+                    .collect::<Vec<_>>(),
+            )
+            .on_conflict_do_nothing()
+            .returning(evenements_traites::message_id)
+            .get_results::<Uuid>(conn)?
+            .into_iter()
+            .collect();
+        let mut seen = HashSet::new();
+        let inputs: Vec<Pending<'_>> = events
+            .iter()
+            .map(|e| {
+                let new = fresh.contains(&e.message_id) && seen.insert(e.message_id);
+                Pending {
+                    order: e.event.commande_id,
+                    input: new.then_some(Input::Line(&e.event)),
+                    request: e.request_id.as_ref(),
+                }
+            })
+            .collect();
+        advance(conn, &inputs)
+    })
+}
+
+/// Refuses validations past their deadline, up to `limit` of them (those
+/// another replica is advancing are skipped); returns what it did.
+pub fn time_out(conn: &mut PgConnection, limit: usize) -> QueryResult<Advanced> {
+    conn.transaction(|conn| {
+        let due: Vec<(i64, f64)> = diesel::sql_query(
+            "SELECT id, extract(epoch FROM validation_echeance - validation_commencee_le)::float8 AS after \
+               FROM commandes \
+              WHERE validation = 'EN_COURS' AND validation_echeance <= now() \
+              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind::<BigInt, _>(limit as i64)
+        .load::<Due>(conn)?
+        .into_iter()
+        .map(|d| (d.id, d.after))
+        .collect();
+        let inputs: Vec<Pending<'_>> = due
+            .iter()
+            .map(|&(order, after)| {
+                let after = Duration::from_secs_f64(after.max(0.0));
+                Pending {
+                    order,
+                    input: Some(Input::Timeout { after }),
+                    request: None,
+                }
+            })
+            .collect();
+        advance(conn, &inputs)
+    })
+}
+
+#[derive(QueryableByName)]
+struct Due {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    after: f64,
+}
+
+/// An input for one order's saga (`None`: an event applied before), and
+/// the request its compensation messages are attributed to.
+struct Pending<'a> {
+    order: i64,
+    input: Option<Input<'a>>,
+    request: Option<&'a RequestId>,
+}
+
+/// Locks the sagas of `inputs`' orders, feeds each its inputs in order and
+/// writes what they decided. An input of an order with no saga is ignored.
+fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advanced> {
+    let orders: Vec<i64> = inputs
+        .iter()
+        .filter(|p| p.input.is_some())
+        .map(|p| p.order)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut sagas = load(conn, &orders)?;
+    let before = sagas.clone();
+    let mut advanced = Advanced::default();
+    let mut refusals: BTreeMap<i64, String> = BTreeMap::new();
+    let mut confirmed = Vec::new();
+    for pending in inputs {
+        let order = pending.order;
+        let Some(input) = pending.input else {
+            advanced.steps.push((order, None));
+            continue;
+        };
+        let step = match sagas.get_mut(&order) {
+            None => Step::Ignored("the order has no validation"),
+            Some(saga) => {
+                let step = saga.step(input);
+                match &step {
+                    Step::Confirmed => confirmed.push(order),
+                    Step::Refused(motif) => {
+                        // The compensation: every line released now, in
+                        // this transaction; the saga waits for each release.
+                        let lines = bump_lines(conn, order)?;
+                        saga.refused(lines.iter().map(|l| (l.id, l.version)));
+                        let messages: Vec<_> = lines
+                            .iter()
+                            .map(|l| {
+                                let mut m = message(Action::Deleted, l, None);
+                                m.validation = true;
+                                m
+                            })
+                            .collect();
+                        let request = pending.request.cloned().unwrap_or_else(RequestId::generate);
+                        outbox::enqueue_stock(conn, &request, &messages)?;
+                        advanced.wrote_messages |= !messages.is_empty();
+                        refusals.insert(order, motif.clone());
+                    }
+                    _ => {}
+                }
+                step
+            }
+        };
+        advanced.steps.push((order, Some(step)));
+    }
+    write_lines(conn, &before, &sagas)?;
+    if !confirmed.is_empty() {
+        diesel::update(commandes::table.filter(commandes::id.eq_any(&confirmed)))
+            .set((
+                commandes::validation.eq(ValidationStatus::Confirmee),
+                commandes::statut.eq(OrderStatus::EnCours),
+                commandes::validation_terminee_le.eq(now()),
+            ))
+            .execute(conn)?;
+    }
+    for (order, motif) in &refusals {
+        diesel::update(commandes::table.find(order))
+            .set((
+                commandes::validation.eq(ValidationStatus::Refusee),
+                commandes::statut.eq(OrderStatus::Annulee),
+                commandes::motif.eq(motif),
+                commandes::validation_terminee_le.eq(now()),
+            ))
+            .execute(conn)?;
+    }
+    Ok(advanced)
+}
+
+/// The transaction's time, for a nullable column.
+fn now() -> diesel::expression::SqlLiteral<Nullable<diesel::sql_types::Timestamptz>> {
+    diesel::dsl::sql("now()")
+}
+
+/// Locks the orders (by id) and reads their sagas.
+fn load(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<BTreeMap<i64, Saga>> {
+    let states: Vec<(i64, Option<ValidationStatus>)> = commandes::table
+        .filter(commandes::id.eq_any(orders))
+        .order(commandes::id)
+        .select((commandes::id, commandes::validation))
+        .for_update()
+        .load(conn)?;
+    let mut sagas: BTreeMap<i64, Saga> = states
+        .into_iter()
+        .filter_map(|(id, state)| {
+            Some((
+                id,
+                Saga {
+                    commande_id: id,
+                    state: state?,
+                    lines: Vec::new(),
+                },
+            ))
+        })
+        .collect();
+    let with_saga: Vec<i64> = sagas.keys().copied().collect();
+    let lines: Vec<LineRow> = validation_lignes::table
+        .filter(validation_lignes::commande_id.eq_any(&with_saga))
+        .order((validation_lignes::commande_id, validation_lignes::ligne_id))
+        .select(LineRow::as_select())
+        .load(conn)?;
+    for l in lines {
+        if let Some(saga) = sagas.get_mut(&l.commande_id) {
+            saga.lines.push(LineProgress {
+                ligne_id: l.ligne_id,
+                version: l.version,
+                produit_id: l.produit_id,
+                quantite: l.quantite,
+                resultat: l.resultat.and_then(|r| StockStatus::parse(&r).ok()),
+                disponible: l.disponible,
+            });
+        }
+    }
+    Ok(sagas)
+}
+
+/// A row of `validation_lignes`.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = validation_lignes, check_for_backend(diesel::pg::Pg))]
+struct LineRow {
+    commande_id: i64,
+    ligne_id: i64,
+    version: i64,
+    produit_id: i64,
+    quantite: i32,
+    resultat: Option<String>,
+    disponible: Option<i32>,
+}
+
+/// Writes the lines whose progress changed, in one statement.
+fn write_lines(
+    conn: &mut PgConnection,
+    before: &BTreeMap<i64, Saga>,
+    after: &BTreeMap<i64, Saga>,
+) -> QueryResult<()> {
+    let mut orders = Vec::new();
+    let mut lines = Vec::new();
+    let mut versions = Vec::new();
+    let mut results: Vec<Option<&'static str>> = Vec::new();
+    let mut available = Vec::new();
+    for (order, saga) in after {
+        let old = &before[order].lines;
+        for (line, was) in saga.lines.iter().zip(old) {
+            if line != was {
+                orders.push(*order);
+                lines.push(line.ligne_id);
+                versions.push(line.version);
+                results.push(line.resultat.map(StockStatus::as_str));
+                available.push(line.disponible);
+            }
+        }
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "UPDATE validation_lignes v SET version = u.v, resultat = u.r, disponible = u.d \
+           FROM unnest($1, $2, $3, $4, $5) AS u (c, l, v, r, d) \
+          WHERE v.commande_id = u.c AND v.ligne_id = u.l",
+    )
+    .bind::<Array<BigInt>, _>(&orders)
+    .bind::<Array<BigInt>, _>(&lines)
+    .bind::<Array<BigInt>, _>(&versions)
+    .bind::<Array<Nullable<Text>>, _>(&results)
+    .bind::<Array<Nullable<Integer>>, _>(&available)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Forgets applied event ids older than `retention` (a redelivery that old
+/// finds its line's version moved on, or its saga over).
+pub fn purge_applied(conn: &mut PgConnection, retention: Duration) -> QueryResult<usize> {
+    crate::db::purge(
+        conn,
+        "DELETE FROM evenements_traites WHERE message_id IN (SELECT message_id FROM evenements_traites \
+         WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)",
+        retention,
+    )
+}
