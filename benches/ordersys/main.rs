@@ -11,9 +11,11 @@
 //! 2. the pipeline ([`pipeline`]): line changes per second from HTTP to
 //!    RESERVE, sustained, and the change-to-applied latency at half that
 //!    rate, by stage;
-//! 3. the worker alone ([`worker`]), draining a pre-filled product_queue;
-//! 4. the ceilings ([`ceilings`]): the broker alone, the database alone;
-//! 5. each process's peak RSS.
+//! 3. order validation ([`validation`]): start → decision under the paced
+//!    load, and many orders validated at once against scarce stock;
+//! 4. the worker alone ([`worker`]), draining a pre-filled product_queue;
+//! 5. the ceilings ([`ceilings`]): the broker alone, the database alone;
+//! 6. each process's peak RSS.
 //!
 //! The load is the project's one generator, `ordersys::load`: its HTTP
 //! connections (closed loop for the ceilings) and the open-loop schedule of
@@ -36,6 +38,7 @@ mod retention;
 mod setup;
 mod sizes;
 mod sql;
+mod validation;
 mod worker;
 
 use report::{verdict, Report};
@@ -87,6 +90,9 @@ async fn main() {
     let ceilings = http::measure(&bench, &mut report, &catalog, &sample_orders, &load_orders).await;
     let rate = pipeline::saturated(&mut bench, &mut report, &worker, &ceilings, &catalog).await;
     pipeline::paced(&mut bench, &mut report, rate, &catalog).await;
+    validation::under_load(&mut bench, &mut report, rate, &catalog).await;
+    let scarce =
+        validation::at_once_against_scarce_stock(&mut bench, &mut report, catalog[0]).await;
     worker.terminate(std::time::Duration::from_secs(30));
 
     let (worker_rate, worker_cpu, worker) =
@@ -129,7 +135,12 @@ async fn main() {
             &target,
         );
     }
-    let invariant = check_invariant(&mut bench, &mut report, sizes.worker_messages as i64);
+    let invariant = check_invariant(
+        &mut bench,
+        &mut report,
+        sizes.worker_messages as i64,
+        scarce,
+    );
     println!("\n{}", report.table());
     for note in &report.notes {
         println!("{note}");
@@ -144,22 +155,32 @@ async fn main() {
 }
 
 /// No lost or doubled change: every product's stock is its initial stock
-/// minus its RESERVE lines and the queued messages' reservations, every
-/// line is RESERVE, and every queued unit was applied once.
-fn check_invariant(bench: &mut Bench, report: &mut Report, queued_units: i64) -> bool {
+/// (`scarce`: the one product that did not start at [`STOCK`]) minus its
+/// RESERVE lines and the queued messages' reservations, every line is
+/// RESERVE but those of refused validations (LIBERE), and every queued unit
+/// was applied once.
+fn check_invariant(
+    bench: &mut Bench,
+    report: &mut Report,
+    queued_units: i64,
+    scarce: (i64, i64),
+) -> bool {
     let pg = &mut bench.pg;
     let first = worker::FIRST_QUEUED_LINE;
+    let (scarce, scarce_stock) = scarce;
+    let initial = format!("(CASE WHEN p.id = {scarce} THEN {scarce_stock} ELSE {STOCK} END)");
     let wrong = count(
         pg,
         &format!(
-            "SELECT count(*) AS n FROM produits p WHERE p.quantite_en_stock <> {STOCK} - coalesce((SELECT sum(l.quantite) \
+            "SELECT count(*) AS n FROM produits p WHERE p.quantite_en_stock <> {initial} - coalesce((SELECT sum(l.quantite) \
              FROM commandes_produits l WHERE l.produit_id = p.id AND l.statut_stock = 'RESERVE'), 0) \
              - coalesce((SELECT sum(r.quantite) FROM reservations r WHERE r.produit_id = p.id AND r.ligne_id >= {first}), 0)"
         ),
     );
     let waiting = count(
         pg,
-        "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock <> 'RESERVE'",
+        "SELECT count(*) AS n FROM commandes_produits l JOIN commandes c ON c.id = l.commande_id \
+         WHERE l.statut_stock <> CASE WHEN c.validation = 'REFUSEE' THEN 'LIBERE' ELSE 'RESERVE' END",
     );
     let applied = count(
         pg,
@@ -168,7 +189,7 @@ fn check_invariant(bench: &mut Bench, report: &mut Report, queued_units: i64) ->
     let products = count(pg, "SELECT count(*) AS n FROM produits");
     let holds = wrong == 0 && waiting == 0 && queued_units == applied;
     report.notes.push(format!(
-        "Stock invariant after the run: {} ({products} products checked; {waiting} lines not RESERVE; \
+        "Stock invariant after the run: {} ({products} products checked; {waiting} lines neither RESERVE nor released by a refusal; \
          {applied} of {queued_units} queued units applied).",
         if holds { "holds" } else { "VIOLATED" },
     ));

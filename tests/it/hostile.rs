@@ -435,11 +435,19 @@ async fn a_message_the_broker_cannot_route_is_not_marked_sent() {
         "ordersys_outbox_failed_batches_total",
     );
     assert!(failed >= 1, "the returned publish failed its batch");
-    assert_eq!(
-        app.db
-            .count("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"),
-        0
-    );
+    // Marked sent once the broker confirmed it (just after it was routed).
+    wait_for(
+        "the row to be marked sent",
+        Duration::from_secs(10),
+        || async {
+            let unsent = app
+                .db
+                .count("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL");
+            (unsent == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(app.broker.ready(PRODUCT_QUEUE), 1, "sent once");
 }
 
 #[tokio::test]

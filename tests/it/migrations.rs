@@ -106,7 +106,7 @@ fn migrate_creates_a_missing_database() {
     assert!(status.success());
     // Hand it to a TestDb so it is dropped.
     let created = TestDb { name: missing, url };
-    assert_eq!(tables(&created), 7);
+    assert_eq!(tables(&created), 9);
 }
 
 /// The words a CHECK constraint on `table`.`column` allows.

@@ -41,6 +41,7 @@ fn orders_routes() -> Vec<String> {
             routes.push(op.replace("{b}", base));
         }
     }
+    routes.push("POST /commandes/{id}/validation".into());
     for base in ["/commandes-produits"] {
         for op in [
             "POST {b}",
