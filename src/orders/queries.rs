@@ -124,8 +124,15 @@ pub(crate) fn release_lines(
 /// `EN_ATTENTE` (a message about each is going to the worker); returns them
 /// by id.
 pub(crate) fn bump_lines(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<LineRow>> {
+    bump_lines_of(conn, &[order_id])
+}
+
+/// [`bump_lines`] for several orders at once: their lines are locked in
+/// one statement, in id order (as the worker locks lines), so that two
+/// transactions never wait on each other's lines.
+pub(crate) fn bump_lines_of(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<Vec<LineRow>> {
     let ids: Vec<i64> = commandes_produits::table
-        .filter(commandes_produits::commande_id.eq(order_id))
+        .filter(commandes_produits::commande_id.eq_any(orders))
         .select(commandes_produits::id)
         .order(commandes_produits::id)
         .for_update()

@@ -96,6 +96,9 @@ fn session(
     channel.qos(0, settings.amqp.prefetch, false)?;
     let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
     let consumer = channel.basic_consume(ORDER_EVENTS_QUEUE, ConsumerOptions::default())?;
+    if let Some(broker) = &ctx.deps.broker {
+        broker.set_up();
+    }
     backoff.reset();
     let receiver = consumer.receiver();
     let batch_size = settings
@@ -261,6 +264,7 @@ fn apply(
 ) -> Result<Result<Advanced, String>, Stop> {
     let mut backoff = Backoff::new(&ctx.settings.retry);
     let database = &ctx.deps.database;
+    let mut gave_way = 0u32;
     loop {
         if conn.is_none() {
             match db::connect(&ctx.settings.database, "ordersys-orders-saga") {
@@ -287,7 +291,15 @@ fn apply(
                     database.set_down(&e);
                     *conn = None;
                 }
-                Failure::Transient => log::debug!("line events gave way, retrying: {e}"),
+                Failure::Transient => {
+                    // A missing privilege is transient too: say so loudly.
+                    gave_way += 1;
+                    if gave_way % 20 == 5 {
+                        log::warn!("line events keep giving way, still retrying: {e}");
+                    } else {
+                        log::debug!("line events gave way, retrying: {e}");
+                    }
+                }
                 Failure::Refused => {
                     return Ok(Err(format!("the database refused it: {e}")));
                 }

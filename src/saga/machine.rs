@@ -64,7 +64,9 @@ pub enum Step {
     Recorded,
     /// Every line holds its stock.
     Confirmed,
-    /// The order is refused for this reason: its lines must be released.
+    /// The order is refused for this reason (the saga is `REFUSEE` now):
+    /// its lines must be released, then [`Saga::refused`] told at which
+    /// versions.
     Refused(String),
     /// The last release of a refused order arrived.
     Compensated,
@@ -76,6 +78,7 @@ impl Saga {
         match (self.state, input) {
             (ValidationStatus::EnCours, Input::Line(event)) => self.validating(event),
             (ValidationStatus::EnCours, Input::Timeout { after }) => {
+                self.state = ValidationStatus::Refusee;
                 Step::Refused(self.timeout_reason(after))
             }
             (ValidationStatus::Refusee, Input::Line(event)) => self.compensating(event),
@@ -122,6 +125,7 @@ impl Saga {
             self.state = ValidationStatus::Confirmee;
             Step::Confirmed
         } else {
+            self.state = ValidationStatus::Refusee;
             Step::Refused(self.rejections())
         }
     }
@@ -149,10 +153,9 @@ impl Saga {
         }
     }
 
-    /// Records that the order was refused and its lines are released at
-    /// `versions` (by line id): the saga now waits for those releases.
+    /// Records that the refused order's lines are released at `versions`
+    /// (by line id): the saga now waits for those releases.
     pub fn refused(&mut self, versions: impl IntoIterator<Item = (i64, i64)>) {
-        self.state = ValidationStatus::Refusee;
         for (ligne_id, version) in versions {
             if let Some(line) = self.lines.iter_mut().find(|l| l.ligne_id == ligne_id) {
                 line.version = version;

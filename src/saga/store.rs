@@ -4,15 +4,17 @@
 //! by one `orders` replica at a time and never twice.
 //!
 //! Locks follow the orders service's one order: the order rows (by id),
-//! then their lines (by id). The worker locks lines last, so none of these
-//! can deadlock with it or with the API.
+//! then their lines (by id, in one statement for all the orders of a
+//! batch, as the worker locks a batch's lines). The worker locks lines
+//! last and never an order, so none of these can deadlock with it or with
+//! the API.
 
 use super::machine::{Input, LineProgress, Saga, Step};
 use crate::db::schema::{commandes, evenements_traites, validation_lignes};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, LineEvent};
 use crate::orders::model::{Order, OrderError};
-use crate::orders::queries::{bump_lines, find_order, lock_order, message};
+use crate::orders::queries::{bump_lines, bump_lines_of, find_order, lock_order, message};
 use crate::outbox;
 use crate::request_id::RequestId;
 use diesel::prelude::*;
@@ -209,7 +211,8 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
     let mut sagas = load(conn, &orders)?;
     let before = sagas.clone();
     let mut advanced = Advanced::default();
-    let mut refusals: BTreeMap<i64, String> = BTreeMap::new();
+    // Each refused order's motif, and the request its releases are for.
+    let mut refusals: BTreeMap<i64, (String, Option<&RequestId>)> = BTreeMap::new();
     let mut confirmed = Vec::new();
     for pending in inputs {
         let order = pending.order;
@@ -224,22 +227,7 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
                 match &step {
                     Step::Confirmed => confirmed.push(order),
                     Step::Refused(motif) => {
-                        // The compensation: every line released now, in
-                        // this transaction; the saga waits for each release.
-                        let lines = bump_lines(conn, order)?;
-                        saga.refused(lines.iter().map(|l| (l.id, l.version)));
-                        let messages: Vec<_> = lines
-                            .iter()
-                            .map(|l| {
-                                let mut m = message(Action::Deleted, l, None);
-                                m.validation = true;
-                                m
-                            })
-                            .collect();
-                        let request = pending.request.cloned().unwrap_or_else(RequestId::generate);
-                        outbox::enqueue_stock(conn, &request, &messages)?;
-                        advanced.wrote_messages |= !messages.is_empty();
-                        refusals.insert(order, motif.clone());
+                        refusals.insert(order, (motif.clone(), pending.request));
                     }
                     _ => {}
                 }
@@ -248,6 +236,7 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
         };
         advanced.steps.push((order, Some(step)));
     }
+    advanced.wrote_messages = compensate(conn, &refusals, &mut sagas)?;
     write_lines(conn, &before, &sagas)?;
     if !confirmed.is_empty() {
         diesel::update(commandes::table.filter(commandes::id.eq_any(&confirmed)))
@@ -258,7 +247,7 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
             ))
             .execute(conn)?;
     }
-    for (order, motif) in &refusals {
+    for (order, (motif, _)) in &refusals {
         diesel::update(commandes::table.find(order))
             .set((
                 commandes::validation.eq(ValidationStatus::Refusee),
@@ -269,6 +258,41 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
             .execute(conn)?;
     }
     Ok(advanced)
+}
+
+/// The compensation of the refused orders: every line of each released,
+/// in this transaction (their locks taken in one statement, in line id
+/// order), each release a message in the outbox; their sagas then wait for
+/// each release. Returns whether messages were written.
+fn compensate(
+    conn: &mut PgConnection,
+    refusals: &BTreeMap<i64, (String, Option<&RequestId>)>,
+    sagas: &mut BTreeMap<i64, Saga>,
+) -> QueryResult<bool> {
+    if refusals.is_empty() {
+        return Ok(false);
+    }
+    let orders: Vec<i64> = refusals.keys().copied().collect();
+    let lines = bump_lines_of(conn, &orders)?;
+    let mut wrote = false;
+    for (order, (_, request)) in refusals {
+        let mine: Vec<_> = lines.iter().filter(|l| l.commande_id == *order).collect();
+        if let Some(saga) = sagas.get_mut(order) {
+            saga.refused(mine.iter().map(|l| (l.id, l.version)));
+        }
+        let messages: Vec<_> = mine
+            .iter()
+            .map(|l| {
+                let mut m = message(Action::Deleted, l, None);
+                m.validation = true;
+                m
+            })
+            .collect();
+        let request = request.cloned().unwrap_or_else(RequestId::generate);
+        outbox::enqueue_stock(conn, &request, &messages)?;
+        wrote |= !messages.is_empty();
+    }
+    Ok(wrote)
 }
 
 /// The transaction's time, for a nullable column.
