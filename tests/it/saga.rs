@@ -524,8 +524,10 @@ async fn an_orders_process_killed_mid_saga_and_restarted_finishes_every_saga() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_connections_dropped_mid_saga() {
+async fn broker_connections_dropped_mid_saga_with_two_orders_replicas() {
     let app = TestApp::spawn().await;
+    // A second orders replica: the two compete for the line events.
+    let second = Running::start(Mode::Orders, &app.settings).await;
     let (initial, created) = scarce_orders(&app.products, &app.orders, 60).await;
     for o in &created {
         validate(&app.orders, *o).await;
@@ -547,7 +549,29 @@ async fn broker_connections_dropped_mid_saga() {
         60
     );
     assert_eq!(app.assert_stock_invariant(&initial), 4);
+    // Each event id was applied by one replica, once: what both counted as
+    // new (applied or ignored; redeliveries count as duplicates) is what
+    // was recorded.
+    let new_events = |client: Client| async move {
+        let text = client.get("/metrics").await.expect(200).body;
+        let text = text.as_str().unwrap().to_owned();
+        let of = |outcome: &str| {
+            metric(
+                &text,
+                &format!(r#"ordersys_saga_events_total{{mode="orders",outcome="{outcome}"}}"#),
+            )
+        };
+        of("applied") + of("ignored")
+    };
+    let (a, b) = (
+        new_events(app.orders.clone()).await,
+        new_events(Client::new(&second)).await,
+    );
+    eprintln!("line events: {a} taken by one replica, {b} by the other");
+    let recorded = app.db.count("SELECT count(*) AS n FROM evenements_traites");
+    assert_eq!(a + b, recorded as u64);
     worker.stop().await;
+    second.stop().await;
 }
 
 #[tokio::test]
