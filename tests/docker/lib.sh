@@ -101,6 +101,34 @@ walkthrough() { # walkthrough PRODUCTS_URL ORDERS_URL
 
 line_is() { [ "$(value GET "$1/commandes-produits/$2" "" statut_stock)" = "$3" ]; }
 
+# The README's order validation: an order whose line the stock covers is
+# confirmed; one asking more than the stock is refused, naming the line,
+# and its line released (the stock starts at 100, as the invariant
+# checks expect of every product).
+validation_walkthrough() { # validation_walkthrough PRODUCTS_URL ORDERS_URL
+  local products=$1 orders=$2 product ok short big motif
+  product=$(value POST "$products/produits/" '{"nom":"Cahier","prix":2,"quantite_en_stock":100}' id)
+  ok=$(value POST "$orders/commandes" '{}' id)
+  http POST "$orders/commandes-produits" "{\"commande_id\":$ok,\"produit_id\":$product,\"quantite\":3}" >/dev/null
+  short=$(value POST "$orders/commandes" '{}' id)
+  big=$(value POST "$orders/commandes-produits" \
+    "{\"commande_id\":$short,\"produit_id\":$product,\"quantite\":200}" id)
+  http POST "$orders/commandes/$ok/validation" '{}' >/dev/null
+  http POST "$orders/commandes/$short/validation" '{}' >/dev/null
+  wait_until "order $ok's validation to be CONFIRMEE" 60 validation_is "$orders" "$ok" CONFIRMEE
+  wait_until "order $short's validation to be REFUSEE" 60 validation_is "$orders" "$short" REFUSEE
+  [ "$(value GET "$orders/commandes/$ok" "" statut)" = EN_COURS ] || fail "order $ok is not EN_COURS"
+  [ "$(value GET "$orders/commandes/$short" "" statut)" = ANNULEE ] || fail "order $short is not ANNULEE"
+  motif=$(value GET "$orders/commandes/$short" "" motif)
+  grep -q "line $big: asked 200 of product $product" <<<"$motif" || fail "order $short's motif: $motif"
+  wait_until "line $big to be LIBERE" 60 line_is "$orders" "$big" LIBERE
+  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 97 ] ||
+    fail "stock of product $product is not 97 after one confirmed order of 3"
+  summary "validation: an order CONFIRMEE (stock 100 -> 97); one asking 200 REFUSEE (\"$motif\"), its line LIBERE"
+}
+
+validation_is() { [ "$(value GET "$1/commandes/$2" "" validation)" = "$3" ]; }
+
 # create_products PRODUCTS_URL N STOCK: comma-separated ids.
 create_products() {
   local ids=() i id

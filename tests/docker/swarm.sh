@@ -128,6 +128,7 @@ scenario_swarm() {
 
   log "swarm: the walkthrough from a container on the overlay network"
   walkthrough http://products:8000 http://orders:8081
+  validation_walkthrough http://products:8000 http://orders:8081
 
   log "swarm: ordersys load from a container on the overlay network, with a token"
   local load_token load_out

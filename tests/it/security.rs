@@ -8,7 +8,10 @@ use crate::common::{id, wait_for, Client, TestApp, TestBroker, TestDb};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use ordersys::amqp::{BrokerUser, PERMISSIONS};
-use ordersys::messages::{DEAD_LETTER_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE, PRODUCT_ROUTING_KEY};
+use ordersys::messages::{
+    DEAD_LETTER_QUEUE, ORDER_EVENTS_EXCHANGE, ORDER_EVENTS_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE,
+    PRODUCT_ROUTING_KEY,
+};
 use ordersys::settings::{AuthMode, Settings};
 use ordersys::Mode;
 use reqwest::Method;
@@ -565,6 +568,37 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
         .await
         .expect(204);
     assert_eq!(app.db.count("SELECT count(*) AS n FROM mouvements"), 0);
+    // A validation confirmed, and one refused and compensated: the saga
+    // runs on the orders role, the line events leave through the worker's.
+    let q = app.create_product("q", 1.0, 5).await;
+    let (ok, short) = (app.create_order().await, app.create_order().await);
+    app.create_line(ok, q, 2).await;
+    let big = id(&app.create_line(short, q, 9).await);
+    app.wait_for_line(big, "REJETE").await;
+    for o in [ok, short] {
+        app.orders
+            .post(&format!("/commandes/{o}/validation"), json!({}))
+            .await
+            .expect(202);
+    }
+    let state = |o: i64| async move {
+        let order = app
+            .orders
+            .get(&format!("/commandes/{o}"))
+            .await
+            .expect(200)
+            .body;
+        (order["validation"] != "EN_COURS").then_some(order["validation"].clone())
+    };
+    let ended = wait_for(
+        "both validations to end",
+        Duration::from_secs(30),
+        || async { Some((state(ok).await?, state(short).await?)) },
+    )
+    .await;
+    assert_eq!(ended, (json!("CONFIRMEE"), json!("REFUSEE")));
+    app.wait_for_line(big, "LIBERE").await;
+    assert_eq!(app.stock(q), 3);
 
     let db = &app.db;
     for who in ["ordersys_products", "ordersys_orders", "ordersys_worker"] {
@@ -608,6 +642,19 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
             "UPDATE commandes_produits SET quantite = 1",
         ),
         ("ordersys_worker", "DELETE FROM commandes"),
+        (
+            "ordersys_worker",
+            "UPDATE commandes SET validation = 'CONFIRMEE'",
+        ),
+        (
+            "ordersys_worker",
+            "UPDATE validation_lignes SET resultat = 'RESERVE'",
+        ),
+        ("ordersys_worker", "DELETE FROM evenements_traites"),
+        (
+            "ordersys_products",
+            "SELECT count(*) FROM validation_lignes",
+        ),
     ] {
         let refused = as_role(db, who, sql).expect_err(&format!("{who} may not: {sql}"));
         assert!(
@@ -620,6 +667,7 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
     for (who, exchange) in [
         ("ordersys_worker", "product_exchange"),
         ("ordersys_orders", "stock_alerts"),
+        ("ordersys_orders", "order_events"),
     ] {
         let sql = format!(
             "INSERT INTO outbox (message_id, exchange, routing_key, payload) \
@@ -800,6 +848,25 @@ async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
     .await;
     let second = id(&app.create_line(order, p, 1).await);
     app.wait_for_line(second, "RESERVE").await;
+    // The saga: orders consumes order_events, the worker publishes them.
+    app.orders
+        .post(&format!("/commandes/{order}/validation"), json!({}))
+        .await
+        .expect(202);
+    wait_for(
+        "the validation to be confirmed",
+        Duration::from_secs(30),
+        || async {
+            let body = app
+                .orders
+                .get(&format!("/commandes/{order}"))
+                .await
+                .expect(200)
+                .body;
+            (body["validation"] == "CONFIRMEE").then_some(())
+        },
+    )
+    .await;
 
     let orders = app.broker.user_url(user("ordersys_orders"));
     let worker = app.broker.user_url(user("ordersys_worker"));
@@ -813,6 +880,11 @@ async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
     let alert: Attempt = Box::new(|c| publish_confirmed(c, "stock_alerts"));
     let forge: Attempt = Box::new(|c| publish_confirmed(c, PRODUCT_EXCHANGE));
     let dead_letters: Attempt = Box::new(|c| c.basic_get(DEAD_LETTER_QUEUE, false).map(|_| ()));
+    let forge_event: Attempt = Box::new(|c| publish_confirmed(c, ORDER_EVENTS_EXCHANGE));
+    let take_events: Attempt = Box::new(|c| {
+        c.basic_consume(ORDER_EVENTS_QUEUE, Default::default())
+            .map(|_| ())
+    });
     for (url, attempt, what) in [
         (&orders, &consume, "orders consumes"),
         (&orders, &declare, "orders declares"),
@@ -820,6 +892,8 @@ async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
         (&worker, &forge, "the worker forges a change"),
         (&worker, &declare, "the worker declares"),
         (&worker, &dead_letters, "the worker reads dead letters"),
+        (&orders, &forge_event, "orders forges a line event"),
+        (&worker, &take_events, "the worker consumes line events"),
     ] {
         refused(as_user(url, attempt), what);
     }
