@@ -581,9 +581,9 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
             .await
             .expect(202);
     }
+    let orders = &app.orders;
     let state = |o: i64| async move {
-        let order = app
-            .orders
+        let order = orders
             .get(&format!("/commandes/{o}"))
             .await
             .expect(200)
