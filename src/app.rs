@@ -188,7 +188,7 @@ impl Application {
         }
 
         let api = match mode {
-            Mode::Orders => http::orders::api(settings.validation.timeout()),
+            Mode::Orders => http::orders::api(&db, settings.validation.timeout()),
             Mode::Products => http::products::api(&db),
             Mode::Worker => http::worker_api(),
         };

@@ -8,11 +8,13 @@ use super::openapi::Alias;
 use super::responses::{Accepted, Created};
 use super::{Api, AppState};
 use crate::auth::{ApiScopes, Scope};
+use crate::db::Database;
 use crate::domain::{FieldError, OrderStatus, Page, Pagination};
 use crate::orders::model::{
     LineChange, LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine,
 };
 use crate::orders::queries;
+use crate::orders::OrderReads;
 use crate::request_id::RequestId;
 use crate::saga;
 use paperclip::actix::{api_v2_operation, web, NoContent};
@@ -21,8 +23,10 @@ use paperclip::actix::{api_v2_operation, web, NoContent};
 #[derive(Debug, Clone, Copy)]
 struct ValidationTimeout(std::time::Duration);
 
-/// The orders API; validations time out after `validation_timeout`.
-pub fn api(validation_timeout: std::time::Duration) -> Api {
+/// The orders API; `GET /commandes/{id}` reads of `db` are coalesced, and
+/// validations time out after `validation_timeout`.
+pub fn api(db: &Database, validation_timeout: std::time::Duration) -> Api {
+    let reads = web::Data::new(crate::orders::reads(db.clone()));
     Api {
         title: "ordersys orders",
         description: "Orders and their lines. Every line change is carried to the stock worker \
@@ -34,6 +38,7 @@ pub fn api(validation_timeout: std::time::Duration) -> Api {
             cfg.app_data(actix_web::web::Data::new(ValidationTimeout(
                 validation_timeout,
             )));
+            cfg.app_data(reads.clone());
             routes(cfg)
         }),
         scopes: Some(ApiScopes {
@@ -154,13 +159,12 @@ async fn list_orders_by_status(
 /// Get one order with its lines and total.
 #[api_v2_operation(tags(Orders))]
 async fn get_order(
-    state: web::Data<AppState>,
+    reads: web::Data<OrderReads>,
     id: web::Path<i64>,
 ) -> Result<web::Json<Order>, ApiError> {
     let id = id.into_inner();
-    state
-        .db
-        .run(move |conn| queries::find_order(conn, id).map_err(ApiError::from))
+    reads
+        .get::<ApiError>(id)
         .await?
         .map(web::Json)
         .ok_or_else(|| ApiError::not_found("order", id))

@@ -47,13 +47,15 @@ fn lines_of(conn: &mut PgConnection, order_ids: &[i64]) -> QueryResult<Vec<Order
 
 fn assemble(conn: &mut PgConnection, rows: Vec<OrderRow>) -> QueryResult<Vec<Order>> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let mut lines = lines_of(conn, &ids)?;
+    let mut by_order: std::collections::HashMap<i64, Vec<OrderLine>> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for line in lines_of(conn, &ids)? {
+        by_order.entry(line.commande_id).or_default().push(line);
+    }
     Ok(rows
         .into_iter()
         .map(|row| {
-            let (mine, rest): (Vec<_>, Vec<_>) =
-                lines.drain(..).partition(|l| l.commande_id == row.id);
-            lines = rest;
+            let mine = by_order.remove(&row.id).unwrap_or_default();
             row.with_lines(mine)
         })
         .collect())
@@ -83,6 +85,20 @@ pub fn list_orders(
     }
     let rows = query.load(conn)?;
     assemble(conn, rows)
+}
+
+/// The orders among `ids` with their lines, keyed by id (for coalesced
+/// reads): two queries, whatever the number of orders.
+pub fn find_orders(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, Order)>> {
+    let rows = commandes::table
+        .filter(commandes::id.eq_any(ids))
+        .select(OrderRow::as_select())
+        .order(commandes::id)
+        .load(conn)?;
+    Ok(assemble(conn, rows)?
+        .into_iter()
+        .map(|order| (order.id, order))
+        .collect())
 }
 
 pub(crate) fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
