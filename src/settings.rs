@@ -140,6 +140,9 @@ pub struct ValidationSettings {
     pub batch_size: usize,
 }
 
+/// The longest `validation.timeout_ms`: a day.
+pub const VALIDATION_TIMEOUT_MAX_MS: u64 = 86_400_000;
+
 impl ValidationSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -377,6 +380,15 @@ impl Settings {
         )?;
         at_least("outbox.batch_size", self.outbox.batch_size as u64, 1)?;
         at_least("validation.timeout_ms", self.validation.timeout_ms, 1)?;
+        if self.validation.timeout_ms > VALIDATION_TIMEOUT_MAX_MS {
+            return Err(SettingsError::key(
+                "validation.timeout_ms",
+                format!(
+                    "must be at most {VALIDATION_TIMEOUT_MAX_MS} (a day), got {}",
+                    self.validation.timeout_ms
+                ),
+            ));
+        }
         at_least(
             "validation.sweep_interval_ms",
             self.validation.sweep_interval_ms,

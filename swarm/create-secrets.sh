@@ -21,7 +21,7 @@
 #   ORDERS_DB_PASSWORD      login role ordersys_orders
 #   WORKER_DB_PASSWORD      login role ordersys_worker
 #   RABBITMQ_MIGRATE_PASSWORD  broker user ordersys_migrate (declares the topology)
-#   RABBITMQ_ORDERS_PASSWORD   broker user ordersys_orders (publishes to product_exchange)
+#   RABBITMQ_ORDERS_PASSWORD   broker user ordersys_orders (publishes to product_exchange, consumes order_events)
 #   RABBITMQ_WORKER_PASSWORD   broker user ordersys_worker (consumes product_queue)
 #   JWT_SECRET              HS256 secret of the APIs' bearer tokens (at least 32 bytes)
 #   GRAFANA_ADMIN_PASSWORD  Grafana's `admin` (the dashboards, through Traefik at /grafana/)

@@ -128,7 +128,7 @@ fn constrain(spec: &mut Value) {
             }
         }
     }
-    for schema in ["Product", "Movement"] {
+    for schema in ["Product", "Movement", "Order", "LineChange"] {
         let Some(schema) = spec.pointer_mut(&format!("/components/schemas/{schema}")) else {
             continue;
         };
@@ -137,6 +137,10 @@ fn constrain(spec: &mut Value) {
             for (name, property) in properties.iter_mut() {
                 if !required.contains(&Value::from(name.as_str())) {
                     property["nullable"] = json!(true);
+                    // OpenAPI 3.0.3: a nullable enum lists null among its values.
+                    if let Some(values) = property.get_mut("enum").and_then(Value::as_array_mut) {
+                        values.push(Value::Null);
+                    }
                 }
             }
         }

@@ -215,6 +215,11 @@ pub fn update_order(
             if order.validation == Some(ValidationStatus::EnCours) {
                 return Err(validating_conflict(id));
             }
+            if order.validation.is_some() && target == OrderStatus::EnAttente {
+                return Err(OrderError::Conflict(format!(
+                    "order {id} was validated; it cannot go back to EN_ATTENTE"
+                )));
+            }
             if target == OrderStatus::Annulee {
                 let messages = release_lines(conn, id)?;
                 outbox::enqueue_stock(conn, request, &messages)?;

@@ -103,7 +103,9 @@ impl Relay {
         let history_retention = Duration::from_secs(settings.outbox.history_retention_secs);
         let purge_every = db::purge_interval(retention.min(history_retention), HOUSEKEEPING_EVERY);
         let keeps_history = self.exchanges.contains(&PRODUCT_EXCHANGE);
-        let mut last_purge = Instant::now() - purge_every;
+        // None: never purged yet (an Instant in the past may not exist so
+        // soon after boot).
+        let mut last_purge: Option<Instant> = None;
         loop {
             // Drain everything pending, a batch at a time, purging on the
             // way: sustained publishing must not starve retention.
@@ -116,8 +118,8 @@ impl Relay {
                     batch_size,
                     &self.metrics,
                 )?;
-                if last_purge.elapsed() >= purge_every {
-                    last_purge = Instant::now();
+                if last_purge.is_none_or(|t| t.elapsed() >= purge_every) {
+                    last_purge = Some(Instant::now());
                     purge_sent(&mut pg, retention);
                     if keeps_history {
                         purge_history(&mut pg, history_retention);

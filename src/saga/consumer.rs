@@ -377,7 +377,9 @@ pub fn sweep(ctx: Context) {
     let every = Duration::from_millis(ctx.settings.validation.sweep_interval_ms);
     let retention = Duration::from_secs(ctx.settings.worker.dedupe_retention_secs);
     let purge_every = db::purge_interval(retention, PURGE_EVERY);
-    let mut last_purge = Instant::now() - purge_every;
+    // None: never purged yet (an Instant in the past may not exist so
+    // soon after boot).
+    let mut last_purge: Option<Instant> = None;
     let mut conn: Option<PgConnection> = None;
     let limit = ctx.settings.validation.batch_size;
     while !ctx.shutdown.sleep(every) {
@@ -416,8 +418,8 @@ pub fn sweep(ctx: Context) {
             }
         }
         if let Some(c) = conn.as_mut() {
-            if last_purge.elapsed() >= purge_every {
-                last_purge = Instant::now();
+            if last_purge.is_none_or(|t| t.elapsed() >= purge_every) {
+                last_purge = Some(Instant::now());
                 match store::purge_applied(c, retention) {
                     Ok(n) if n > 0 => log::info!("forgot {n} applied line event ids"),
                     Ok(_) => {}

@@ -295,9 +295,10 @@ fn compensate(
     Ok(wrote)
 }
 
-/// The transaction's time, for a nullable column.
+/// The time of the decision (not the transaction's start: a batch may
+/// wait on locks), for a nullable column.
 fn now() -> diesel::expression::SqlLiteral<Nullable<diesel::sql_types::Timestamptz>> {
-    diesel::dsl::sql("now()")
+    diesel::dsl::sql("clock_timestamp()")
 }
 
 /// Locks the orders (by id) and reads their sagas.

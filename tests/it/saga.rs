@@ -32,7 +32,8 @@ async fn finished(client: &Client, id: i64) -> Value {
         SETTLE,
         || async {
             let (status, body) = client.try_get(&format!("/commandes/{id}")).await?;
-            (status == 200 && body["validation"] != "EN_COURS").then_some(body)
+            let ended = body["validation"] == "CONFIRMEE" || body["validation"] == "REFUSEE";
+            (status == 200 && ended).then_some(body)
         },
     )
     .await
@@ -71,7 +72,15 @@ async fn all_sagas_done(db: &TestDb, broker: &TestBroker) {
         );
         let queued = broker.ready(ordersys::messages::PRODUCT_QUEUE)
             + broker.ready(ordersys::messages::ORDER_EVENTS_QUEUE);
-        (running == 0 && unsent == 0 && waiting == 0 && queued == 0).then_some(())
+        // Every outcome recorded by its saga (an event may be delivered and
+        // not yet acknowledged: not "ready", not applied either).
+        let unrecorded = db.count(
+            "SELECT count(*) AS n FROM validation_lignes v JOIN commandes c ON c.id = v.commande_id \
+             WHERE v.resultat IS DISTINCT FROM CASE c.validation WHEN 'CONFIRMEE' THEN 'RESERVE' \
+                                                                  WHEN 'REFUSEE' THEN 'LIBERE' END",
+        );
+        (running == 0 && unsent == 0 && waiting == 0 && queued == 0 && unrecorded == 0)
+            .then_some(())
     })
     .await;
     // Every confirmed order holds all its lines; every refused one none.
@@ -123,6 +132,16 @@ async fn every_line_reservable_confirms_and_freezes_the_order() {
             .contains("can no longer change"),
         "{}",
         change.body
+    );
+    let back = app
+        .orders
+        .put(&format!("/commandes/{o}"), json!({"statut": "EN_ATTENTE"}))
+        .await
+        .expect(409);
+    assert!(
+        back.body["detail"].as_str().unwrap().contains("EN_ATTENTE"),
+        "{}",
+        back.body
     );
     all_sagas_done(&app.db, &app.broker).await;
     assert_eq!(
@@ -331,7 +350,9 @@ async fn duplicate_and_reordered_events_change_nothing() {
     let app = TestApp::with_worker().await;
     let p = app.create_product("p", 1.0, 4).await;
     let (ok, ko) = (app.create_order().await, app.create_order().await);
-    app.create_line(ok, p, 3).await;
+    let first = id(&app.create_line(ok, p, 3).await);
+    // Reserved before ko's lines exist: ok is the one confirmed.
+    app.wait_for_line(first, "RESERVE").await;
     app.create_line(ko, p, 3).await;
     app.create_line(ko, p, 1).await;
     for o in [ok, ko] {
@@ -535,12 +556,17 @@ async fn broker_connections_dropped_mid_saga_with_two_orders_replicas() {
     let mut slow = app.settings.clone();
     slow.worker.batch_size = 2;
     let worker = Running::start(Mode::Worker, &slow).await;
-    let mut dropped = 0;
+    let mut mid_saga = 0;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(150)).await; // spacing between faults
-        dropped += app.broker.close_all_connections();
+        let running = app
+            .db
+            .count("SELECT count(*) AS n FROM commandes WHERE validation = 'EN_COURS'");
+        if app.broker.close_all_connections() > 0 && running > 0 {
+            mid_saga += 1;
+        }
     }
-    assert!(dropped > 0);
+    assert!(mid_saga > 0, "no connection was dropped while a saga ran");
     all_sagas_done(&app.db, &app.broker).await;
     assert_eq!(
         app.db.count(
@@ -563,13 +589,21 @@ async fn broker_connections_dropped_mid_saga_with_two_orders_replicas() {
         };
         of("applied") + of("ignored")
     };
-    let (a, b) = (
-        new_events(app.orders.clone()).await,
-        new_events(Client::new(&second)).await,
-    );
+    let second_client = Client::new(&second);
+    let (a, b) = wait_for(
+        "both replicas' counts to match the recorded events",
+        SETTLE,
+        || async {
+            let (a, b) = (
+                new_events(app.orders.clone()).await,
+                new_events(second_client.clone()).await,
+            );
+            let recorded = app.db.count("SELECT count(*) AS n FROM evenements_traites");
+            (a + b == recorded as u64).then_some((a, b))
+        },
+    )
+    .await;
     eprintln!("line events: {a} taken by one replica, {b} by the other");
-    let recorded = app.db.count("SELECT count(*) AS n FROM evenements_traites");
-    assert_eq!(a + b, recorded as u64);
     worker.stop().await;
     second.stop().await;
 }
@@ -592,14 +626,13 @@ async fn a_worker_down_past_the_deadline_refuses_by_timeout_and_compensates() {
         done["motif"],
         format!("timeout: no outcome within 1.5 s for line(s) {l}")
     );
-    let text = app.orders.get("/metrics").await.expect(200).body;
-    assert_eq!(
-        metric(
-            text.as_str().unwrap(),
-            r#"ordersys_validations_total{mode="orders",result="timed_out"}"#
-        ),
-        1
-    );
+    // Counted once the sweeper's transaction committed.
+    wait_for("the timeout to be counted", SETTLE, || async {
+        let text = app.orders.get("/metrics").await.expect(200).body;
+        let series = r#"ordersys_validations_total{mode="orders",result="timed_out"}"#;
+        (metric(text.as_str()?, series) == 1).then_some(())
+    })
+    .await;
     // The worker comes back: the line's creation, its validation and its
     // release all arrive; the release is the newest and wins.
     let worker = Running::start(Mode::Worker, &app.settings).await;

@@ -867,6 +867,22 @@ async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
         },
     )
     .await;
+    // orders may dead-letter an unreadable line event.
+    app.broker.publish(
+        ORDER_EVENTS_EXCHANGE,
+        ordersys::messages::ORDER_EVENTS_ROUTING_KEY,
+        b"not json",
+        Some(&uuid::Uuid::new_v4().to_string()),
+    );
+    wait_for(
+        "the unreadable event's dead letter",
+        Duration::from_secs(30),
+        || async {
+            let dlq = ordersys::messages::ORDER_EVENTS_DEAD_LETTER_QUEUE;
+            (app.broker.ready(dlq) == 1).then_some(())
+        },
+    )
+    .await;
 
     let orders = app.broker.user_url(user("ordersys_orders"));
     let worker = app.broker.user_url(user("ordersys_worker"));
