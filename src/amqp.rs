@@ -491,6 +491,52 @@ impl ConfirmingChannel {
     }
 }
 
+/// Publishes `delivery` to `exchange` (a dead-letter exchange) as it came,
+/// every original property kept, with its reason in `x-ordersys-error`
+/// and the reason's class in `x-ordersys-error-class`; the caller waits for
+/// the confirms.
+pub fn dead_letter(
+    channel: &mut ConfirmingChannel,
+    exchange: &str,
+    delivery: &amiquip::Delivery,
+    reason: &str,
+    class: crate::messages::DeadLetterClass,
+) -> Result<(), AmqpError> {
+    use crate::messages::{ERROR_CLASS_HEADER, ERROR_HEADER};
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ERROR_HEADER.into(), AmqpValue::LongString(reason.into()));
+    headers.insert(
+        ERROR_CLASS_HEADER.into(),
+        AmqpValue::LongString(class.as_str().into()),
+    );
+    let properties = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    channel.publish(exchange, &delivery.routing_key, &delivery.body, properties)
+}
+
+/// How long a stopping consumer waits for the broker to confirm its cancel.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stops a consumer's deliveries; unacknowledged prefetched messages go
+/// back to the queue when its channel closes. amiquip answers our cancel
+/// before it tells the consumer's own receiver; dropping the receiver in
+/// between makes its I/O loop fail with an ERROR line ("channel client
+/// dropped without being disconnected"), so the receiver is kept until
+/// that last message arrives.
+pub fn cancel(consumer: amiquip::Consumer<'_>) {
+    if consumer.cancel().is_ok() {
+        let deadline = Instant::now() + CANCEL_TIMEOUT;
+        while let Ok(message) = consumer.receiver().recv_deadline(deadline) {
+            if matches!(message, amiquip::ConsumerMessage::ClientCancelled) {
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

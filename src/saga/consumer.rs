@@ -18,8 +18,7 @@ use crate::db::{self, Database, Failure};
 use crate::dependencies::Dependencies;
 use crate::logging;
 use crate::messages::{
-    DeadLetterClass, LineEvent, ERROR_CLASS_HEADER, ERROR_HEADER,
-    ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_QUEUE,
+    DeadLetterClass, LineEvent, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_QUEUE,
 };
 use crate::metrics::{EventOutcome, Metrics, ValidationResult};
 use crate::outbox::Waker;
@@ -27,14 +26,13 @@ use crate::request_id::RequestId;
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use amiquip::{AmqpValue, ConsumerMessage, ConsumerOptions, Delivery};
+use amiquip::{ConsumerMessage, ConsumerOptions, Delivery};
 use diesel::PgConnection;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// What the saga's threads need.
@@ -127,15 +125,7 @@ fn session(
         }
         handle(ctx, conn, batch, &channel, &mut dead_letters)?;
     }
-    if consumer.cancel().is_ok() {
-        let deadline = Instant::now() + CANCEL_TIMEOUT;
-        while let Ok(message) = receiver.recv_deadline(deadline) {
-            if matches!(message, ConsumerMessage::ClientCancelled) {
-                break;
-            }
-        }
-    }
-    drop(consumer);
+    amqp::cancel(consumer);
     dead_letters.close();
     let _ = channel.close();
     let _ = connection.close();
@@ -225,22 +215,12 @@ fn handle(
                 .escape_debug(),
             reason.escape_debug()
         );
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ERROR_HEADER.into(), AmqpValue::LongString(reason.clone()));
-        headers.insert(
-            ERROR_CLASS_HEADER.into(),
-            AmqpValue::LongString(DeadLetterClass::Malformed.as_str().into()),
-        );
-        let properties = delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
-        dead_letters.publish(
+        amqp::dead_letter(
+            dead_letters,
             ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
-            &delivery.routing_key,
-            &delivery.body,
-            properties,
+            delivery,
+            reason,
+            DeadLetterClass::Malformed,
         )?;
     }
     if !rejected.is_empty() {

@@ -21,9 +21,7 @@ use crate::amqp::{self, AmqpError, ConfirmingChannel};
 use crate::db::{self, Database, Failure};
 use crate::dependencies::Dependencies;
 use crate::logging;
-use crate::messages::{
-    DeadLetterClass, DEAD_LETTER_EXCHANGE, ERROR_CLASS_HEADER, ERROR_HEADER, PRODUCT_QUEUE,
-};
+use crate::messages::{DeadLetterClass, DEAD_LETTER_EXCHANGE, ERROR_HEADER, PRODUCT_QUEUE};
 use crate::metrics::{self, Metrics};
 use crate::outbox::Waker;
 use crate::request_id::RequestId;
@@ -36,8 +34,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a stopping consumer waits for the broker to confirm its cancel.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
 /// What a consumer thread needs.
@@ -172,21 +168,8 @@ impl Consumer<'_> {
             self.handle(batch, &channel, &mut dead_letters)?;
             self.housekeeping();
         }
-        // Shutdown: stop deliveries; unacknowledged prefetched messages go
-        // back to the queue when the channel closes. amiquip answers our
-        // cancel before it tells the consumer's own receiver; dropping the
-        // receiver in between makes its I/O loop fail with an ERROR line
-        // ("channel client dropped without being disconnected"), so the
-        // receiver is kept until that last message arrives.
-        if consumer.cancel().is_ok() {
-            let deadline = Instant::now() + CANCEL_TIMEOUT;
-            while let Ok(message) = receiver.recv_deadline(deadline) {
-                if matches!(message, ConsumerMessage::ClientCancelled) {
-                    break;
-                }
-            }
-        }
-        drop(consumer);
+        // Shutdown: stop deliveries (what is prefetched goes back).
+        amqp::cancel(consumer);
         if let Some(depth) = depth {
             let _ = depth.channel.close();
         }
@@ -278,26 +261,13 @@ impl Consumer<'_> {
                 String::from_utf8_lossy(body).escape_debug(),
                 refusal.reason.escape_debug()
             );
-            let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-            headers.insert(
-                ERROR_HEADER.into(),
-                AmqpValue::LongString(refusal.reason.clone()),
-            );
-            headers.insert(
-                ERROR_CLASS_HEADER.into(),
-                AmqpValue::LongString(refusal.class.as_str().into()),
-            );
             // The original properties stay, correlation_id included.
-            let properties = delivery
-                .properties
-                .clone()
-                .with_headers(headers)
-                .with_delivery_mode(2);
-            dead_letters.publish(
+            amqp::dead_letter(
+                dead_letters,
                 DEAD_LETTER_EXCHANGE,
-                &delivery.routing_key,
-                &delivery.body,
-                properties,
+                delivery,
+                &refusal.reason,
+                refusal.class,
             )?;
         }
         if !rejected.is_empty() {
