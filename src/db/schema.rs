@@ -12,6 +12,7 @@ diesel::table! {
         validation_commencee_le -> Nullable<Timestamptz>,
         validation_echeance -> Nullable<Timestamptz>,
         validation_terminee_le -> Nullable<Timestamptz>,
+        nb_lignes -> Int4,
     }
 }
 

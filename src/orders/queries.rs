@@ -17,7 +17,10 @@ use crate::messages::{Action, StockMessage};
 use crate::outbox;
 use crate::request_id::RequestId;
 use chrono::Utc;
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Numeric, Text, Untyped};
 use uuid::Uuid;
 
 /// The message describing a line's state after a change.
@@ -266,38 +269,54 @@ pub fn delete_order(
     })
 }
 
+/// How a change to a line locks its order: shared, when the line stays in
+/// it; exclusively, when the line leaves it (the order's line count drops).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OrderLock {
+    Share,
+    Exclusive,
+}
+
 /// Locks an order for a change to one of its lines: it must exist (else a
 /// 422 on `field`) and be open (else 409).
-fn lock_open_order(conn: &mut PgConnection, id: i64, field: &str) -> Result<(), OrderError> {
-    let status = commandes::table
+fn lock_open_order(
+    conn: &mut PgConnection,
+    id: i64,
+    field: &str,
+    lock: OrderLock,
+) -> Result<(), OrderError> {
+    let order = commandes::table
         .find(id)
-        .select((commandes::statut, commandes::validation))
-        .for_share()
-        .first(conn)
-        .optional()?;
+        .select((commandes::statut, commandes::validation));
+    let status = match lock {
+        OrderLock::Share => order.for_share().first(conn).optional()?,
+        OrderLock::Exclusive => order.for_no_key_update().first(conn).optional()?,
+    };
     check_open(id, status, field)
 }
 
-/// Like [`lock_open_order`], for adding a line: the order is locked
-/// exclusively (concurrent additions to one order wait in turn) and must
-/// have room for one more line.
-fn lock_order_for_a_new_line(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
-    let status = commandes::table
-        .find(id)
-        .select((commandes::statut, commandes::validation))
-        .for_no_key_update()
-        .first(conn)
+/// Counts a line into an order inside a transaction (a line moved to it):
+/// the order is locked exclusively (concurrent additions to one order wait
+/// in turn) and must be open and have room for one more line.
+fn take_a_slot(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
+    let before = diesel::update(commandes::table.find(id))
+        .set(commandes::nb_lignes.eq(commandes::nb_lignes + 1))
+        .returning((
+            commandes::statut,
+            commandes::validation,
+            commandes::nb_lignes - 1,
+        ))
+        .get_result(conn)
         .optional()?;
-    check_open(id, status, "commande_id")?;
-    let lines: i64 = commandes_produits::table
-        .filter(commandes_produits::commande_id.eq(id))
-        .count()
-        .get_result(conn)?;
-    if lines >= LINES_PER_ORDER_MAX {
-        return Err(OrderError::Conflict(format!(
-            "order {id} already has {lines} lines, the most an order may hold"
-        )));
-    }
+    check_room(id, before)
+}
+
+/// Counts a line out of an order (deleted, or moved away); the order is
+/// already locked exclusively.
+fn free_a_slot(conn: &mut PgConnection, id: i64) -> QueryResult<()> {
+    diesel::update(commandes::table.find(id))
+        .set(commandes::nb_lignes.eq(commandes::nb_lignes - 1))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -317,6 +336,32 @@ fn check_open(
         Some((_, Some(validation))) => Err(validated_conflict(id, validation)),
         Some(_) => Ok(()),
     }
+}
+
+/// A line may be added to an order whose lines may change (see
+/// [`check_open`]) and that holds fewer than the most an order may hold.
+fn check_room(
+    id: i64,
+    state: Option<(OrderStatus, Option<ValidationStatus>, i32)>,
+) -> Result<(), OrderError> {
+    check_open(id, state.map(|(s, v, _)| (s, v)), "commande_id")?;
+    match state {
+        Some((_, _, lines)) if i64::from(lines) >= LINES_PER_ORDER_MAX => {
+            Err(OrderError::Conflict(format!(
+                "order {id} already has {lines} lines, the most an order may hold"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The statuses of the orders whose lines may change, as stored.
+fn open_statuses() -> Vec<&'static str> {
+    OrderStatus::ALL
+        .iter()
+        .filter(|s| !s.is_closed())
+        .map(|s| s.as_str())
+        .collect()
 }
 
 /// The product's current price. The row is not locked here (the orders
@@ -350,38 +395,164 @@ fn missing_product(id: i64) -> FieldError {
     FieldError::new("produit_id", format!("product {id} does not exist"))
 }
 
+/// What adding a line needs, read in one round trip and without locks: an
+/// id for the line, the product's price, and the order's state.
+#[derive(QueryableByName)]
+struct LineSlot {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    prix: Option<Money>,
+    #[diesel(sql_type = Nullable<Text>)]
+    statut: Option<OrderStatus>,
+    #[diesel(sql_type = Nullable<Text>)]
+    validation: Option<ValidationStatus>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    nb_lignes: Option<i32>,
+}
+
+impl LineSlot {
+    fn order(&self) -> Option<(OrderStatus, Option<ValidationStatus>, i32)> {
+        Some((self.statut?, self.validation, self.nb_lignes?))
+    }
+}
+
+/// The query of [`LineSlot`], prepared once per connection (a type with a
+/// static query id; see [`outbox::Guard`]).
+#[derive(QueryId)]
+struct ReadLineSlot {
+    order: i64,
+    product: i64,
+}
+
+impl QueryFragment<Pg> for ReadLineSlot {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT nextval('commandes_produits_id_seq') AS id, \
+                    (SELECT prix FROM produits WHERE id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.product)?;
+        out.push_sql(
+            ") AS prix, c.statut, c.validation, c.nb_lignes \
+             FROM (SELECT) AS one LEFT JOIN commandes c ON c.id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.order)?;
+        Ok(())
+    }
+}
+
+impl Query for ReadLineSlot {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for ReadLineSlot {}
+
+/// The guard of a line's creation: the line, counted into its order, if
+/// the order is still open and has room when its row is locked (the
+/// `UPDATE` re-checks its conditions on the row's latest version after
+/// waiting for a concurrent change).
+#[derive(QueryId)]
+struct AddLine {
+    line: LineRow,
+    open: Vec<&'static str>,
+    max: i32,
+}
+
+impl QueryFragment<Pg> for AddLine {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let line = &self.line;
+        out.push_sql("admitted AS (UPDATE commandes SET nb_lignes = nb_lignes + 1 WHERE id = ");
+        out.push_bind_param::<BigInt, _>(&line.commande_id)?;
+        out.push_sql(" AND statut = ANY(");
+        out.push_bind_param::<Array<Text>, _>(&self.open)?;
+        out.push_sql(") AND validation IS NULL AND nb_lignes < ");
+        out.push_bind_param::<Integer, _>(&self.max)?;
+        out.push_sql(
+            " RETURNING id), guard AS (INSERT INTO commandes_produits \
+             (id, commande_id, produit_id, quantite, prix_unitaire) SELECT ",
+        );
+        out.push_bind_param::<BigInt, _>(&line.id)?;
+        out.push_sql(", id, ");
+        out.push_bind_param::<BigInt, _>(&line.produit_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&line.quantite)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Numeric, _>(&line.prix_unitaire)?;
+        out.push_sql(" FROM admitted RETURNING 1)");
+        Ok(())
+    }
+}
+
+impl outbox::Guard for AddLine {}
+
+/// How many times adding a line is tried when its order changed between
+/// the read and the write.
+const ADD_LINE_ATTEMPTS: usize = 3;
+
+/// Adds a line in two round trips, neither inside an explicit transaction:
+/// one read ([`ReadLineSlot`]), then one statement that locks and counts the
+/// order, inserts the line, and writes its outbox and history rows,
+/// atomically. The read explains a refusal (422 for a missing order or
+/// product, 409 for a closed, validated or full order); the statement only
+/// re-checks, under the lock, what the read found.
 pub fn create_line(
     conn: &mut PgConnection,
     request: &RequestId,
     new: NewLine,
 ) -> Result<OrderLine, OrderError> {
-    conn.transaction(|conn| {
-        let order = lock_order_for_a_new_line(conn, new.commande_id);
-        let price = product_price(conn, new.produit_id)?;
-        match (order, &price) {
-            (Err(OrderError::Invalid(mut errors)), None) => {
-                errors.push(missing_product(new.produit_id));
-                return Err(OrderError::Invalid(errors));
-            }
-            (Err(e), _) => return Err(e),
-            (Ok(()), None) => {
-                return Err(OrderError::Invalid(vec![missing_product(new.produit_id)]))
-            }
-            (Ok(()), Some(_)) => {}
+    let slot: LineSlot = ReadLineSlot {
+        order: new.commande_id,
+        product: new.produit_id,
+    }
+    .get_result(conn)?;
+    let order = check_room(new.commande_id, slot.order());
+    let price = match (order, slot.prix.clone()) {
+        (Err(OrderError::Invalid(mut errors)), None) => {
+            errors.push(missing_product(new.produit_id));
+            return Err(OrderError::Invalid(errors));
         }
-        let line: LineRow = diesel::insert_into(commandes_produits::table)
-            .values((
-                commandes_produits::commande_id.eq(new.commande_id),
-                commandes_produits::produit_id.eq(new.produit_id),
-                commandes_produits::quantite.eq(new.quantite),
-                commandes_produits::prix_unitaire.eq(price.unwrap_or_default()),
+        (Err(e), _) => return Err(e),
+        (Ok(()), None) => return Err(OrderError::Invalid(vec![missing_product(new.produit_id)])),
+        (Ok(()), Some(price)) => price,
+    };
+    let line = LineRow {
+        id: slot.id,
+        commande_id: new.commande_id,
+        produit_id: new.produit_id,
+        quantite: new.quantite,
+        prix_unitaire: price,
+        statut_stock: StockStatus::EnAttente,
+        version: 1,
+    };
+    let messages = [message(Action::Created, &line, None)];
+    for _ in 0..ADD_LINE_ATTEMPTS {
+        let guard = AddLine {
+            line: line.clone(),
+            open: open_statuses(),
+            max: LINES_PER_ORDER_MAX as i32,
+        };
+        let added = outbox::enqueue_stock_if(conn, request, &messages, guard)
+            .map_err(product_gone(line.produit_id))?;
+        if added {
+            return Ok(line.into());
+        }
+        // The order changed between the read and the write: say why, or
+        // try again if it can take the line after all (a line left it).
+        let now = commandes::table
+            .find(line.commande_id)
+            .select((
+                commandes::statut,
+                commandes::validation,
+                commandes::nb_lignes,
             ))
-            .returning(LineRow::as_returning())
-            .get_result(conn)
-            .map_err(product_gone(new.produit_id))?;
-        outbox::enqueue_stock(conn, request, &[message(Action::Created, &line, None)])?;
-        Ok(line.into())
-    })
+            .first(conn)
+            .optional()?;
+        check_room(line.commande_id, now)?;
+    }
+    Err(OrderError::Conflict(format!(
+        "order {} kept changing while a line was being added to it; retry",
+        line.commande_id
+    )))
 }
 
 pub fn list_lines(conn: &mut PgConnection, page: Page) -> QueryResult<Vec<OrderLine>> {
@@ -402,14 +573,14 @@ pub fn find_line(conn: &mut PgConnection, id: i64) -> QueryResult<Option<OrderLi
 }
 
 /// Locks a line and its (open) order, order first.
-fn lock_line(conn: &mut PgConnection, id: i64) -> Result<LineRow, OrderError> {
+fn lock_line(conn: &mut PgConnection, id: i64, lock: OrderLock) -> Result<LineRow, OrderError> {
     let order_id = commandes_produits::table
         .find(id)
         .select(commandes_produits::commande_id)
         .first::<i64>(conn)
         .optional()?
         .ok_or(OrderError::NotFound("order line", id))?;
-    lock_open_order(conn, order_id, "commande_id").map_err(|e| match e {
+    lock_open_order(conn, order_id, "commande_id", lock).map_err(|e| match e {
         // The order vanished between the two reads: so did the line.
         OrderError::Invalid(_) => OrderError::NotFound("order line", id),
         other => other,
@@ -437,13 +608,19 @@ pub fn update_line(
     changes: LineChanges,
 ) -> Result<(OrderLine, bool), OrderError> {
     conn.transaction(|conn| {
-        let old = lock_line(conn, id)?;
+        // A line that may move locks its order exclusively: if it moves,
+        // the order's line count drops.
+        let lock = match changes.commande_id {
+            Some(_) => OrderLock::Exclusive,
+            None => OrderLock::Share,
+        };
+        let old = lock_line(conn, id, lock)?;
         let commande_id = changes.commande_id.unwrap_or(old.commande_id);
         let produit_id = changes.produit_id.unwrap_or(old.produit_id);
         let quantite = changes.quantite.unwrap_or(old.quantite);
         let mut errors = Vec::new();
         if commande_id != old.commande_id {
-            match lock_order_for_a_new_line(conn, commande_id) {
+            match take_a_slot(conn, commande_id) {
                 Err(OrderError::Invalid(mut e)) => errors.append(&mut e),
                 other => other?,
             }
@@ -460,6 +637,9 @@ pub fn update_line(
         }
         if (commande_id, produit_id, quantite) == (old.commande_id, old.produit_id, old.quantite) {
             return Ok((old.into(), false));
+        }
+        if commande_id != old.commande_id {
+            free_a_slot(conn, old.commande_id)?;
         }
         let line: LineRow = diesel::update(commandes_produits::table.find(id))
             .set((
@@ -489,8 +669,9 @@ pub fn delete_line(
     id: i64,
 ) -> Result<(), OrderError> {
     conn.transaction(|conn| {
-        let mut line = lock_line(conn, id)?;
+        let mut line = lock_line(conn, id, OrderLock::Exclusive)?;
         diesel::delete(commandes_produits::table.find(id)).execute(conn)?;
+        free_a_slot(conn, line.commande_id)?;
         line.version += 1;
         outbox::enqueue_stock(conn, request, &[message(Action::Deleted, &line, None)])?;
         Ok(())

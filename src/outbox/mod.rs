@@ -13,7 +13,9 @@ use crate::messages::{
 };
 use crate::request_id::RequestId;
 use crossbeam_channel::{Receiver, Sender};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
@@ -62,38 +64,51 @@ pub fn enqueue_stock(
     if messages.is_empty() {
         return Ok(());
     }
-    let mut rows = StockRows::default();
-    for m in messages {
-        let message_id = m.message_id.unwrap_or_else(Uuid::new_v4);
-        rows.ids.push(message_id);
-        rows.payloads.push(json(m)?);
-        if let (Some(line), Some(version)) = (m.ligne_id, m.version) {
-            rows.history_ids.push(message_id);
-            rows.lines.push(line);
-            rows.orders.push(m.commande_id);
-            rows.versions.push(version);
-            rows.actions.push(m.action.as_str());
-            rows.products.push(m.produit_id);
-            rows.quantities.push(m.quantite);
-        }
-    }
-    diesel::sql_query(ENQUEUE_STOCK)
-        .bind::<Array<SqlUuid>, _>(&rows.ids)
-        .bind::<Array<Text>, _>(&rows.payloads)
-        .bind::<Text, _>(PRODUCT_EXCHANGE)
-        .bind::<Text, _>(PRODUCT_ROUTING_KEY)
-        .bind::<Text, _>(request.as_str())
-        .bind::<Array<SqlUuid>, _>(&rows.history_ids)
-        .bind::<Array<BigInt>, _>(&rows.lines)
-        .bind::<Array<BigInt>, _>(&rows.orders)
-        .bind::<Array<BigInt>, _>(&rows.versions)
-        .bind::<Array<Text>, _>(&rows.actions)
-        .bind::<Array<BigInt>, _>(&rows.products)
-        .bind::<Array<Integer>, _>(&rows.quantities)
-        .execute(conn)?;
+    let rows = StockRows::new(messages)?;
+    Enqueue::new(Always, &rows, request).execute(conn)?;
     Ok(())
 }
 
+/// [`enqueue_stock`] after `guard`, as one statement: atomic on its own,
+/// outside any transaction, in one round trip. The messages are written
+/// only if `guard` returns a row; returns whether it did.
+pub fn enqueue_stock_if<G: Guard>(
+    conn: &mut PgConnection,
+    request: &RequestId,
+    messages: &[StockMessage],
+    guard: G,
+) -> QueryResult<bool> {
+    let rows = StockRows::new(messages)?;
+    let history_rows = Enqueue::new(guard, &rows, request).execute(conn)?;
+    Ok(history_rows > 0)
+}
+
+/// What a guarded enqueue runs first: SQL common table expressions, the
+/// last one named `guard`, with their bind parameters. A guard is a type
+/// with a static query id, so that the statement is prepared once per
+/// connection and its plan reused (an ad hoc `sql_query` is parsed and
+/// planned at every call, which costs as much as running it).
+pub trait Guard: QueryFragment<Pg> + QueryId {
+    /// Whether the rows wait on the guard.
+    const GATED: bool = true;
+}
+
+/// No guard: the rows are written.
+#[derive(QueryId)]
+struct Always;
+
+impl QueryFragment<Pg> for Always {
+    fn walk_ast<'b>(&'b self, _: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        Ok(())
+    }
+}
+
+impl Guard for Always {
+    const GATED: bool = false;
+}
+
+/// Stock messages as the outbox and history rows that carry them (arrays,
+/// one element per row, so that the statement is the same for any number).
 #[derive(Default)]
 struct StockRows {
     ids: Vec<Uuid>,
@@ -107,17 +122,109 @@ struct StockRows {
     quantities: Vec<i32>,
 }
 
+impl StockRows {
+    fn new(messages: &[StockMessage]) -> QueryResult<Self> {
+        let mut rows = StockRows::default();
+        for m in messages {
+            let message_id = m.message_id.unwrap_or_else(Uuid::new_v4);
+            rows.ids.push(message_id);
+            rows.payloads.push(json(m)?);
+            if let (Some(line), Some(version)) = (m.ligne_id, m.version) {
+                rows.history_ids.push(message_id);
+                rows.lines.push(line);
+                rows.orders.push(m.commande_id);
+                rows.versions.push(version);
+                rows.actions.push(m.action.as_str());
+                rows.products.push(m.produit_id);
+                rows.quantities.push(m.quantite);
+            }
+        }
+        Ok(rows)
+    }
+}
+
 /// The outbox rows in the messages' order (the relay publishes by id), and
-/// the lines' history rows, in one round trip.
-const ENQUEUE_STOCK: &str = "\
-WITH queued AS (
-    INSERT INTO outbox (message_id, exchange, routing_key, payload, request_id)
-    SELECT m, $3, $4, p, $5 FROM unnest($1, $2) WITH ORDINALITY AS u (m, p, n) ORDER BY n
-    RETURNING 1
-)
-INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, produit_id,
-                               quantite, request_id)
-SELECT m, l, c, v, a, p, q, $5 FROM unnest($6, $7, $8, $9, $10, $11, $12) AS u (m, l, c, v, a, p, q)";
+/// the lines' history rows, in one statement; after the guard's
+/// expressions, and only if it returns a row, when gated.
+struct Enqueue<'a, G> {
+    guard: G,
+    rows: &'a StockRows,
+    request: &'a str,
+}
+
+impl<'a, G: Guard> Enqueue<'a, G> {
+    fn new(guard: G, rows: &'a StockRows, request: &'a RequestId) -> Self {
+        Enqueue {
+            guard,
+            rows,
+            request: request.as_str(),
+        }
+    }
+}
+
+impl<G: Guard> QueryFragment<Pg> for Enqueue<'_, G> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let (rows, gate) = (
+            self.rows,
+            if G::GATED {
+                " WHERE EXISTS (SELECT 1 FROM guard)"
+            } else {
+                ""
+            },
+        );
+        out.push_sql("WITH ");
+        if G::GATED {
+            self.guard.walk_ast(out.reborrow())?;
+            out.push_sql(", ");
+        }
+        out.push_sql(
+            "queued AS (INSERT INTO outbox (message_id, exchange, routing_key, payload, request_id) \
+             SELECT m, ",
+        );
+        out.push_bind_param::<Text, _>(PRODUCT_EXCHANGE)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(PRODUCT_ROUTING_KEY)?;
+        out.push_sql(", p, ");
+        out.push_bind_param::<Text, _>(self.request)?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&rows.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&rows.payloads)?;
+        out.push_sql(") WITH ORDINALITY AS u (m, p, n)");
+        out.push_sql(gate);
+        out.push_sql(
+            " ORDER BY n RETURNING 1) \
+             INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, \
+                                            produit_id, quantite, request_id) \
+             SELECT m, l, c, v, a, p, q, ",
+        );
+        out.push_bind_param::<Text, _>(self.request)?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&rows.history_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&rows.lines)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&rows.orders)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&rows.versions)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&rows.actions)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&rows.products)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Integer>, _>(&rows.quantities)?;
+        out.push_sql(") AS u (m, l, c, v, a, p, q)");
+        out.push_sql(gate);
+        Ok(())
+    }
+}
+
+impl<G: Guard> QueryId for Enqueue<'_, G> {
+    type QueryId = Enqueue<'static, G::QueryId>;
+    const HAS_STATIC_QUERY_ID: bool = G::HAS_STATIC_QUERY_ID;
+}
+
+impl<G> RunQueryDsl<PgConnection> for Enqueue<'_, G> {}
 
 /// Writes stock alerts; call inside the transaction that changed the stock.
 pub fn enqueue_alerts(conn: &mut PgConnection, alerts: &[StockAlert]) -> QueryResult<()> {

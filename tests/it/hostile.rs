@@ -122,6 +122,64 @@ async fn an_order_holds_at_most_a_hundred_lines() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let (order, other) = (app.create_order().await, app.create_order().await);
+    let mut lines = Vec::new();
+    for _ in 0..95 {
+        lines.push(id(&app.create_line(order, p, 1).await));
+    }
+    let client = &app.orders;
+    let line = json!({"commande_id": order, "produit_id": p, "quantite": 1});
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| async { client.post("/commandes-produits", line.clone()).await }),
+    )
+    .await;
+    let created = answers.iter().filter(|a| a.status == 201).count();
+    let refused = answers.iter().filter(|a| a.status == 409).count();
+    assert_eq!((created, refused), (5, 15), "{answers:?}");
+    let count = || {
+        app.db.count(&format!(
+            "SELECT count(*) AS n FROM commandes_produits WHERE commande_id = {order}"
+        ))
+    };
+    assert_eq!(count(), 100);
+    // A deleted line and a line moved away each make room for one more.
+    app.orders
+        .delete(&format!("/commandes-produits/{}", lines[0]))
+        .await
+        .expect(204);
+    app.orders
+        .put(
+            &format!("/commandes-produits/{}", lines[1]),
+            json!({"commande_id": other}),
+        )
+        .await
+        .expect(200);
+    app.create_line(order, p, 1).await;
+    let back = id(&app.create_line(other, p, 1).await);
+    app.orders
+        .put(
+            &format!("/commandes-produits/{back}"),
+            json!({"commande_id": order}),
+        )
+        .await
+        .expect(200);
+    app.orders
+        .post("/commandes-produits", line.clone())
+        .await
+        .expect(409);
+    assert_eq!(count(), 100);
+    assert_eq!(
+        app.db.count(&format!(
+            "SELECT nb_lignes::bigint AS n FROM commandes WHERE id = {other}"
+        )),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_answers_never_carry_the_database_s_words() {
     let db = TestDb::empty();
     let broker = TestBroker::create();

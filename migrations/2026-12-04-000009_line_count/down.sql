@@ -1,0 +1,1 @@
+ALTER TABLE commandes DROP COLUMN nb_lignes;
