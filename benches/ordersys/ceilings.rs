@@ -83,3 +83,59 @@ pub fn database(db: &TestDb, n: usize) -> f64 {
     }
     n as f64 / started.elapsed().as_secs_f64()
 }
+
+/// The database's ceiling for the request path: [`create_line`] (the two
+/// statements of `POST /commandes-produits`) from `threads` connections at
+/// once for `secs`, each on orders of its own, on a database of its own with
+/// no service attached. Returns the lines written per second and where the
+/// CPU went meanwhile.
+///
+/// [`create_line`]: ordersys::orders::queries::create_line
+pub fn line_writes(threads: usize, secs: f64) -> (f64, String) {
+    use ordersys::orders::model::NewLine;
+    use ordersys::orders::queries::create_line;
+    use ordersys::request_id::RequestId;
+    let db = TestDb::migrated();
+    let mut conn = db.conn();
+    for sql in [
+        "INSERT INTO produits (nom, prix, quantite_en_stock) \
+         SELECT 'p' || i, 1.50, 1000000 FROM generate_series(1, 50) i",
+        "INSERT INTO commandes (statut) SELECT 'EN_ATTENTE' FROM generate_series(1, 5000)",
+    ] {
+        diesel::sql_query(sql).execute(&mut conn).unwrap();
+    }
+    let ids = |sql: &str, conn: &mut PgConnection| -> Vec<i64> {
+        diesel::dsl::sql::<diesel::sql_types::BigInt>(sql)
+            .load(conn)
+            .unwrap()
+    };
+    let products = ids("SELECT id FROM produits ORDER BY id", &mut conn);
+    let orders = ids("SELECT id FROM commandes ORDER BY id", &mut conn);
+    let cpu_before = crate::cpu::CpuSample::take(&[]);
+    let started = Instant::now();
+    let written: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (db, products, orders) = (&db, &products, &orders);
+                scope.spawn(move || {
+                    let mut conn = db.conn();
+                    let mut n = 0;
+                    while started.elapsed().as_secs_f64() < secs {
+                        let new = NewLine {
+                            commande_id: orders[(t + n * threads) % orders.len()],
+                            produit_id: products[n % products.len()],
+                            quantite: 1,
+                        };
+                        create_line(&mut conn, &RequestId::generate(), new).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = crate::cpu::CpuSample::take(&[]).since(&cpu_before, elapsed);
+    (written as f64 / elapsed, cpu)
+}

@@ -100,6 +100,8 @@ async fn main() {
     let (publish, consume) =
         tokio::task::block_in_place(|| ceilings::broker(&bench.broker, sizes.broker_messages));
     let database = tokio::task::block_in_place(|| ceilings::database(&bench.db, sizes.db_updates));
+    let (line_writes, line_writes_cpu) =
+        tokio::task::block_in_place(|| ceilings::line_writes(sizes::LINE_WRITERS, sizes.http_secs));
     worker::report(
         &mut report,
         sizes.worker_messages,
@@ -119,6 +121,14 @@ async fn main() {
         (
             "database ceiling: single-row UPDATE loop, autocommit",
             format!("{database:.0} updates/s"),
+        ),
+        (
+            &format!(
+                "database ceiling: the SQL of POST /commandes-produits alone \
+                 (create_line from {} connections, no HTTP, no relay, no worker)",
+                sizes::LINE_WRITERS
+            ),
+            format!("{line_writes:.0} lines/s; CPU {line_writes_cpu}"),
         ),
     ] {
         report.add(figure, value, None, 0.0, "");

@@ -38,6 +38,10 @@ pub struct Sizes {
     pub db_updates: usize,
 }
 
+/// Connections of the request path's database ceiling (the orders
+/// service's pool holds up to 10).
+pub const LINE_WRITERS: usize = 8;
+
 impl Sizes {
     pub fn full() -> Self {
         Sizes {
