@@ -45,6 +45,11 @@ pub async fn measure(
         target::READ_SHARE_OF_HEALTHZ * 100.0,
         verdict(get_product.rate() >= target::READ_SHARE_OF_HEALTHZ * healthz.rate())
     );
+    let order_target = format!(
+        "≥ {:.0}% of /healthz: {}",
+        target::READ_SHARE_OF_HEALTHZ * 100.0,
+        verdict(get_order.rate() >= target::READ_SHARE_OF_HEALTHZ * orders_healthz.rate())
+    );
     for (name, r, ceiling, target) in [
         (
             "GET /produits/{id}",
@@ -52,7 +57,12 @@ pub async fn measure(
             &healthz,
             read_target.as_str(),
         ),
-        ("GET /commandes/{id}", &get_order, &orders_healthz, ""),
+        (
+            "GET /commandes/{id}",
+            &get_order,
+            &orders_healthz,
+            order_target.as_str(),
+        ),
         ("POST /commandes-produits", &post_line, &orders_healthz, ""),
     ] {
         let value = format!(
