@@ -243,9 +243,10 @@ async fn delete_order(
 
 /// Add a line to an order.
 ///
-/// The order and the product must exist (422); the order must be open
-/// (409). `prix_unitaire` is the product's price now; `statut_stock` is
-/// `EN_ATTENTE` until the worker reserves the stock.
+/// The order and the product must exist (422); the order must be open,
+/// never validated, and hold fewer than 100 lines (409). `prix_unitaire` is
+/// the product's price now; `statut_stock` is `EN_ATTENTE` until the worker
+/// reserves the stock.
 #[api_v2_operation(tags("Order lines"))]
 async fn create_line(
     state: web::Data<AppState>,

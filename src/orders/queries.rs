@@ -1,9 +1,12 @@
 //! Order and line queries. Every line change bumps the line's `version` and
 //! writes its message to the outbox in the same transaction.
 //!
-//! Locks are always taken in the same order — the order row, then its lines
-//! by id — and the stock worker locks lines last, so these transactions
-//! cannot deadlock with each other or with the worker.
+//! Locks are taken in the same order — the order row, then its lines by id
+//! — and the stock worker locks lines last, so these transactions do not
+//! deadlock with each other or with the worker. The exception: moving a
+//! line locks its order, the line, then the order it moves to, so two moves
+//! in opposite directions between the same two orders at the same moment
+//! can deadlock; PostgreSQL then aborts one (a 503 the client may retry).
 
 use super::model::{
     LineChange, LineChanges, LineRow, NewLine, Order, OrderError, OrderLine, OrderRow,
@@ -270,8 +273,9 @@ pub fn delete_order(
 }
 
 /// How a change to a line locks its order: shared, when the line stays in
-/// it; exclusively, when the line leaves it (the order's line count drops).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// it; exclusively, when the line may leave it (the order's line count, on
+/// its row, drops: a trigger updates it).
+#[derive(Clone, Copy)]
 enum OrderLock {
     Share,
     Exclusive,
@@ -295,29 +299,21 @@ fn lock_open_order(
     check_open(id, status, field)
 }
 
-/// Counts a line into an order inside a transaction (a line moved to it):
-/// the order is locked exclusively (concurrent additions to one order wait
-/// in turn) and must be open and have room for one more line.
-fn take_a_slot(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
-    let before = diesel::update(commandes::table.find(id))
-        .set(commandes::nb_lignes.eq(commandes::nb_lignes + 1))
-        .returning((
+/// Locks an order for a line moved into it: exclusively (concurrent
+/// additions to one order wait in turn); it must be open and have room for
+/// one more line. Its line count follows the line (a trigger).
+fn lock_order_for_a_new_line(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
+    let state = commandes::table
+        .find(id)
+        .select((
             commandes::statut,
             commandes::validation,
-            commandes::nb_lignes - 1,
+            commandes::nb_lignes,
         ))
-        .get_result(conn)
+        .for_no_key_update()
+        .first(conn)
         .optional()?;
-    check_room(id, before)
-}
-
-/// Counts a line out of an order (deleted, or moved away); the order is
-/// already locked exclusively.
-fn free_a_slot(conn: &mut PgConnection, id: i64) -> QueryResult<()> {
-    diesel::update(commandes::table.find(id))
-        .set(commandes::nb_lignes.eq(commandes::nb_lignes - 1))
-        .execute(conn)?;
-    Ok(())
+    check_room(id, state)
 }
 
 /// An order's lines may change while it exists, is open, and never went
@@ -447,10 +443,11 @@ impl Query for ReadLineSlot {
 
 impl RunQueryDsl<PgConnection> for ReadLineSlot {}
 
-/// The guard of a line's creation: the line, counted into its order, if
-/// the order is still open and has room when its row is locked (the
-/// `UPDATE` re-checks its conditions on the row's latest version after
-/// waiting for a concurrent change).
+/// The guard of a line's creation: the line, if its order is still open
+/// and has room when its row is locked (`SELECT … FOR NO KEY UPDATE`
+/// re-checks its conditions on the row's latest version after waiting for
+/// a concurrent change). The insert's trigger counts the line into the
+/// order.
 #[derive(QueryId)]
 struct AddLine {
     line: LineRow,
@@ -461,14 +458,14 @@ struct AddLine {
 impl QueryFragment<Pg> for AddLine {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let line = &self.line;
-        out.push_sql("admitted AS (UPDATE commandes SET nb_lignes = nb_lignes + 1 WHERE id = ");
+        out.push_sql("admitted AS (SELECT id FROM commandes WHERE id = ");
         out.push_bind_param::<BigInt, _>(&line.commande_id)?;
         out.push_sql(" AND statut = ANY(");
         out.push_bind_param::<Array<Text>, _>(&self.open)?;
         out.push_sql(") AND validation IS NULL AND nb_lignes < ");
         out.push_bind_param::<Integer, _>(&self.max)?;
         out.push_sql(
-            " RETURNING id), guard AS (INSERT INTO commandes_produits \
+            " FOR NO KEY UPDATE), guard AS (INSERT INTO commandes_produits \
              (id, commande_id, produit_id, quantite, prix_unitaire) SELECT ",
         );
         out.push_bind_param::<BigInt, _>(&line.id)?;
@@ -490,8 +487,8 @@ impl outbox::Guard for AddLine {}
 const ADD_LINE_ATTEMPTS: usize = 3;
 
 /// Adds a line in two round trips, neither inside an explicit transaction:
-/// one read ([`ReadLineSlot`]), then one statement that locks and counts the
-/// order, inserts the line, and writes its outbox and history rows,
+/// one read ([`ReadLineSlot`]), then one statement that locks the order,
+/// inserts the line (counted into the order by a trigger), and writes its outbox and history rows,
 /// atomically. The read explains a refusal (422 for a missing order or
 /// product, 409 for a closed, validated or full order); the statement only
 /// re-checks, under the lock, what the read found.
@@ -620,7 +617,7 @@ pub fn update_line(
         let quantite = changes.quantite.unwrap_or(old.quantite);
         let mut errors = Vec::new();
         if commande_id != old.commande_id {
-            match take_a_slot(conn, commande_id) {
+            match lock_order_for_a_new_line(conn, commande_id) {
                 Err(OrderError::Invalid(mut e)) => errors.append(&mut e),
                 other => other?,
             }
@@ -637,9 +634,6 @@ pub fn update_line(
         }
         if (commande_id, produit_id, quantite) == (old.commande_id, old.produit_id, old.quantite) {
             return Ok((old.into(), false));
-        }
-        if commande_id != old.commande_id {
-            free_a_slot(conn, old.commande_id)?;
         }
         let line: LineRow = diesel::update(commandes_produits::table.find(id))
             .set((
@@ -671,7 +665,6 @@ pub fn delete_line(
     conn.transaction(|conn| {
         let mut line = lock_line(conn, id, OrderLock::Exclusive)?;
         diesel::delete(commandes_produits::table.find(id)).execute(conn)?;
-        free_a_slot(conn, line.commande_id)?;
         line.version += 1;
         outbox::enqueue_stock(conn, request, &[message(Action::Deleted, &line, None)])?;
         Ok(())

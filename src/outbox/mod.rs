@@ -70,8 +70,9 @@ pub fn enqueue_stock(
 }
 
 /// [`enqueue_stock`] after `guard`, as one statement: atomic on its own,
-/// outside any transaction, in one round trip. The messages are written
-/// only if `guard` returns a row; returns whether it did.
+/// outside any transaction, in one round trip. The messages, line changes
+/// only (each with its line and version, so each has a history row), are
+/// written only if `guard` returns a row; returns whether it did.
 pub fn enqueue_stock_if<G: Guard>(
     conn: &mut PgConnection,
     request: &RequestId,
@@ -79,14 +80,21 @@ pub fn enqueue_stock_if<G: Guard>(
     guard: G,
 ) -> QueryResult<bool> {
     let rows = StockRows::new(messages)?;
+    if messages.is_empty() || rows.history_ids.len() != messages.len() {
+        // Whether the guard passed is read from the history rows written.
+        return Err(diesel::result::Error::QueryBuilderError(
+            "enqueue_stock_if takes line changes only, at least one".into(),
+        ));
+    }
     let history_rows = Enqueue::new(guard, &rows, request).execute(conn)?;
     Ok(history_rows > 0)
 }
 
 /// What a guarded enqueue runs first: SQL common table expressions, the
 /// last one named `guard`, with their bind parameters. A guard is a type
-/// with a static query id, so that the statement is prepared once per
-/// connection and its plan reused (an ad hoc `sql_query` is parsed and
+/// with a static query id of its own (`#[derive(QueryId)]`: diesel keys
+/// its statement cache on it, so two guards must never share one), so that
+/// the statement is prepared once per connection and its plan reused (an ad hoc `sql_query` is parsed and
 /// planned at every call, which costs as much as running it).
 pub trait Guard: QueryFragment<Pg> + QueryId {
     /// Whether the rows wait on the guard.

@@ -123,6 +123,7 @@ async fn an_order_holds_at_most_a_hundred_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() {
+    use diesel::connection::SimpleConnection;
     let app = TestApp::spawn().await;
     let p = app.create_product("p", 1.0, 10).await;
     let (order, other) = (app.create_order().await, app.create_order().await);
@@ -137,15 +138,33 @@ async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() 
     )
     .await;
     let created = answers.iter().filter(|a| a.status == 201).count();
-    let refused = answers.iter().filter(|a| a.status == 409).count();
-    assert_eq!((created, refused), (5, 15), "{answers:?}");
-    let count = || {
+    let full: Vec<_> = answers.iter().filter(|a| a.status == 409).collect();
+    assert_eq!((created, full.len()), (5, 15), "{answers:?}");
+    for answer in full {
+        let detail = answer.body["detail"].as_str().unwrap();
+        assert!(detail.contains("already has 100 lines"), "{detail}");
+    }
+    // Counted where the lines are: the order's own count, and one message
+    // per line created, none for a refused one.
+    let lines_of = |order: i64| {
         app.db.count(&format!(
             "SELECT count(*) AS n FROM commandes_produits WHERE commande_id = {order}"
         ))
     };
-    assert_eq!(count(), 100);
-    // A deleted line and a line moved away each make room for one more.
+    let counted = |order: i64| {
+        app.db.count(&format!(
+            "SELECT nb_lignes::bigint AS n FROM commandes WHERE id = {order}"
+        ))
+    };
+    assert_eq!((lines_of(order), counted(order)), (100, 100));
+    let created_messages = app
+        .outbox()
+        .iter()
+        .filter(|m| m["commande_id"] == order && m["action"] == "CREATED")
+        .count();
+    assert_eq!(created_messages, 100);
+    // A deleted line and a line moved away each make room for one more,
+    // and so does a line written by a replica that predates the count.
     app.orders
         .delete(&format!("/commandes-produits/{}", lines[0]))
         .await
@@ -157,7 +176,26 @@ async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() 
         )
         .await
         .expect(200);
+    assert_eq!(counted(order), 98);
+    app.db
+        .conn()
+        .batch_execute(&format!(
+            "INSERT INTO commandes_produits (commande_id, produit_id, quantite, prix_unitaire) \
+         VALUES ({order}, {p}, 1, 1)"
+        ))
+        .unwrap();
     app.create_line(order, p, 1).await;
+    app.orders
+        .post("/commandes-produits", line.clone())
+        .await
+        .expect(409);
+    app.db
+        .conn()
+        .batch_execute(&format!(
+            "DELETE FROM commandes_produits WHERE id = {}",
+            lines[2]
+        ))
+        .unwrap();
     let back = id(&app.create_line(other, p, 1).await);
     app.orders
         .put(
@@ -170,13 +208,8 @@ async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() 
         .post("/commandes-produits", line.clone())
         .await
         .expect(409);
-    assert_eq!(count(), 100);
-    assert_eq!(
-        app.db.count(&format!(
-            "SELECT nb_lignes::bigint AS n FROM commandes WHERE id = {other}"
-        )),
-        1
-    );
+    assert_eq!((lines_of(order), counted(order)), (100, 100));
+    assert_eq!((lines_of(other), counted(other)), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
