@@ -509,8 +509,9 @@ impl TestApp {
 }
 
 /// The invariant (docs/contract.md §5): for every product, stock = initial
-/// − Σ quantite of its RESERVE lines (and never negative); returns the
-/// number of products checked.
+/// − Σ quantite of its RESERVE lines (and never negative), and every order's
+/// line count is its number of lines; returns the number of products
+/// checked.
 pub fn assert_stock_invariant(db: &TestDb, initial: &std::collections::HashMap<i64, i64>) -> usize {
     use diesel::prelude::*;
     use diesel::sql_types::BigInt;
@@ -545,6 +546,14 @@ pub fn assert_stock_invariant(db: &TestDb, initial: &std::collections::HashMap<i
             row.reserved
         );
     }
+    let miscounted = db.count(
+        "SELECT count(*) AS n FROM commandes c WHERE c.nb_lignes <> \
+         (SELECT count(*) FROM commandes_produits l WHERE l.commande_id = c.id)",
+    );
+    assert_eq!(
+        miscounted, 0,
+        "orders whose nb_lignes is not their line count"
+    );
     let by_status = |status: &str| {
         db.count(&format!(
             "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = '{status}'"
