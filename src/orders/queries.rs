@@ -305,16 +305,25 @@ fn lock_open_order(
 fn lock_order_for_a_new_line(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
     let state = commandes::table
         .find(id)
-        .select((
-            commandes::statut,
-            commandes::validation,
-            commandes::nb_lignes,
-        ))
+        .select(ORDER_STATE)
         .for_no_key_update()
         .first(conn)
         .optional()?;
     check_room(id, state)
 }
+
+/// What decides whether an order can take one more line.
+type OrderState = (OrderStatus, Option<ValidationStatus>, i32);
+
+const ORDER_STATE: (
+    commandes::statut,
+    commandes::validation,
+    commandes::nb_lignes,
+) = (
+    commandes::statut,
+    commandes::validation,
+    commandes::nb_lignes,
+);
 
 /// An order's lines may change while it exists, is open, and never went
 /// through validation.
@@ -336,10 +345,7 @@ fn check_open(
 
 /// A line may be added to an order whose lines may change (see
 /// [`check_open`]) and that holds fewer than the most an order may hold.
-fn check_room(
-    id: i64,
-    state: Option<(OrderStatus, Option<ValidationStatus>, i32)>,
-) -> Result<(), OrderError> {
+fn check_room(id: i64, state: Option<OrderState>) -> Result<(), OrderError> {
     check_open(id, state.map(|(s, v, _)| (s, v)), "commande_id")?;
     match state {
         Some((_, _, lines)) if i64::from(lines) >= LINES_PER_ORDER_MAX => {
@@ -352,13 +358,13 @@ fn check_room(
 }
 
 /// The statuses of the orders whose lines may change, as stored.
-fn open_statuses() -> Vec<&'static str> {
+static OPEN_STATUSES: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
     OrderStatus::ALL
         .iter()
         .filter(|s| !s.is_closed())
         .map(|s| s.as_str())
         .collect()
-}
+});
 
 /// The product's current price. The row is not locked here (the orders
 /// role may only read products): the line's foreign key takes a key-share
@@ -408,7 +414,7 @@ struct LineSlot {
 }
 
 impl LineSlot {
-    fn order(&self) -> Option<(OrderStatus, Option<ValidationStatus>, i32)> {
+    fn order(&self) -> Option<OrderState> {
         Some((self.statut?, self.validation, self.nb_lignes?))
     }
 }
@@ -448,20 +454,18 @@ impl RunQueryDsl<PgConnection> for ReadLineSlot {}
 /// re-checks its conditions on the row's latest version after waiting for
 /// a concurrent change). The insert's trigger counts the line into the
 /// order.
-#[derive(QueryId)]
-struct AddLine {
-    line: LineRow,
-    open: Vec<&'static str>,
+struct AddLine<'a> {
+    line: &'a LineRow,
     max: i32,
 }
 
-impl QueryFragment<Pg> for AddLine {
+impl QueryFragment<Pg> for AddLine<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let line = &self.line;
+        let line = self.line;
         out.push_sql("admitted AS (SELECT id FROM commandes WHERE id = ");
         out.push_bind_param::<BigInt, _>(&line.commande_id)?;
         out.push_sql(" AND statut = ANY(");
-        out.push_bind_param::<Array<Text>, _>(&self.open)?;
+        out.push_bind_param::<Array<Text>, _>(&*OPEN_STATUSES)?;
         out.push_sql(") AND validation IS NULL AND nb_lignes < ");
         out.push_bind_param::<Integer, _>(&self.max)?;
         out.push_sql(
@@ -480,7 +484,12 @@ impl QueryFragment<Pg> for AddLine {
     }
 }
 
-impl outbox::Guard for AddLine {}
+impl QueryId for AddLine<'_> {
+    type QueryId = AddLine<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl outbox::Guard for AddLine<'_> {}
 
 /// How many times adding a line is tried when its order changed between
 /// the read and the write.
@@ -488,8 +497,8 @@ const ADD_LINE_ATTEMPTS: usize = 3;
 
 /// Adds a line in two round trips, neither inside an explicit transaction:
 /// one read ([`ReadLineSlot`]), then one statement that locks the order,
-/// inserts the line (counted into the order by a trigger), and writes its outbox and history rows,
-/// atomically. The read explains a refusal (422 for a missing order or
+/// inserts the line (counted into the order by a trigger) and writes its
+/// outbox and history rows, atomically. The read explains a refusal (422 for a missing order or
 /// product, 409 for a closed, validated or full order); the statement only
 /// re-checks, under the lock, what the read found.
 pub fn create_line(
@@ -524,8 +533,7 @@ pub fn create_line(
     let messages = [message(Action::Created, &line, None)];
     for _ in 0..ADD_LINE_ATTEMPTS {
         let guard = AddLine {
-            line: line.clone(),
-            open: open_statuses(),
+            line: &line,
             max: LINES_PER_ORDER_MAX as i32,
         };
         let added = outbox::enqueue_stock_if(conn, request, &messages, guard)
@@ -537,11 +545,7 @@ pub fn create_line(
         // try again if it can take the line after all (a line left it).
         let now = commandes::table
             .find(line.commande_id)
-            .select((
-                commandes::statut,
-                commandes::validation,
-                commandes::nb_lignes,
-            ))
+            .select(ORDER_STATE)
             .first(conn)
             .optional()?;
         check_room(line.commande_id, now)?;
