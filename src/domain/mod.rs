@@ -1,11 +1,12 @@
 //! Domain values, the bottom layer: money, status words, field errors,
-//! request building blocks and pagination. They know nothing of HTTP
+//! request building blocks, pagination and the order transitions. They know nothing of HTTP
 //! handlers, the broker or the worker; everything else builds on them.
 
 pub mod input;
 pub mod limits;
 pub mod money;
 pub mod status;
+pub mod transitions;
 
 pub use input::{FieldError, Input, Page, Pagination, Required};
 pub use money::Money;

@@ -204,12 +204,10 @@ fn refine_operation(path: &str, method: &str, op: &mut Value, required: Option<S
     let keep = |code: &str| match code {
         "400" => has_body || has_path || has_query,
         "404" => has_path,
-        // Deleting (referenced product, shipped order) or changing an order
-        // or its lines (closed order); creating an order cannot conflict.
-        "409" => {
-            method == "delete"
-                || (mutating && path.contains("commandes") && !path.ends_with("commandes"))
-        }
+        // Deleting (referenced product, shipped order), creating an order
+        // (never as shipped) or changing one or its lines (the transition
+        // table).
+        "409" => method == "delete" || (mutating && path.contains("commandes")),
         "401" | "403" => required.is_some(),
         "413" | "415" => has_body,
         "422" => has_body || has_query,

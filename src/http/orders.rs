@@ -103,6 +103,8 @@ fn wake_relay(state: &AppState, wrote: bool) {
 /// Create an order.
 ///
 /// `statut` defaults to `EN_ATTENTE`; `status` is accepted as an alias.
+/// `EN_ATTENTE`, `EN_COURS` and `ANNULEE` are accepted; `EXPEDIEE` answers
+/// 409 (a new order has no line to ship).
 #[api_v2_operation(tags(Orders))]
 async fn create_order(
     state: web::Data<AppState>,
@@ -172,8 +174,11 @@ async fn get_order(
 
 /// Change an order's status.
 ///
-/// `ANNULEE` releases the stock of every line and is final; so is
-/// `EXPEDIEE`: changing a final status answers 409.
+/// As the contract's transition table allows, else 409 with the reason:
+/// `ANNULEE` releases the stock of every line and is final; `EXPEDIEE`
+/// needs at least one line and every line `RESERVE`, and is final; a
+/// validated order never goes back to `EN_ATTENTE`; nothing changes while
+/// its validation runs. Asking for the current status changes nothing.
 #[api_v2_operation(tags(Orders))]
 async fn update_order(
     state: web::Data<AppState>,

@@ -13,6 +13,7 @@ use super::model::{
 };
 use crate::db::schema::{commandes, commandes_produits, historique_lignes, produits};
 use crate::domain::limits::LINES_PER_ORDER_MAX;
+use crate::domain::transitions::{self, Effect, LineStates, OrderFacts, Refusal, Request};
 use crate::domain::Money;
 use crate::domain::{FieldError, Page};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
@@ -67,7 +68,9 @@ fn assemble(conn: &mut PgConnection, rows: Vec<OrderRow>) -> QueryResult<Vec<Ord
         .collect())
 }
 
-pub fn create_order(conn: &mut PgConnection, statut: OrderStatus) -> QueryResult<Order> {
+/// Creates an order with `statut`, if a client may ([`transitions::may_create`]).
+pub fn create_order(conn: &mut PgConnection, statut: OrderStatus) -> Result<Order, OrderError> {
+    transitions::may_create(statut)?;
     let row = diesel::insert_into(commandes::table)
         .values(commandes::statut.eq(statut))
         .returning(OrderRow::as_returning())
@@ -120,7 +123,7 @@ pub(crate) fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option
     Ok(Some(row.with_lines(lines)))
 }
 
-pub(crate) fn lock_order(conn: &mut PgConnection, id: i64) -> Result<OrderRow, OrderError> {
+fn lock_order(conn: &mut PgConnection, id: i64) -> Result<OrderRow, OrderError> {
     commandes::table
         .find(id)
         .select(OrderRow::as_select())
@@ -175,34 +178,41 @@ pub(crate) fn bump_lines_of(conn: &mut PgConnection, orders: &[i64]) -> QueryRes
     Ok(lines)
 }
 
-fn validating_conflict(order: i64) -> OrderError {
-    OrderError::Conflict(format!(
-        "order {order} is being validated; it cannot change until its validation ends"
-    ))
-}
-
-/// Why the lines of an order that went through validation cannot change.
-fn validated_conflict(order: i64, validation: ValidationStatus) -> OrderError {
-    match validation {
-        ValidationStatus::EnCours => OrderError::Conflict(format!(
-            "order {order} is being validated; its lines cannot change until its validation ends"
-        )),
-        other => OrderError::Conflict(format!(
-            "order {order}'s validation is {}; its lines can no longer change",
-            other.as_str()
-        )),
+impl From<Refusal> for OrderError {
+    fn from(refusal: Refusal) -> Self {
+        OrderError::Conflict(refusal.0)
     }
 }
 
-fn closed_conflict(order: i64, status: OrderStatus) -> OrderError {
-    OrderError::Conflict(format!(
-        "order {order} is {} and can no longer change",
-        status.as_str()
-    ))
+/// Locks order `id` (404 if missing) and reads what its transitions
+/// depend on; its lines' stock statuses only when `with_lines`.
+pub(crate) fn lock_order_facts(
+    conn: &mut PgConnection,
+    id: i64,
+    with_lines: bool,
+) -> Result<OrderFacts, OrderError> {
+    let order = lock_order(conn, id)?;
+    let lines = if with_lines {
+        LineStates::of(
+            commandes_produits::table
+                .filter(commandes_produits::commande_id.eq(id))
+                .select(commandes_produits::statut_stock)
+                .load::<StockStatus>(conn)?,
+        )
+    } else {
+        LineStates::default()
+    };
+    Ok(OrderFacts {
+        id,
+        statut: order.statut,
+        validation: order.validation,
+        lines,
+    })
 }
 
-/// Changes an order's status. Cancelling releases the stock of every line
-/// (a DELETED message each); `ANNULEE` and `EXPEDIEE` are final.
+/// Changes an order's status, as the transition table allows
+/// ([`transitions::decide`]): cancelling releases the stock of every line
+/// (a DELETED message each), shipping needs every line reserved.
 /// Returns the order and whether messages were written.
 pub fn update_order(
     conn: &mut PgConnection,
@@ -211,26 +221,17 @@ pub fn update_order(
     statut: Option<OrderStatus>,
 ) -> Result<(Order, bool), OrderError> {
     conn.transaction(|conn| {
-        let order = lock_order(conn, id)?;
-        let target = statut.unwrap_or(order.statut);
+        let shipping = statut == Some(OrderStatus::Expediee);
+        let facts = lock_order_facts(conn, id, shipping)?;
+        let target = statut.unwrap_or(facts.statut);
         let mut wrote = false;
-        if target != order.statut {
-            if order.statut.is_closed() {
-                return Err(closed_conflict(id, order.statut));
-            }
-            if order.validation == Some(ValidationStatus::EnCours) {
-                return Err(validating_conflict(id));
-            }
-            if order.validation.is_some() && target == OrderStatus::EnAttente {
-                return Err(OrderError::Conflict(format!(
-                    "order {id} was validated; it cannot go back to EN_ATTENTE"
-                )));
-            }
-            if target == OrderStatus::Annulee {
-                let messages = release_lines(conn, id)?;
-                outbox::enqueue_stock(conn, request, &messages)?;
-                wrote = !messages.is_empty();
-            }
+        let effect = transitions::decide(&facts, Request::SetStatus(target))?;
+        if effect == Effect::ReleaseLines {
+            let messages = release_lines(conn, id)?;
+            outbox::enqueue_stock(conn, request, &messages)?;
+            wrote = !messages.is_empty();
+        }
+        if effect != Effect::Nothing {
             diesel::update(commandes::table.find(id))
                 .set(commandes::statut.eq(target))
                 .execute(conn)?;
@@ -249,20 +250,11 @@ pub fn delete_order(
     id: i64,
 ) -> Result<bool, OrderError> {
     conn.transaction(|conn| {
-        let order = lock_order(conn, id)?;
-        if order.validation == Some(ValidationStatus::EnCours) {
-            return Err(validating_conflict(id));
-        }
-        if order.statut == OrderStatus::Expediee {
-            return Err(OrderError::Conflict(format!(
-                "order {id} has shipped; shipped orders are kept"
-            )));
-        }
+        let facts = lock_order_facts(conn, id, false)?;
         // A cancelled order's lines were released when it was cancelled.
-        let messages = if order.statut == OrderStatus::Annulee {
-            Vec::new()
-        } else {
-            release_lines(conn, id)?
+        let messages = match transitions::decide(&facts, Request::Delete)? {
+            Effect::ReleaseLines => release_lines(conn, id)?,
+            _ => Vec::new(),
         };
         outbox::enqueue_stock(conn, request, &messages)?;
         diesel::delete(commandes_produits::table.filter(commandes_produits::commande_id.eq(id)))
@@ -325,22 +317,27 @@ const ORDER_STATE: (
     commandes::nb_lignes,
 );
 
-/// An order's lines may change while it exists, is open, and never went
-/// through validation.
+/// An order's lines may change while it exists (else a 422 on `field`)
+/// and the transition table allows it: open, never validated.
 fn check_open(
     id: i64,
     status: Option<(OrderStatus, Option<ValidationStatus>)>,
     field: &str,
 ) -> Result<(), OrderError> {
-    match status {
-        None => Err(OrderError::Invalid(vec![FieldError::new(
+    let Some((statut, validation)) = status else {
+        return Err(OrderError::Invalid(vec![FieldError::new(
             field,
             format!("order {id} does not exist"),
-        )])),
-        Some((status, _)) if status.is_closed() => Err(closed_conflict(id, status)),
-        Some((_, Some(validation))) => Err(validated_conflict(id, validation)),
-        Some(_) => Ok(()),
-    }
+        )]));
+    };
+    let facts = OrderFacts {
+        id,
+        statut,
+        validation,
+        lines: LineStates::default(),
+    };
+    transitions::decide(&facts, Request::ChangeLines)?;
+    Ok(())
 }
 
 /// A line may be added to an order whose lines may change (see

@@ -304,7 +304,7 @@ fn report(ctx: &Context, events: &[Received], advanced: &Advanced) {
                 log::debug!(
                     target: logging::FLOW,
                     request_id;
-                    "order {order}: {} of line {line} ignored: {why}",
+                    "order {order}: woken by {} of line {line}, nothing new: {why}",
                     event.event.event.as_str()
                 );
             }
@@ -313,7 +313,7 @@ fn report(ctx: &Context, events: &[Received], advanced: &Advanced) {
                 log::info!(
                     target: logging::FLOW,
                     request_id, message_id:% = event.message_id, ligne_id = line;
-                    "order {order}: {} of line {line} v{}",
+                    "order {order}: woken by {} of line {line} v{}; its lines read from the database",
                     event.event.event.as_str(),
                     event.event.version
                 );

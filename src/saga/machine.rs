@@ -5,13 +5,17 @@
 //! writes what came out.
 //!
 //! The rules:
+//! - Line events are wake-ups, not facts: an event names an order whose
+//!   saga may have moved, and the saga then reads what the worker wrote to
+//!   the database in the transaction that applied the stock — each line's
+//!   version and `statut_stock` ([`LineFact`]). A forged, replayed or
+//!   stale event changes nothing the database does not already say.
 //! - A validation waits for one outcome per line, for the line's version
-//!   it started (or, once refused, released) — an event for another line
-//!   or another version is ignored, so duplicates, stale and reordered
-//!   events change nothing.
+//!   it started (or, once refused, released): a line at another version,
+//!   or not yet applied, tells nothing.
 //! - Once every line has its outcome: all `RESERVE` confirms the order;
 //!   any `REJETE` refuses it, with a `motif` naming each such line with
-//!   what it asked and what was available.
+//!   what it asked and what is available.
 //! - A timeout refuses a validation still running, naming the lines with no
 //!   outcome yet (and any rejected ones).
 //! - A refused order's lines are all released (the compensation); the
@@ -19,11 +23,10 @@
 //!   confirmed one ignores everything.
 
 use crate::domain::{StockStatus, ValidationStatus};
-use crate::messages::{LineEvent, LineOutcome};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// One line of a validation and what the worker reported for it.
+/// One line of a validation and the outcome the database showed for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineProgress {
     pub ligne_id: i64,
@@ -33,7 +36,7 @@ pub struct LineProgress {
     pub quantite: i32,
     /// `RESERVE` or `REJETE` while validating, `LIBERE` once released.
     pub resultat: Option<StockStatus>,
-    /// The stock when the line was rejected.
+    /// The product's stock when the line was seen rejected.
     pub disponible: Option<i32>,
 }
 
@@ -46,11 +49,22 @@ pub struct Saga {
     pub lines: Vec<LineProgress>,
 }
 
+/// What the database says of one line now: its version and `statut_stock`
+/// (the worker writes the status only for the version it applied, in the
+/// transaction that moved the stock), and its product's stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineFact {
+    pub ligne_id: i64,
+    pub version: i64,
+    pub statut: StockStatus,
+    pub disponible: i32,
+}
+
 /// What moves a saga.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Input<'a> {
-    /// A worker's outcome for one line.
-    Line(&'a LineEvent),
+    /// A line event woke the saga: what the database says of its lines.
+    Facts(&'a [LineFact]),
     /// The validation's deadline passed (`after` its start).
     Timeout { after: Duration },
 }
@@ -72,56 +86,87 @@ pub enum Step {
     Compensated,
 }
 
+/// What one fact did to a saga's line.
+enum Seen {
+    Recorded,
+    Ignored(&'static str),
+}
+
 impl Saga {
     /// Applies one input (see the module's rules).
     pub fn step(&mut self, input: Input<'_>) -> Step {
         match (self.state, input) {
-            (ValidationStatus::EnCours, Input::Line(event)) => self.validating(event),
+            (ValidationStatus::EnCours, Input::Facts(facts)) => {
+                let seen = self.observe(facts, Self::validating);
+                self.after_validating(seen)
+            }
             (ValidationStatus::EnCours, Input::Timeout { after }) => {
                 self.state = ValidationStatus::Refusee;
                 Step::Refused(self.timeout_reason(after))
             }
-            (ValidationStatus::Refusee, Input::Line(event)) => self.compensating(event),
+            (ValidationStatus::Refusee, Input::Facts(facts)) => {
+                match self.observe(facts, Self::compensating) {
+                    Err(why) => Step::Ignored(why),
+                    Ok(()) if self.all(StockStatus::Libere) => Step::Compensated,
+                    Ok(()) => Step::Recorded,
+                }
+            }
             (ValidationStatus::Refusee, Input::Timeout { .. }) => Step::Ignored("already refused"),
             (ValidationStatus::Confirmee, _) => Step::Ignored("already confirmed"),
         }
     }
 
-    /// The line the event is about, at the version the saga waits for.
-    fn line_of(&mut self, event: &LineEvent) -> Result<&mut LineProgress, Step> {
-        let line = self
-            .lines
-            .iter_mut()
-            .find(|l| l.ligne_id == event.ligne_id)
-            .ok_or(Step::Ignored("not a line of this validation"))?;
-        if line.version != event.version {
-            return Err(Step::Ignored("another version of the line"));
+    /// Shows each fact to its line with `see`: `Ok` if one was recorded,
+    /// else why none was (the first fact's reason).
+    fn observe(
+        &mut self,
+        facts: &[LineFact],
+        see: fn(&mut LineProgress, &LineFact) -> Seen,
+    ) -> Result<(), &'static str> {
+        let mut recorded = false;
+        let mut why = "no line of this validation in the database";
+        for (i, fact) in facts.iter().enumerate() {
+            let seen = match self.lines.iter_mut().find(|l| l.ligne_id == fact.ligne_id) {
+                None => Seen::Ignored("not a line of this validation"),
+                Some(line) if line.version != fact.version => {
+                    Seen::Ignored("another version of the line")
+                }
+                Some(line) => see(line, fact),
+            };
+            match seen {
+                Seen::Recorded => recorded = true,
+                Seen::Ignored(reason) if i == 0 => why = reason,
+                Seen::Ignored(_) => {}
+            }
         }
-        Ok(line)
+        if recorded {
+            Ok(())
+        } else {
+            Err(why)
+        }
     }
 
-    fn validating(&mut self, event: &LineEvent) -> Step {
-        let resultat = match event.event {
-            LineOutcome::LigneReservee => StockStatus::Reserve,
-            LineOutcome::LigneRejetee => StockStatus::Rejete,
-            LineOutcome::LigneLiberee => return Step::Ignored("no release is expected yet"),
-        };
-        let line = match self.line_of(event) {
-            Ok(line) => line,
-            Err(step) => return step,
+    fn validating(line: &mut LineProgress, fact: &LineFact) -> Seen {
+        let resultat = match fact.statut {
+            StockStatus::Reserve | StockStatus::Rejete => fact.statut,
+            StockStatus::EnAttente => return Seen::Ignored("the line is not applied yet"),
+            StockStatus::Libere => return Seen::Ignored("no release is expected yet"),
         };
         if line.resultat.is_some() {
-            return Step::Ignored("the line's outcome is already known");
+            return Seen::Ignored("the line's outcome is already known");
         }
         line.resultat = Some(resultat);
-        line.disponible = event.disponible;
+        line.disponible = (resultat == StockStatus::Rejete).then_some(fact.disponible);
+        Seen::Recorded
+    }
+
+    fn after_validating(&mut self, seen: Result<(), &'static str>) -> Step {
+        if let Err(why) = seen {
+            return Step::Ignored(why);
+        }
         if self.lines.iter().any(|l| l.resultat.is_none()) {
             Step::Recorded
-        } else if self
-            .lines
-            .iter()
-            .all(|l| l.resultat == Some(StockStatus::Reserve))
-        {
+        } else if self.all(StockStatus::Reserve) {
             self.state = ValidationStatus::Confirmee;
             Step::Confirmed
         } else {
@@ -130,27 +175,22 @@ impl Saga {
         }
     }
 
-    fn compensating(&mut self, event: &LineEvent) -> Step {
-        if event.event != LineOutcome::LigneLiberee {
-            return Step::Ignored("the validation was refused");
+    fn compensating(line: &mut LineProgress, fact: &LineFact) -> Seen {
+        match fact.statut {
+            StockStatus::Libere if line.resultat == Some(StockStatus::Libere) => {
+                Seen::Ignored("the line is already released")
+            }
+            StockStatus::Libere => {
+                line.resultat = Some(StockStatus::Libere);
+                Seen::Recorded
+            }
+            StockStatus::EnAttente => Seen::Ignored("the release is not applied yet"),
+            _ => Seen::Ignored("the validation was refused"),
         }
-        let line = match self.line_of(event) {
-            Ok(line) => line,
-            Err(step) => return step,
-        };
-        if line.resultat == Some(StockStatus::Libere) {
-            return Step::Ignored("the line is already released");
-        }
-        line.resultat = Some(StockStatus::Libere);
-        if self
-            .lines
-            .iter()
-            .all(|l| l.resultat == Some(StockStatus::Libere))
-        {
-            Step::Compensated
-        } else {
-            Step::Recorded
-        }
+    }
+
+    fn all(&self, status: StockStatus) -> bool {
+        self.lines.iter().all(|l| l.resultat == Some(status))
     }
 
     /// Records that the refused order's lines are released at `versions`
@@ -228,38 +268,55 @@ mod tests {
         }
     }
 
-    fn event(event: LineOutcome, ligne_id: i64, version: i64) -> LineEvent {
-        LineEvent {
-            event,
-            commande_id: 1,
+    fn fact(statut: StockStatus, ligne_id: i64, version: i64) -> LineFact {
+        LineFact {
             ligne_id,
             version,
-            produit_id: 7,
-            quantite: 3,
-            disponible: (event == LineOutcome::LigneRejetee).then_some(2),
+            statut,
+            disponible: 2,
         }
     }
 
-    fn reserved(ligne: i64, version: i64) -> LineEvent {
-        event(LineOutcome::LigneReservee, ligne, version)
+    fn reserved(ligne: i64, version: i64) -> LineFact {
+        fact(StockStatus::Reserve, ligne, version)
     }
 
-    fn rejected(ligne: i64, version: i64) -> LineEvent {
-        event(LineOutcome::LigneRejetee, ligne, version)
+    fn rejected(ligne: i64, version: i64) -> LineFact {
+        fact(StockStatus::Rejete, ligne, version)
     }
 
-    fn released(ligne: i64, version: i64) -> LineEvent {
-        event(LineOutcome::LigneLiberee, ligne, version)
+    fn released(ligne: i64, version: i64) -> LineFact {
+        fact(StockStatus::Libere, ligne, version)
+    }
+
+    fn pending(ligne: i64, version: i64) -> LineFact {
+        fact(StockStatus::EnAttente, ligne, version)
+    }
+
+    #[test]
+    fn a_wake_up_reads_every_line_and_one_with_nothing_applied_moves_nothing() {
+        let mut s = saga(&[(10, 2), (11, 5)]);
+        // A forged event: the database shows neither line applied.
+        assert_eq!(
+            s.step(Input::Facts(&[pending(10, 2), pending(11, 5)])),
+            Step::Ignored("the line is not applied yet")
+        );
+        assert_eq!(s, saga(&[(10, 2), (11, 5)]));
+        // One wake-up sees both outcomes at once.
+        assert_eq!(
+            s.step(Input::Facts(&[reserved(10, 2), reserved(11, 5)])),
+            Step::Confirmed
+        );
     }
 
     #[test]
     fn every_line_reserved_confirms() {
         let mut s = saga(&[(10, 2), (11, 5)]);
-        assert_eq!(s.step(Input::Line(&reserved(11, 5))), Step::Recorded);
-        assert_eq!(s.step(Input::Line(&reserved(10, 2))), Step::Confirmed);
+        assert_eq!(s.step(Input::Facts(&[reserved(11, 5)])), Step::Recorded);
+        assert_eq!(s.step(Input::Facts(&[reserved(10, 2)])), Step::Confirmed);
         assert_eq!(s.state, ValidationStatus::Confirmee);
         assert_eq!(
-            s.step(Input::Line(&rejected(10, 2))),
+            s.step(Input::Facts(&[rejected(10, 2)])),
             Step::Ignored("already confirmed")
         );
     }
@@ -267,10 +324,10 @@ mod tests {
     #[test]
     fn a_rejected_line_refuses_once_every_outcome_is_known_naming_each() {
         let mut s = saga(&[(10, 2), (11, 5), (12, 1)]);
-        assert_eq!(s.step(Input::Line(&rejected(10, 2))), Step::Recorded);
-        assert_eq!(s.step(Input::Line(&reserved(11, 5))), Step::Recorded);
+        assert_eq!(s.step(Input::Facts(&[rejected(10, 2)])), Step::Recorded);
+        assert_eq!(s.step(Input::Facts(&[reserved(11, 5)])), Step::Recorded);
         assert_eq!(
-            s.step(Input::Line(&rejected(12, 1))),
+            s.step(Input::Facts(&[rejected(12, 1)])),
             Step::Refused(
                 "line 10: asked 3 of product 7, 2 available; \
                  line 12: asked 3 of product 7, 2 available"
@@ -282,7 +339,7 @@ mod tests {
     #[test]
     fn duplicates_other_versions_and_strangers_change_nothing() {
         let mut s = saga(&[(10, 2), (11, 5)]);
-        assert_eq!(s.step(Input::Line(&reserved(10, 2))), Step::Recorded);
+        assert_eq!(s.step(Input::Facts(&[reserved(10, 2)])), Step::Recorded);
         let before = s.clone();
         for (e, why) in [
             (reserved(10, 2), "the line's outcome is already known"),
@@ -291,8 +348,9 @@ mod tests {
             (reserved(11, 6), "another version of the line"),
             (reserved(99, 1), "not a line of this validation"),
             (released(11, 5), "no release is expected yet"),
+            (pending(11, 5), "the line is not applied yet"),
         ] {
-            assert_eq!(s.step(Input::Line(&e)), Step::Ignored(why), "{e:?}");
+            assert_eq!(s.step(Input::Facts(&[e])), Step::Ignored(why), "{e:?}");
         }
         assert_eq!(s, before);
     }
@@ -305,7 +363,7 @@ mod tests {
             let mut s = saga(&[(10, 1), (11, 1), (12, 1)]);
             let last = order
                 .iter()
-                .map(|&i| s.step(Input::Line(&events[i])))
+                .map(|&i| s.step(Input::Facts(&[events[i]])))
                 .last();
             assert!(matches!(last, Some(Step::Refused(m)) if m.starts_with("line 11:")));
         }
@@ -314,8 +372,8 @@ mod tests {
     #[test]
     fn a_timeout_refuses_naming_the_lines_without_an_outcome() {
         let mut s = saga(&[(10, 1), (11, 1), (12, 1)]);
-        s.step(Input::Line(&reserved(10, 1)));
-        s.step(Input::Line(&rejected(12, 1)));
+        s.step(Input::Facts(&[reserved(10, 1)]));
+        s.step(Input::Facts(&[rejected(12, 1)]));
         let step = s.step(Input::Timeout {
             after: Duration::from_millis(1500),
         });
@@ -332,20 +390,20 @@ mod tests {
     #[test]
     fn a_refused_saga_waits_for_each_release_at_its_new_version() {
         let mut s = saga(&[(10, 1), (11, 1)]);
-        s.step(Input::Line(&reserved(10, 1)));
+        s.step(Input::Facts(&[reserved(10, 1)]));
         assert!(matches!(
-            s.step(Input::Line(&rejected(11, 1))),
+            s.step(Input::Facts(&[rejected(11, 1)])),
             Step::Refused(_)
         ));
         s.refused([(10, 2), (11, 2)]);
         assert_eq!(s.state, ValidationStatus::Refusee);
         // Late outcomes of the validation, old releases: nothing.
         assert_eq!(
-            s.step(Input::Line(&reserved(10, 2))),
+            s.step(Input::Facts(&[reserved(10, 2)])),
             Step::Ignored("the validation was refused")
         );
         assert_eq!(
-            s.step(Input::Line(&released(10, 1))),
+            s.step(Input::Facts(&[released(10, 1)])),
             Step::Ignored("another version of the line")
         );
         assert_eq!(
@@ -354,11 +412,11 @@ mod tests {
             }),
             Step::Ignored("already refused")
         );
-        assert_eq!(s.step(Input::Line(&released(11, 2))), Step::Recorded);
+        assert_eq!(s.step(Input::Facts(&[released(11, 2)])), Step::Recorded);
         assert_eq!(
-            s.step(Input::Line(&released(11, 2))),
+            s.step(Input::Facts(&[released(11, 2)])),
             Step::Ignored("the line is already released")
         );
-        assert_eq!(s.step(Input::Line(&released(10, 2))), Step::Compensated);
+        assert_eq!(s.step(Input::Facts(&[released(10, 2)])), Step::Compensated);
     }
 }

@@ -9,12 +9,15 @@
 //! last and never an order, so none of these can deadlock with it or with
 //! the API.
 
-use super::machine::{Input, LineProgress, Saga, Step};
-use crate::db::schema::{commandes, evenements_traites, validation_lignes};
+use super::machine::{Input, LineFact, LineProgress, Saga, Step};
+use crate::db::schema::{
+    commandes, commandes_produits, evenements_traites, produits, validation_lignes,
+};
+use crate::domain::transitions::{self, Request};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, LineEvent};
 use crate::orders::model::{Order, OrderError};
-use crate::orders::queries::{bump_lines, bump_lines_of, find_order, lock_order, message};
+use crate::orders::queries::{bump_lines, bump_lines_of, find_order, lock_order_facts, message};
 use crate::outbox;
 use crate::request_id::RequestId;
 use diesel::prelude::*;
@@ -35,25 +38,9 @@ pub fn start(
     timeout: Duration,
 ) -> Result<Order, OrderError> {
     conn.transaction(|conn| {
-        let order = lock_order(conn, id)?;
-        if let Some(validation) = order.validation {
-            return Err(OrderError::Conflict(format!(
-                "order {id} was already validated: its validation is {}",
-                validation.as_str()
-            )));
-        }
-        if order.statut != OrderStatus::EnAttente {
-            return Err(OrderError::Conflict(format!(
-                "only an EN_ATTENTE order can be validated; order {id} is {}",
-                order.statut.as_str()
-            )));
-        }
+        let facts = lock_order_facts(conn, id, true)?;
+        transitions::decide(&facts, Request::Validate)?;
         let lines = bump_lines(conn, id)?;
-        if lines.is_empty() {
-            return Err(OrderError::Conflict(format!(
-                "order {id} has no lines to validate"
-            )));
-        }
         diesel::sql_query(
             "UPDATE commandes SET validation = 'EN_COURS', motif = NULL, \
                     validation_commencee_le = now(), \
@@ -143,7 +130,7 @@ pub fn apply_events(conn: &mut PgConnection, events: &[Received]) -> QueryResult
                 let new = fresh.contains(&e.message_id) && seen.insert(e.message_id);
                 Pending {
                     order: e.event.commande_id,
-                    input: new.then_some(Input::Line(&e.event)),
+                    input: new.then_some(Wake::Event),
                     request: e.request_id.as_ref(),
                 }
             })
@@ -173,7 +160,7 @@ pub fn time_out(conn: &mut PgConnection, limit: usize) -> QueryResult<Advanced> 
                 let after = Duration::from_secs_f64(after.max(0.0));
                 Pending {
                     order,
-                    input: Some(Input::Timeout { after }),
+                    input: Some(Wake::Deadline { after }),
                     request: None,
                 }
             })
@@ -190,12 +177,22 @@ struct Due {
     after: f64,
 }
 
-/// An input for one order's saga (`None`: an event applied before), and
-/// the request its compensation messages are attributed to.
+/// What woke one order's saga (`None`: an event applied before), and the
+/// request its compensation messages are attributed to.
 struct Pending<'a> {
     order: i64,
-    input: Option<Input<'a>>,
+    input: Option<Wake>,
     request: Option<&'a RequestId>,
+}
+
+/// Why a saga is looked at.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// A line event named its order: the saga reads its lines' facts from
+    /// the database (the event's body is never trusted).
+    Event,
+    /// Its deadline passed (`after` its start).
+    Deadline { after: Duration },
 }
 
 /// Locks the sagas of `inputs`' orders, feeds each its inputs in order and
@@ -209,6 +206,7 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
         .into_iter()
         .collect();
     let mut sagas = load(conn, &orders)?;
+    let facts = line_facts(conn, &sagas)?;
     let before = sagas.clone();
     let mut advanced = Advanced::default();
     // Each refused order's motif, and the request its releases are for.
@@ -223,6 +221,12 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
         let step = match sagas.get_mut(&order) {
             None => Step::Ignored("the order has no validation"),
             Some(saga) => {
+                let input = match input {
+                    Wake::Event => {
+                        Input::Facts(facts.get(&order).map(Vec::as_slice).unwrap_or_default())
+                    }
+                    Wake::Deadline { after } => Input::Timeout { after },
+                };
                 let step = saga.step(input);
                 match &step {
                     Step::Confirmed => confirmed.push(order),
@@ -341,6 +345,44 @@ fn load(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<BTreeMap<i64, Sa
         }
     }
     Ok(sagas)
+}
+
+/// What the database says now of the lines of `sagas`, by order: each
+/// line's version and `statut_stock` (written by the worker in the
+/// transaction that applied its stock) and its product's stock. One query
+/// whatever the batch.
+fn line_facts(
+    conn: &mut PgConnection,
+    sagas: &BTreeMap<i64, Saga>,
+) -> QueryResult<BTreeMap<i64, Vec<LineFact>>> {
+    let lines: Vec<i64> = sagas
+        .values()
+        .flat_map(|s| s.lines.iter().map(|l| l.ligne_id))
+        .collect();
+    if lines.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows: Vec<(i64, i64, i64, StockStatus, i32)> = commandes_produits::table
+        .inner_join(produits::table)
+        .filter(commandes_produits::id.eq_any(&lines))
+        .select((
+            commandes_produits::commande_id,
+            commandes_produits::id,
+            commandes_produits::version,
+            commandes_produits::statut_stock,
+            produits::quantite_en_stock,
+        ))
+        .load(conn)?;
+    let mut facts: BTreeMap<i64, Vec<LineFact>> = BTreeMap::new();
+    for (order, ligne_id, version, statut, disponible) in rows {
+        facts.entry(order).or_default().push(LineFact {
+            ligne_id,
+            version,
+            statut,
+            disponible,
+        });
+    }
+    Ok(facts)
 }
 
 /// A row of `validation_lignes`.

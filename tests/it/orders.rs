@@ -390,7 +390,7 @@ async fn cancelling_releases_every_line_and_is_final() {
 }
 
 #[tokio::test]
-async fn deleting_an_order_releases_its_lines_unless_it_shipped() {
+async fn deleting_an_order_releases_its_lines_and_a_pending_line_keeps_it_from_shipping() {
     let app = TestApp::spawn().await;
     let p = app.create_product("p", 1.0, 20).await;
     let order = app.create_order().await;
@@ -417,37 +417,129 @@ async fn deleting_an_order_releases_its_lines_unless_it_shipped() {
         .await
         .expect(404);
 
-    let shipped = app.create_order().await;
-    app.create_line(shipped, p, 1).await;
-    app.orders
+    // No worker here: a line still EN_ATTENTE keeps its order from shipping.
+    let waiting = app.create_order().await;
+    app.create_line(waiting, p, 1).await;
+    let answer = app
+        .orders
         .put(
-            &format!("/commandes/{shipped}"),
+            &format!("/commandes/{waiting}"),
             json!({"statut": "EXPEDIEE"}),
         )
         .await
-        .expect(200);
+        .expect(409);
+    assert_eq!(
+        answer.body["detail"],
+        format!(
+            "order {waiting} ships only once every line is RESERVE: 1 of its 1 lines are not \
+             (1 EN_ATTENTE)"
+        )
+    );
+    assert_eq!(
+        app.orders
+            .get(&format!("/commandes/{waiting}"))
+            .await
+            .expect(200)
+            .body["statut"],
+        "EN_ATTENTE"
+    );
+}
+
+/// The issue's attack: with an ordinary `orders:write` client, ship an
+/// order whose line the stock could not cover.
+#[tokio::test]
+async fn an_order_ships_only_once_every_line_is_reserved_and_then_stays_shipped() {
+    let app = TestApp::with_worker().await;
+    let scarce = app.create_product("scarce", 1.0, 1).await;
+    let plenty = app.create_product("plenty", 1.0, 10).await;
+    let ship = |order: i64| {
+        let orders = &app.orders;
+        async move {
+            orders
+                .put(
+                    &format!("/commandes/{order}"),
+                    json!({"statut": "EXPEDIEE"}),
+                )
+                .await
+        }
+    };
+    let detail =
+        |answer: &crate::common::Answer| answer.body["detail"].as_str().unwrap().to_owned();
+
+    // Never with a rejected line…
+    let rejected = app.create_order().await;
+    let line = id(&app.create_line(rejected, scarce, 5).await);
+    app.wait_for_line(line, "REJETE").await;
+    let refused = ship(rejected).await.expect(409);
+    assert_eq!(
+        detail(&refused),
+        format!(
+            "order {rejected} ships only once every line is RESERVE: 1 of its 1 lines are not \
+             (1 REJETE)"
+        )
+    );
+    // …nor created as shipped, nor empty, nor with a line still pending
+    // (an order created EN_COURS, as the seed's client does, too).
+    let created = app
+        .orders
+        .post("/commandes", json!({"statut": "EXPEDIEE"}))
+        .await
+        .expect(409);
+    assert!(
+        detail(&created).contains("new order has no line"),
+        "{}",
+        created.body
+    );
+    let running = id(&app
+        .orders
+        .post("/commandes", json!({"statut": "EN_COURS"}))
+        .await
+        .expect(201)
+        .body);
+    assert!(detail(&ship(running).await.expect(409)).contains("has no lines"));
+    let reserved = id(&app.create_line(running, plenty, 2).await);
+    app.wait_for_line(reserved, "RESERVE").await;
+    let pending = id(&app.create_line(running, plenty, 1).await);
+    app.wait_for_line(pending, "RESERVE").await;
+
+    // Every line reserved: it ships, and stays shipped and kept.
+    let shipped = ship(running).await.expect(200);
+    assert_eq!(shipped.body["statut"], "EXPEDIEE");
+    for change in ["EN_ATTENTE", "EN_COURS", "ANNULEE"] {
+        app.orders
+            .put(&format!("/commandes/{running}"), json!({"statut": change}))
+            .await
+            .expect(409);
+    }
     app.orders
-        .delete(&format!("/commandes/{shipped}"))
+        .delete(&format!("/commandes/{running}"))
         .await
         .expect(409);
     app.orders
         .put(
-            &format!("/commandes/{shipped}"),
-            json!({"statut": "ANNULEE"}),
+            &format!("/commandes-produits/{reserved}"),
+            json!({"quantite": 1}),
         )
         .await
         .expect(409);
+    // Shipping it again changes nothing.
+    ship(running).await.expect(200);
+    // The rejected order is still open: the client may cancel it.
     app.orders
-        .get(&format!("/commandes/{shipped}"))
+        .put(
+            &format!("/commandes/{rejected}"),
+            json!({"statut": "ANNULEE"}),
+        )
         .await
         .expect(200);
+    assert_eq!((app.stock(scarce), app.stock(plenty)), (1, 7));
 }
 
 #[tokio::test]
 async fn lists_filter_by_status_paginate_and_aliases_agree() {
     let app = TestApp::spawn().await;
     let mut ids = Vec::new();
-    for statut in ["EN_ATTENTE", "EN_COURS", "EN_ATTENTE", "EXPEDIEE"] {
+    for statut in ["EN_ATTENTE", "EN_COURS", "EN_ATTENTE", "ANNULEE"] {
         let created = app
             .orders
             .post("/commandes", json!({"statut": statut}))

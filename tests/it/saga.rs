@@ -199,15 +199,15 @@ async fn bad_starts_and_changes_while_validating_get_clear_answers() {
         .await
         .expect(409);
     assert!(answer.body["detail"].as_str().unwrap().contains("no lines"));
-    let shipped = app
+    let running = app
         .orders
-        .post("/commandes", json!({"statut": "EXPEDIEE"}))
+        .post("/commandes", json!({"statut": "EN_COURS"}))
         .await
         .expect(201);
     let answer = app
         .orders
         .post(
-            &format!("/commandes/{}/validation", id(&shipped.body)),
+            &format!("/commandes/{}/validation", id(&running.body)),
             json!({}),
         )
         .await
@@ -640,5 +640,91 @@ async fn a_worker_down_past_the_deadline_refuses_by_timeout_and_compensates() {
     assert_eq!(app.line_status(l), "LIBERE");
     assert_eq!(app.stock(p), 10);
     assert_eq!(app.assert_stock_invariant(&HashMap::from([(p, 10)])), 1);
+    worker.stop().await;
+}
+
+/// An event naming a real order, line and version, published by whoever
+/// holds a broker login that may publish to `order_events`.
+fn forge(app: &TestApp, event: &str, order: i64, line: i64, product: i64, quantite: i32) {
+    // The version the validation sent: readable by anyone from the history.
+    let history = app.db.count(&format!(
+        "SELECT max(version) AS n FROM historique_lignes WHERE ligne_id = {line}"
+    ));
+    let payload = json!({
+        "event": event, "commande_id": order, "ligne_id": line, "version": history,
+        "produit_id": product, "quantite": quantite, "disponible": 0,
+    });
+    publish_event(
+        &app.broker,
+        &uuid::Uuid::new_v4().to_string(),
+        &payload.to_string(),
+    );
+}
+
+#[tokio::test]
+async fn forged_line_events_neither_confirm_nor_refuse_an_order() {
+    // No worker yet: nothing the worker wrote can explain a move.
+    let app = TestApp::build(false, |_| {}).await;
+    let scarce = app.create_product("scarce", 1.0, 1).await;
+    let plenty = app.create_product("plenty", 1.0, 10).await;
+    let (short, fine) = (app.create_order().await, app.create_order().await);
+    let short_line = id(&app.create_line(short, scarce, 5).await);
+    let fine_line = id(&app.create_line(fine, plenty, 2).await);
+    validate(&app.orders, short).await;
+    validate(&app.orders, fine).await;
+    let text = app.orders.get("/metrics").await.expect(200).body;
+    let series = r#"ordersys_saga_events_total{mode="orders",outcome="ignored"}"#;
+    let ignored_before = metric(text.as_str().unwrap(), series);
+
+    // The attack: "reserved" for the line the stock cannot cover, and
+    // "rejected" for the one it can.
+    forge(&app, "LIGNE_RESERVEE", short, short_line, scarce, 5);
+    forge(&app, "LIGNE_REJETEE", fine, fine_line, plenty, 2);
+    wait_for("both forged events to be handled", SETTLE, || async {
+        let text = app.orders.get("/metrics").await.expect(200).body;
+        (metric(text.as_str()?, series) - ignored_before == 2).then_some(())
+    })
+    .await;
+    for o in [short, fine] {
+        let now = order(&app.orders, o).await;
+        assert_eq!(
+            (&now["validation"], &now["statut"]),
+            (&json!("EN_COURS"), &json!("EN_ATTENTE")),
+            "a forged event moved order {o}: {now}"
+        );
+        assert_eq!(statuses(&now), ["EN_ATTENTE"]);
+    }
+
+    // The genuine outcomes decide, when the worker writes them.
+    let worker = Running::start(Mode::Worker, &app.settings).await;
+    let refused = finished(&app.orders, short).await;
+    assert_eq!(refused["validation"], "REFUSEE", "{refused}");
+    assert_eq!(
+        refused["motif"],
+        format!("line {short_line}: asked 5 of product {scarce}, 1 available")
+    );
+    assert_eq!(finished(&app.orders, fine).await["validation"], "CONFIRMEE");
+    all_sagas_done(&app.db, &app.broker).await;
+    assert_eq!((app.stock(scarce), app.stock(plenty)), (1, 8));
+    // Forged again once decided: nothing moves either.
+    let decided = (
+        order(&app.orders, short).await,
+        order(&app.orders, fine).await,
+    );
+    let text = app.orders.get("/metrics").await.expect(200).body;
+    let ignored_before = metric(text.as_str().unwrap(), series);
+    forge(&app, "LIGNE_RESERVEE", short, short_line, scarce, 5);
+    forge(&app, "LIGNE_REJETEE", fine, fine_line, plenty, 2);
+    wait_for("the second forgeries to be handled", SETTLE, || async {
+        let text = app.orders.get("/metrics").await.expect(200).body;
+        (metric(text.as_str()?, series) - ignored_before == 2).then_some(())
+    })
+    .await;
+    assert_eq!(order(&app.orders, short).await, decided.0);
+    assert_eq!(order(&app.orders, fine).await, decided.1);
+    assert_eq!(
+        app.assert_stock_invariant(&HashMap::from([(scarce, 1), (plenty, 10)])),
+        2
+    );
     worker.stop().await;
 }
