@@ -136,18 +136,6 @@ pub fn decide(facts: &OrderFacts, request: Request) -> Result<Effect, Refusal> {
         Request::Delete if running => Err(validating(id)),
         Request::Delete if facts.statut == OrderStatus::Annulee => Ok(Effect::Proceed),
         Request::Delete => Ok(Effect::ReleaseLines),
-        _ if facts.statut.is_closed() => Err(Refusal(format!(
-            "order {id} is {} and can no longer change",
-            facts.statut.as_str()
-        ))),
-        _ if running => Err(validating(id)),
-        Request::ChangeLines => match facts.validation {
-            None => Ok(Effect::Proceed),
-            Some(validation) => Err(Refusal(format!(
-                "order {id}'s validation is {}; its lines can no longer change",
-                validation.as_str()
-            ))),
-        },
         Request::Validate => match facts.validation {
             Some(validation) => Err(Refusal(format!(
                 "order {id} was already validated: its validation is {}",
@@ -161,6 +149,18 @@ pub fn decide(facts: &OrderFacts, request: Request) -> Result<Effect, Refusal> {
                 Err(Refusal(format!("order {id} has no lines to validate")))
             }
             None => Ok(Effect::Proceed),
+        },
+        _ if facts.statut.is_closed() => Err(Refusal(format!(
+            "order {id} is {} and can no longer change",
+            facts.statut.as_str()
+        ))),
+        _ if running => Err(validating(id)),
+        Request::ChangeLines => match facts.validation {
+            None => Ok(Effect::Proceed),
+            Some(validation) => Err(Refusal(format!(
+                "order {id}'s validation is {}; its lines can no longer change",
+                validation.as_str()
+            ))),
         },
         Request::SetStatus(OrderStatus::EnAttente) => match facts.validation {
             None => Ok(Effect::Proceed),
