@@ -84,6 +84,7 @@ scenario_compose() {
 
   log "compose: the walkthrough through the published ports"
   walkthrough "$products_url" "$orders_url"
+  seed_client "$products_url" "$orders_url"
   validation_walkthrough "$products_url" "$orders_url"
 
   log "compose: ordersys load (the profile's service), with --verify"

@@ -79,6 +79,30 @@ value() {
   jq -er ".$4" <<<"$out" || fail "$1 $2: no $4 in $out"
 }
 
+# The seed system's own client, unchanged: its paths (the /api/v1 aliases),
+# an order created EN_COURS, listed by status, a line added and changed,
+# the order cancelled (the moves the transition table keeps for it).
+seed_client() { # seed_client PRODUCTS_URL ORDERS_URL
+  local products=$1 orders=$2 product order line listed
+  product=$(value POST "$products/produits/" '{"nom":"Cahier","prix":2.00,"quantite_en_stock":50}' id)
+  order=$(value POST "$orders/api/v1/commandes" '{"status":"EN_COURS"}' id)
+  [ "$(value GET "$orders/api/v1/commandes/$order" "" statut)" = EN_COURS ] ||
+    fail "the seed client's order $order is not EN_COURS"
+  listed=$(http GET "$orders/api/v1/commandes/statut/EN_COURS?limit=1000" | jq "[.[].id] | index($order)")
+  [ "$listed" != null ] || fail "order $order is not listed by status EN_COURS"
+  line=$(value POST "$orders/api/v1/commandes_produits" \
+    "{\"commande_id\":$order,\"produit_id\":$product,\"quantite\":4}" id)
+  http PUT "$orders/api/v1/commandes_produits/$line" '{"quantite":5}' >/dev/null
+  wait_until "the seed client's line $line to be RESERVE" 60 line_is "$orders" "$line" RESERVE
+  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 45 ] ||
+    fail "stock of product $product is not 45 after the seed client's line of 5"
+  http PUT "$orders/api/v1/commandes/$order" '{"status":"ANNULEE"}' >/dev/null
+  wait_until "the seed client's line $line to be LIBERE" 60 line_is "$orders" "$line" LIBERE
+  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 50 ] ||
+    fail "stock of product $product did not come back to 50 after the seed client cancelled"
+  summary "the seed's client (its /api/v1 paths): order EN_COURS, listed by status, line added and changed (stock 50 -> 45), cancelled (back to 50)"
+}
+
 # The order-line walkthrough of the README: create a product, an order and
 # a line; the worker reserves it; cancelling gives the stock back.
 walkthrough() { # walkthrough PRODUCTS_URL ORDERS_URL
