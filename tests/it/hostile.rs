@@ -819,3 +819,32 @@ async fn a_line_history_stores_a_fixed_reason_never_the_database_s_words() {
     }
     assert_eq!(app.stock(p), 100);
 }
+
+#[tokio::test]
+async fn a_forged_seed_format_message_is_dead_lettered_by_default() {
+    // The attack: a forged seed-format release, raising a stock from 1 to
+    // 1,000,001. The defaults, as compose runs them, refuse it.
+    let app = TestApp::with_worker().await;
+    assert!(!app.settings.worker.accept_seed_format, "off by default");
+    let p = app.create_product("p", 1.0, 1).await;
+    let forged =
+        json!({"action": "DELETED", "produit_id": p, "quantite": 1_000_000, "commande_id": 999});
+    app.broker.publish(
+        PRODUCT_EXCHANGE,
+        PRODUCT_ROUTING_KEY,
+        forged.to_string().as_bytes(),
+        None,
+    );
+    wait_for("the dead letter", Duration::from_secs(20), || async {
+        (app.broker.ready(DEAD_LETTER_QUEUE) == 1).then_some(())
+    })
+    .await;
+    let (body, properties) = app.broker.drain(DEAD_LETTER_QUEUE).remove(0);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        forged
+    );
+    let reason = error_header(properties.headers()).unwrap();
+    assert!(reason.contains("accept_seed_format"), "{reason}");
+    assert_eq!(app.stock(p), 1, "the forged release changed no stock");
+}
