@@ -848,3 +848,78 @@ async fn a_forged_seed_format_message_is_dead_lettered_by_default() {
     assert!(reason.contains("accept_seed_format"), "{reason}");
     assert_eq!(app.stock(p), 1, "the forged release changed no stock");
 }
+
+/// Declares `queue` with `arguments` on a fresh channel: Ok, or the
+/// broker's reply code when it refuses (406: the queue exists with other
+/// arguments).
+fn redeclare(
+    connection: &mut amiquip::Connection,
+    queue: &str,
+    arguments: &[(&str, amiquip::AmqpValue)],
+) -> Result<(), u16> {
+    let channel = connection.open_channel(None).unwrap();
+    let mut table = amiquip::FieldTable::new();
+    for (name, value) in arguments {
+        table.insert((*name).into(), value.clone());
+    }
+    let options = amiquip::QueueDeclareOptions {
+        durable: true,
+        arguments: table,
+        ..Default::default()
+    };
+    match channel.queue_declare(queue, options) {
+        Ok(_) => Ok(()),
+        Err(amiquip::Error::ServerClosedChannel { code, .. }) => Err(code),
+        Err(e) => panic!("declaring {queue}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_line_events_queue_and_its_dead_letters_are_bounded_like_the_stock_queue() {
+    use amiquip::AmqpValue::{LongLongInt, LongString};
+    use ordersys::amqp::{DEAD_LETTER_MAX_LENGTH, WORK_QUEUE_MAX_LENGTH};
+    use ordersys::messages::{
+        DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_QUEUE,
+        ORDER_EVENTS_QUEUE,
+    };
+    let broker = TestBroker::create();
+    let settings = broker.settings();
+    let mut connection = broker.connect();
+    ordersys::amqp::declare_topology(&mut connection, &settings).unwrap();
+    let limit = i64::from(settings.delivery_limit);
+    let work = |dlx: &str| {
+        vec![
+            ("x-dead-letter-exchange", LongString(dlx.into())),
+            ("x-max-length", LongLongInt(WORK_QUEUE_MAX_LENGTH)),
+            ("x-overflow", LongString("reject-publish".into())),
+            ("x-queue-type", LongString("quorum".into())),
+            ("x-delivery-limit", LongLongInt(limit)),
+        ]
+    };
+    let dead = vec![("x-max-length", LongLongInt(DEAD_LETTER_MAX_LENGTH))];
+    for (queue, arguments) in [
+        (PRODUCT_QUEUE, work(DEAD_LETTER_EXCHANGE)),
+        (ORDER_EVENTS_QUEUE, work(ORDER_EVENTS_DEAD_LETTER_EXCHANGE)),
+        (DEAD_LETTER_QUEUE, dead.clone()),
+        (ORDER_EVENTS_DEAD_LETTER_QUEUE, dead),
+    ] {
+        // The broker accepts exactly these arguments…
+        assert_eq!(
+            redeclare(&mut connection, queue, &arguments),
+            Ok(()),
+            "{queue}"
+        );
+        // …and refuses the same without the length bound: it is declared.
+        let unbounded: Vec<_> = arguments
+            .iter()
+            .filter(|(name, _)| !matches!(*name, "x-max-length" | "x-overflow"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            redeclare(&mut connection, queue, &unbounded),
+            Err(406),
+            "{queue} is bounded"
+        );
+    }
+    let _ = connection.close();
+}
