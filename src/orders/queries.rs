@@ -698,9 +698,8 @@ pub fn line_history(
         return Ok(Some(changes));
     }
     let line = diesel::dsl::exists(commandes_produits::table.find(id));
-    let history = diesel::dsl::exists(
-        historique_lignes::table.filter(historique_lignes::ligne_id.eq(id)),
-    );
+    let history =
+        diesel::dsl::exists(historique_lignes::table.filter(historique_lignes::ligne_id.eq(id)));
     let exists = diesel::select(line.or(history)).get_result::<bool>(conn)?;
     Ok(exists.then_some(changes))
 }

@@ -16,8 +16,8 @@
 use super::change::{LineRef, StockChange};
 use super::plan::{self, Outcome, Plan, Reservation, Snapshot};
 use crate::db::schema::{commandes_produits, messages_traites, produits, reservations};
-use crate::outbox;
 use crate::messages::DeadLetterClass;
+use crate::outbox;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{

@@ -68,7 +68,10 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
     let line = id(&answer.body);
 
     // The outbox row keeps it…
-    assert_eq!(app.db.text("SELECT request_id AS id FROM outbox"), server_id);
+    assert_eq!(
+        app.db.text("SELECT request_id AS id FROM outbox"),
+        server_id
+    );
     // …and the relay puts it on the message: correlation_id, traceparent.
     let message = wait_for(
         "the message in product_queue",
@@ -353,7 +356,10 @@ async fn the_processes_log_the_request_id_in_text_and_in_json() {
         })
     })
     .await;
-    let server_id = access["request_id"].as_str().expect("the server's id").to_owned();
+    let server_id = access["request_id"]
+        .as_str()
+        .expect("the server's id")
+        .to_owned();
     assert_ne!(server_id, "logged-1");
     let json_lines = wait_for("the orders' log lines", Duration::from_secs(10), || async {
         let lines: Vec<Value> = orders

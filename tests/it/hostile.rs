@@ -726,10 +726,18 @@ async fn a_line_history_is_read_a_bounded_page_at_a_time() {
         .expect(200);
     assert_eq!(versions(&last.body), (1401..=1500).collect::<Vec<_>>());
     // Past the end of an existing line's history: an empty page.
-    let past = app.orders.get(&format!("{path}?skip=5000")).await.expect(200);
+    let past = app
+        .orders
+        .get(&format!("{path}?skip=5000"))
+        .await
+        .expect(200);
     assert_eq!(past.body, json!([]));
     // More than 1000 at once is refused, naming the parameter.
-    for (query, field) in [("limit=1001", "limit"), ("limit=0", "limit"), ("skip=-1", "skip")] {
+    for (query, field) in [
+        ("limit=1001", "limit"),
+        ("limit=0", "limit"),
+        ("skip=-1", "skip"),
+    ] {
         let answer = app.orders.get(&format!("{path}?{query}")).await.expect(422);
         assert_eq!(answer.error_fields(), [field], "{query}");
     }
@@ -805,15 +813,19 @@ async fn a_line_history_stores_a_fixed_reason_never_the_database_s_words() {
         (666, "refused: the database refused the change"),
         (667, "unknown_product: the product does not exist"),
     ] {
-        let h = wait_for("the refusal in the history", Duration::from_secs(20), || async {
-            let body = app
-                .orders
-                .get(&format!("/commandes-produits/{line}/historique"))
-                .await
-                .expect(200)
-                .body;
-            (body[0]["resultat"] == "REFUSE").then_some(body)
-        })
+        let h = wait_for(
+            "the refusal in the history",
+            Duration::from_secs(20),
+            || async {
+                let body = app
+                    .orders
+                    .get(&format!("/commandes-produits/{line}/historique"))
+                    .await
+                    .expect(200)
+                    .body;
+                (body[0]["resultat"] == "REFUSE").then_some(body)
+            },
+        )
         .await;
         assert_eq!(h[0]["motif"], motif, "{h}");
     }
