@@ -212,19 +212,33 @@ pub const DEAD_LETTER_MAX_LENGTH: i64 = 100_000;
 pub const ALERTS_MAX_LENGTH: i64 = 100_000;
 pub const ALERTS_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// Messages a work queue (`product_queue`, `order_events`) holds at most.
+/// Beyond, the broker refuses new ones (`reject-publish`): the relay's
+/// publish is nacked and its outbox rows stay, to be published once the
+/// consumers caught up; nothing is dropped, and a flood cannot grow the
+/// queue (and the broker's memory and disk) without bound.
+pub const WORK_QUEUE_MAX_LENGTH: i64 = 1_000_000;
+
 fn long_arg(arguments: &mut FieldTable, name: &str, value: i64) {
     arguments.insert(name.into(), AmqpValue::LongLongInt(value));
 }
 
-/// A work queue's arguments: its dead-letter exchange and, when
+/// A work queue's arguments: its dead-letter exchange, its length bound
+/// ([`WORK_QUEUE_MAX_LENGTH`], refusing publishes beyond) and, when
 /// `delivery_limit` is set, a quorum queue that dead-letters a message
 /// delivered that many times (it crashed or stalled every consumer that
-/// took it) instead of looping forever.
+/// took it) instead of looping forever. `product_queue` and `order_events`
+/// are declared alike; their dead-letter queues alike too (`dead()`).
 fn work_queue(settings: &AmqpSettings, dead_letter_exchange: &str) -> FieldTable {
     let mut work = FieldTable::new();
     work.insert(
         "x-dead-letter-exchange".into(),
         AmqpValue::LongString(dead_letter_exchange.into()),
+    );
+    long_arg(&mut work, "x-max-length", WORK_QUEUE_MAX_LENGTH);
+    work.insert(
+        "x-overflow".into(),
+        AmqpValue::LongString("reject-publish".into()),
     );
     if settings.delivery_limit > 0 {
         work.insert(

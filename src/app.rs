@@ -110,6 +110,13 @@ impl Application {
     /// Binds `bind` (port 0 picks a free port) and starts everything the
     /// mode runs; serving begins with [`run_until_stopped`](Self::run_until_stopped).
     pub fn build(mode: Mode, settings: &Settings, bind: SocketAddr) -> anyhow::Result<Self> {
+        // Only the APIs that change things; the worker's port serves probes
+        // and metrics.
+        if mode != Mode::Worker {
+            if let Some(refusal) = settings.open_bind_refusal(bind) {
+                anyhow::bail!("ordersys {}: {refusal}", mode.name());
+            }
+        }
         let listener =
             TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;

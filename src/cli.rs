@@ -216,7 +216,8 @@ pub struct TokenArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on [default: 0.0.0.0:8081 for orders, 0.0.0.0:8000 for products]
+    /// Address to listen on [default: 127.0.0.1:8081 for orders, 127.0.0.1:8000 for
+    /// products; in a container, 0.0.0.0:PORT]
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
 }
@@ -260,10 +261,13 @@ pub struct ProbeArgs {
     pub url: Option<String>,
 }
 
+/// Loopback by default: the default `auth.mode` is open, and an open API
+/// refuses a network address unless `http.allow_open_on_network` is set.
+/// Containers pass `--bind 0.0.0.0:PORT`.
 impl Command {
-    pub const ORDERS_BIND: &'static str = "0.0.0.0:8081";
-    pub const PRODUCTS_BIND: &'static str = "0.0.0.0:8000";
-    pub const WORKER_BIND: &'static str = "0.0.0.0:8082";
+    pub const ORDERS_BIND: &'static str = "127.0.0.1:8081";
+    pub const PRODUCTS_BIND: &'static str = "127.0.0.1:8000";
+    pub const WORKER_BIND: &'static str = "127.0.0.1:8082";
 }
 
 #[cfg(test)]

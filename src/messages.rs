@@ -70,6 +70,20 @@ impl DeadLetterClass {
             DeadLetterClass::Refused => "refused",
         }
     }
+
+    /// What a line's history (readable through the API) says of a refusal
+    /// of this class: the class and a fixed text. The detail (a product
+    /// id, the database's own message) stays in the dead letter's
+    /// [`ERROR_HEADER`] and the log, for operators.
+    pub fn motif(self) -> &'static str {
+        match self {
+            DeadLetterClass::Malformed => "malformed: the message could not be read",
+            DeadLetterClass::UnknownProduct => "unknown_product: the product does not exist",
+            DeadLetterClass::Uncoverable => "uncoverable: the stock cannot cover it",
+            DeadLetterClass::Overflow => "overflow: the stock would pass its largest value",
+            DeadLetterClass::Refused => "refused: the database refused the change",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -216,6 +230,18 @@ mod tests {
             serde_json::to_string(&m).unwrap(),
             r#"{"action":"CREATED","produit_id":5,"quantite":12,"commande_id":3,"ligne_id":17,"version":1}"#
         );
+    }
+
+    #[test]
+    fn history_motifs_are_a_fixed_text_naming_their_class() {
+        for class in DeadLetterClass::ALL {
+            let motif = class.motif();
+            assert!(
+                motif.starts_with(&format!("{}: ", class.as_str())),
+                "{motif}"
+            );
+            assert!(motif.len() < 80, "{motif}");
+        }
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! W3C `traceparent` header), the worker's log line and stock movement, and
 //! the line's history all carry it.
 //!
+//! The id is always the server's own: a client's `X-Request-Id` (or the
+//! trace id of its `traceparent`) is kept beside it as the client's id,
+//! logged and stored as such, never in its place (anyone could otherwise
+//! reuse another request's id and blur whose change was whose).
+//!
 //! Pure functions: what an id may look like, where an incoming one comes
 //! from, how a trace context is written. The HTTP middleware
 //! ([`crate::http::observe`]), the relay and the worker use them.
@@ -18,14 +23,21 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const MAX_LEN: usize = 128;
 
 /// A request id: 1 to 128 characters among ASCII letters, digits and
-/// `-_.:@/+=`, so it is safe in a header, a log line and a URL.
+/// `-_.:@/+=`, so it is safe in a header, a log line and a URL; with the
+/// id its client sent, if any (same rules), for an HTTP request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(String);
+pub struct RequestId {
+    id: String,
+    client: Option<String>,
+}
 
 impl RequestId {
     /// A fresh id: 32 lowercase hex digits, which is also a W3C trace id.
     pub fn generate() -> RequestId {
-        RequestId(Uuid::new_v4().simple().to_string())
+        RequestId {
+            id: Uuid::new_v4().simple().to_string(),
+            client: None,
+        }
     }
 
     /// `value` if it is a valid id, else `None` (never an error: a bad id
@@ -36,30 +48,45 @@ impl RequestId {
             && value
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:@/+=".contains(&b));
-        valid.then(|| RequestId(value.to_owned()))
+        valid.then(|| RequestId {
+            id: value.to_owned(),
+            client: None,
+        })
     }
 
-    /// The id of an incoming request: a valid `X-Request-Id`, else the
-    /// trace id of a valid `traceparent`, else a fresh one.
+    /// The id of an incoming request: always a fresh one; its client's id
+    /// is a valid `X-Request-Id`, else the trace id of a valid
+    /// `traceparent`, else none (an invalid one is dropped).
     pub fn for_request(request_id: Option<&str>, traceparent: Option<&str>) -> RequestId {
-        request_id
+        let client = request_id
             .and_then(RequestId::parse)
-            .or_else(|| traceparent.and_then(trace_id_of).map(RequestId))
-            .unwrap_or_else(RequestId::generate)
+            .map(|c| c.id)
+            .or_else(|| traceparent.and_then(trace_id_of));
+        RequestId {
+            client,
+            ..RequestId::generate()
+        }
     }
 
+    /// The server's id.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// The id the client sent, if it sent a valid one: logged and stored
+    /// as the client's, never trusted as the server's.
+    pub fn client(&self) -> Option<&str> {
+        self.client.as_deref()
     }
 
     /// The W3C trace id this request id stands for: itself when it is one
     /// (32 lowercase hex digits, not all zero), else a name-based UUID of it
     /// (always the same for the same id).
     pub fn trace_id(&self) -> String {
-        if is_trace_id(&self.0) {
-            self.0.clone()
+        if is_trace_id(&self.id) {
+            self.id.clone()
         } else {
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, self.0.as_bytes())
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, self.id.as_bytes())
                 .simple()
                 .to_string()
         }
@@ -79,7 +106,7 @@ impl RequestId {
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
@@ -136,19 +163,25 @@ mod tests {
     }
 
     #[test]
-    fn the_request_header_wins_then_the_traceparent_then_a_fresh_id() {
+    fn the_server_id_is_always_fresh_and_the_client_one_kept_beside_it() {
         let parent = format!("00-{TRACE}-00f067aa0ba902b7-01");
-        assert_eq!(
-            RequestId::for_request(Some("mine"), Some(&parent)).as_str(),
-            "mine"
-        );
-        assert_eq!(
-            RequestId::for_request(Some("bad id"), Some(&parent)).as_str(),
-            TRACE
-        );
+        // A client's id never becomes the server's: anyone could reuse
+        // another request's id.
+        let mine = RequestId::for_request(Some("mine"), Some(&parent));
+        assert!(is_trace_id(mine.as_str()), "{mine}");
+        assert_eq!(mine.client(), Some("mine"));
+        let traced = RequestId::for_request(Some("bad id"), Some(&parent));
+        assert_ne!(traced.as_str(), TRACE);
+        assert_eq!(traced.client(), Some(TRACE));
         let fresh = RequestId::for_request(None, Some("00-garbage"));
         assert!(is_trace_id(fresh.as_str()), "{fresh}");
-        assert_ne!(fresh, RequestId::generate());
+        assert_eq!(fresh.client(), None);
+        let dropped = RequestId::for_request(Some(&"x".repeat(129)), None);
+        assert_eq!(dropped.client(), None);
+        assert_ne!(
+            RequestId::for_request(Some("same"), None).as_str(),
+            RequestId::for_request(Some("same"), None).as_str()
+        );
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub struct HttpSettings {
     pub body_timeout_ms: u64,
     pub docs_path: String,
     pub openapi_path: String,
+    /// Serve an open API (`auth.mode = "open"`) on a non-loopback address.
+    pub allow_open_on_network: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,6 +452,24 @@ impl Settings {
     pub fn grace_period(&self) -> Duration {
         Duration::from_secs(self.shutdown.grace_secs)
     }
+
+    /// Why an API that changes things (products, orders) must not listen on
+    /// `bind`: open mode on a non-loopback address, unless
+    /// `http.allow_open_on_network` says it is wanted; `None` when it may.
+    pub fn open_bind_refusal(&self, bind: std::net::SocketAddr) -> Option<String> {
+        let open = self.auth.mode == AuthMode::Open;
+        if !open || bind.ip().is_loopback() || self.http.allow_open_on_network {
+            return None;
+        }
+        Some(format!(
+            "refusing to listen on {bind} with auth.mode = \"open\": anyone who reaches the \
+             port could change stock and orders. Set auth.mode = \"jwt\" \
+             (ORDERSYS__AUTH__MODE=jwt), listen on loopback (--bind 127.0.0.1:{}), or set \
+             http.allow_open_on_network = true (ORDERSYS__HTTP__ALLOW_OPEN_ON_NETWORK=true) \
+             if an open API on the network is wanted",
+            bind.port()
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -511,6 +531,23 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_open_api_listens_on_the_network_only_when_told_to() {
+        let open = load(&[]).unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        let refusal = open.open_bind_refusal(any).expect("refused");
+        assert!(refusal.contains("allow_open_on_network"), "{refusal}");
+        assert!(refusal.contains("change stock and orders"), "{refusal}");
+        for local in ["127.0.0.1:8081", "[::1]:8081"] {
+            assert_eq!(open.open_bind_refusal(local.parse().unwrap()), None);
+        }
+        let allowed = load(&[("ORDERSYS__HTTP__ALLOW_OPEN_ON_NETWORK", "true")]).unwrap();
+        assert_eq!(allowed.open_bind_refusal(any), None);
+        let mut jwt = open.clone();
+        jwt.auth.mode = AuthMode::Jwt;
+        assert_eq!(jwt.open_bind_refusal(any), None);
     }
 
     #[test]

@@ -55,6 +55,8 @@ diesel::table! {
         #[max_length = 16]
         resultat -> Nullable<Varchar>,
         motif -> Nullable<Text>,
+        #[max_length = 128]
+        client_request_id -> Nullable<Varchar>,
     }
 }
 

@@ -1,8 +1,8 @@
-//! What every request leaves behind: its id (accepted from `X-Request-Id`
-//! or `traceparent`, else generated; returned in `X-Request-Id` and kept in
-//! the request for the handlers), one access log line carrying it, and its
-//! duration in the request histogram by method, route template and status
-//! class.
+//! What every request leaves behind: its id (always generated, returned in
+//! `X-Request-Id` and kept in the request for the handlers, with the
+//! client's own `X-Request-Id` or `traceparent` trace id beside it), one
+//! access log line carrying both, and its duration in the request
+//! histogram by method, route template and status class.
 
 use crate::metrics::{status_class, HttpMetrics, RouteLabels};
 use crate::request_id::{self, RequestId};
@@ -44,14 +44,23 @@ pub fn finish<B>(
     // Not the probes and scrapes: Prometheus and health checks would
     // fill the log.
     if !matches!(req.path(), "/healthz" | "/readyz" | "/metrics") {
-        log::info!(
-            target: ACCESS_TARGET,
-            request_id = id.as_str();
-            "{} {} {status} {:.3}ms",
-            req.method(),
-            req.path(),
-            elapsed.as_secs_f64() * 1000.0
-        );
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        match id.client() {
+            Some(client) => log::info!(
+                target: ACCESS_TARGET,
+                request_id = id.as_str(), client_request_id = client;
+                "{} {} {status} {ms:.3}ms",
+                req.method(),
+                req.path()
+            ),
+            None => log::info!(
+                target: ACCESS_TARGET,
+                request_id = id.as_str();
+                "{} {} {status} {ms:.3}ms",
+                req.method(),
+                req.path()
+            ),
+        }
     }
     metrics.record(
         RouteLabels {

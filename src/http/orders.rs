@@ -339,20 +339,23 @@ async fn delete_line(
 
 /// The history of an order line: the message flow of each of its changes.
 ///
-/// Oldest first: each change's version, the id of the request that made it
-/// (`X-Request-Id`), when it was accepted, published to RabbitMQ and
-/// applied by a worker, and its outcome. A deleted line's history stays
-/// readable for `outbox.history_retention_secs`; a line that never existed
-/// answers 404.
+/// Oldest first, paged (`skip`, `limit`: at most 1000, default 100): each
+/// change's version, the id the server gave the request that made it (its
+/// response's `X-Request-Id`) and the id its client sent, when it was
+/// accepted, published to RabbitMQ and applied by a worker, and its
+/// outcome. A deleted line's history stays readable for
+/// `outbox.history_retention_secs`; a line that never existed answers 404.
 #[api_v2_operation(tags("Order lines"))]
 async fn line_history(
     state: web::Data<AppState>,
     id: web::Path<i64>,
+    query: ApiQuery<Pagination>,
 ) -> Result<web::Json<Vec<LineChange>>, ApiError> {
     let id = id.into_inner();
+    let page = page(query.0)?;
     state
         .db
-        .run(move |conn| queries::line_history(conn, id).map_err(ApiError::from))
+        .run(move |conn| queries::line_history(conn, id, page).map_err(ApiError::from))
         .await?
         .map(web::Json)
         .ok_or_else(|| ApiError::not_found("order line", id))

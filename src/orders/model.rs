@@ -90,9 +90,13 @@ pub struct LineChange {
     pub quantite: i32,
     /// The id of the stock message (AMQP `message_id`).
     pub message_id: uuid::Uuid,
-    /// The id of the HTTP request that made the change (its `X-Request-Id`;
-    /// the message's `correlation_id`).
+    /// The id the server gave the HTTP request that made the change (its
+    /// response's `X-Request-Id`; the message's `correlation_id`).
     pub request_id: Option<String>,
+    /// The id the client sent with that request (its `X-Request-Id`, else
+    /// the trace id of its `traceparent`), as the client said it: never
+    /// the server's id; `null` when it sent none (or an invalid one).
+    pub client_request_id: Option<String>,
     pub accepte_le: DateTime<Utc>,
     /// When the relay took the message to publish it; `null` until the
     /// broker confirmed it.
@@ -103,7 +107,8 @@ pub struct LineChange {
     /// version was applied first) or `REFUSE` (dead-lettered); `null` until
     /// applied.
     pub resultat: Option<String>,
-    /// Why it was refused.
+    /// Why it was refused: the refusal's class and a fixed text
+    /// (`unknown_product: …`, `refused: …`), never a database message.
     pub motif: Option<String>,
 }
 

@@ -672,18 +672,31 @@ pub fn delete_line(
     })
 }
 
-/// A line's history, oldest change first; `None` when the line never
-/// existed (or its history is past retention).
-pub fn line_history(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Vec<LineChange>>> {
+/// One page of a line's history, oldest change first; `None` when the line
+/// never existed (or its history is past retention). A page past the end
+/// of an existing line's history is empty.
+pub fn line_history(
+    conn: &mut PgConnection,
+    id: i64,
+    page: Page,
+) -> QueryResult<Option<Vec<LineChange>>> {
     let changes: Vec<LineChange> = historique_lignes::table
         .filter(historique_lignes::ligne_id.eq(id))
-        .order((historique_lignes::version, historique_lignes::accepte_le))
+        .order((
+            historique_lignes::version,
+            historique_lignes::accepte_le,
+            historique_lignes::message_id,
+        ))
+        .offset(page.skip)
+        .limit(page.limit)
         .select(LineChange::as_select())
         .load(conn)?;
     if !changes.is_empty() {
         return Ok(Some(changes));
     }
-    let exists = diesel::select(diesel::dsl::exists(commandes_produits::table.find(id)))
-        .get_result::<bool>(conn)?;
+    let line = diesel::dsl::exists(commandes_produits::table.find(id));
+    let history =
+        diesel::dsl::exists(historique_lignes::table.filter(historique_lignes::ligne_id.eq(id)));
+    let exists = diesel::select(line.or(history)).get_result::<bool>(conn)?;
     Ok(exists.then_some(changes))
 }

@@ -158,6 +158,8 @@ struct Enqueue<'a, G> {
     guard: G,
     rows: &'a StockRows,
     request: &'a str,
+    /// The id the client sent, kept beside the server's in the history.
+    client_request: Option<&'a str>,
 }
 
 impl<'a, G: Guard> Enqueue<'a, G> {
@@ -166,6 +168,7 @@ impl<'a, G: Guard> Enqueue<'a, G> {
             guard,
             rows,
             request: request.as_str(),
+            client_request: request.client(),
         }
     }
 }
@@ -203,10 +206,12 @@ impl<G: Guard> QueryFragment<Pg> for Enqueue<'_, G> {
         out.push_sql(
             " ORDER BY n RETURNING 1) \
              INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, \
-                                            produit_id, quantite, request_id) \
+                                            produit_id, quantite, request_id, client_request_id) \
              SELECT m, l, c, v, a, p, q, ",
         );
         out.push_bind_param::<Text, _>(self.request)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.client_request)?;
         out.push_sql(" FROM unnest(");
         out.push_bind_param::<Array<SqlUuid>, _>(&rows.history_ids)?;
         out.push_sql(", ");

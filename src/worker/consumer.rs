@@ -275,7 +275,7 @@ impl Consumer<'_> {
             for (_, refusal, line) in &rejected {
                 metrics.dead_lettered(refusal.class);
                 if let (DeadLetterClass::Refused, Some(line)) = (refusal.class, line) {
-                    self.stamp_refused(*line, &refusal.reason);
+                    self.stamp_refused(*line);
                 }
             }
         }
@@ -391,9 +391,9 @@ impl Consumer<'_> {
     /// A change the database refused rolled its batch back, its history
     /// stamp with it: stamped on its own (best effort: the dead letter and
     /// the log have the reason).
-    fn stamp_refused(&mut self, line: LineRef, reason: &str) {
+    fn stamp_refused(&mut self, line: LineRef) {
         if let Some(conn) = self.conn.as_mut() {
-            if let Err(e) = store::stamp_refused(conn, line, reason) {
+            if let Err(e) = store::stamp_refused(conn, line) {
                 log::warn!(
                     "could not record a refused change in line {}'s history: {e}",
                     line.ligne_id

@@ -16,6 +16,7 @@
 use super::change::{LineRef, StockChange};
 use super::plan::{self, Outcome, Plan, Reservation, Snapshot};
 use crate::db::schema::{commandes_produits, messages_traites, produits, reservations};
+use crate::messages::DeadLetterClass;
 use crate::outbox;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -296,7 +297,8 @@ impl<'a> Rows<'a> {
                 continue;
             }
             let reason = match outcome {
-                Outcome::DeadLetter(refusal) => Some(refusal.reason.as_str()),
+                // A fixed text per class: the detail is the dead letter's.
+                Outcome::DeadLetter(refusal) => Some(refusal.class.motif()),
                 _ => None,
             };
             self.history_messages.push(line.message_id);
@@ -310,8 +312,11 @@ impl<'a> Rows<'a> {
 }
 
 /// Stamps a change the database refused (dead-lettered alone, after its
-/// batch's transaction rolled back) in its line's history.
-pub fn stamp_refused(conn: &mut PgConnection, line: LineRef, reason: &str) -> QueryResult<usize> {
+/// batch's transaction rolled back) in its line's history, with the fixed
+/// text of its class: the database's message is for the dead letter and
+/// the log, not for a history anyone may read.
+pub fn stamp_refused(conn: &mut PgConnection, line: LineRef) -> QueryResult<usize> {
+    let reason = DeadLetterClass::Refused.motif();
     diesel::sql_query(
         "UPDATE historique_lignes SET applique_le = statement_timestamp(), resultat = $4, motif = $5 \
           WHERE message_id = $1 AND ligne_id = $2 AND version = $3 AND applique_le IS NULL",

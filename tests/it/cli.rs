@@ -158,3 +158,60 @@ async fn all_runs_the_whole_system_in_one_process() {
         "every mode stops cleanly on SIGTERM"
     );
 }
+
+#[test]
+fn an_open_api_refuses_a_network_address_unless_told_it_is_wanted() {
+    use crate::common::process::free_port;
+    let any = |port: u16| format!("0.0.0.0:{port}");
+    // The attack: `ordersys all` (or one API) in open mode on every
+    // interface, anyone who reaches the port changing stock and orders.
+    let runs: [&[&str]; 3] = [
+        &["orders", "--bind", &any(free_port())],
+        &["products", "--bind", &any(free_port())],
+        &[
+            "all",
+            "--products-bind",
+            &any(free_port()),
+            "--orders-bind",
+            "127.0.0.1:0",
+            "--worker-bind",
+            "127.0.0.1:0",
+        ],
+    ];
+    for args in runs {
+        let out = ordersys(args, &[("RUST_LOG", "info")]);
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for words in [
+            "auth.mode",
+            "change stock and orders",
+            "allow_open_on_network",
+        ] {
+            assert!(stderr.contains(words), "{args:?}: {stderr}");
+        }
+    }
+    // Said on purpose, it serves.
+    let db = crate::common::TestDb::empty();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordersys"))
+        .args(["products", "--bind", &any(port)])
+        .env("DATABASE_URL", &db.url)
+        .env("ORDERSYS__HTTP__ALLOW_OPEN_ON_NETWORK", "true")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start ordersys products");
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ordersys::probe::get_status(&health) != Ok(200) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("products exited with {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "products never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

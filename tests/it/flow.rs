@@ -1,5 +1,6 @@
-//! The message flow, followed by one request id: the HTTP response, the
-//! outbox row, the AMQP message, the worker's movement and log line, the
+//! The message flow, followed by one request id (the server's own; a
+//! client's id is kept beside it, never in its place): the HTTP response,
+//! the outbox row, the AMQP message, the worker's movement and log line, the
 //! line's history; dead letters keep it; the dashboard's queries name only
 //! series a running ordersys exposes.
 
@@ -59,13 +60,17 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         )
         .await
         .expect(201);
-    assert_eq!(answer.header("x-request-id"), Some("checkout-42"));
+    // The server's own id, never the client's: anyone could send another
+    // request's id.
+    let server_id = answer.header("x-request-id").expect("an id").to_owned();
+    assert_ne!(server_id, "checkout-42");
+    assert_eq!(server_id.len(), 32, "{server_id}");
     let line = id(&answer.body);
 
     // The outbox row keeps it…
     assert_eq!(
         app.db.text("SELECT request_id AS id FROM outbox"),
-        "checkout-42"
+        server_id
     );
     // …and the relay puts it on the message: correlation_id, traceparent.
     let message = wait_for(
@@ -75,10 +80,12 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
     )
     .await;
     let (body, properties) = message;
-    assert_eq!(properties.correlation_id().as_deref(), Some("checkout-42"));
+    assert_eq!(
+        properties.correlation_id().as_deref(),
+        Some(server_id.as_str())
+    );
     let traceparent = header(&properties, "traceparent").expect("a traceparent header");
-    let expected_trace = RequestId::parse("checkout-42").unwrap().trace_id();
-    assert_eq!(trace_id_of(&traceparent), Some(expected_trace));
+    assert_eq!(trace_id_of(&traceparent), Some(server_id.clone()));
     let message_id = properties.message_id().clone().expect("a message id");
     assert!(
         traceparent.contains(&message_id.replace('-', "")[..16]),
@@ -87,7 +94,8 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
     // Published, not applied yet.
     let before = history(&app, line).await;
     assert_eq!(before.len(), 1, "{before:?}");
-    assert_eq!(before[0]["request_id"], "checkout-42");
+    assert_eq!(before[0]["request_id"], server_id.as_str());
+    assert_eq!(before[0]["client_request_id"], "checkout-42");
     assert_eq!(before[0]["message_id"], message_id.as_str());
     assert!(!before[0]["publie_le"].is_null(), "{before:?}");
     assert!(before[0]["applique_le"].is_null(), "{before:?}");
@@ -107,10 +115,11 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         app.db.text(&format!(
             "SELECT request_id AS id FROM mouvements WHERE ligne_id = {line}"
         )),
-        "checkout-42"
+        server_id
     );
 
-    // A change under a W3C traceparent (no X-Request-Id) takes its trace id.
+    // A change under a W3C traceparent (no X-Request-Id) keeps its trace
+    // id as the client's.
     let parent = format!("00-{TRACE}-00f067aa0ba902b7-01");
     let changed = app
         .orders
@@ -121,7 +130,8 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         )
         .await
         .expect(200);
-    assert_eq!(changed.header("x-request-id"), Some(TRACE));
+    let changed_id = changed.header("x-request-id").expect("an id").to_owned();
+    assert_ne!(changed_id, TRACE);
     // Without either, one is made up and returned.
     let deleted = app
         .orders
@@ -139,15 +149,28 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
             c["version"].as_i64().unwrap(),
             c["action"].as_str().unwrap().to_owned(),
             c["request_id"].as_str().unwrap().to_owned(),
+            c["client_request_id"].as_str().map(str::to_owned),
             c["resultat"].as_str().unwrap().to_owned(),
         )
     };
     assert_eq!(
         h.iter().map(fields).collect::<Vec<_>>(),
         [
-            (1, "CREATED".into(), "checkout-42".into(), "RESERVE".into()),
-            (2, "UPDATED".into(), TRACE.into(), "RESERVE".into()),
-            (3, "DELETED".into(), made_up.clone(), "LIBERE".into()),
+            (
+                1,
+                "CREATED".into(),
+                server_id.clone(),
+                Some("checkout-42".into()),
+                "RESERVE".into()
+            ),
+            (
+                2,
+                "UPDATED".into(),
+                changed_id.clone(),
+                Some(TRACE.into()),
+                "RESERVE".into()
+            ),
+            (3, "DELETED".into(), made_up.clone(), None, "LIBERE".into()),
         ]
     );
     for c in &h {
@@ -169,7 +192,7 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
 }
 
 #[tokio::test]
-async fn a_bad_incoming_id_is_replaced_and_every_answer_has_one() {
+async fn a_client_id_never_becomes_the_server_s_and_every_answer_has_one() {
     let app = TestApp::spawn().await;
     for bad in ["has space", &"x".repeat(129), "<script>"] {
         let answer = app
@@ -190,8 +213,59 @@ async fn a_bad_incoming_id_is_replaced_and_every_answer_has_one() {
             .get(path)
             .await;
         assert!(answer.status.is_client_error(), "{path}: {answer:?}");
-        assert_eq!(answer.header("x-request-id"), Some("e-1"), "{path}");
+        let id = answer.header("x-request-id").expect("an id");
+        assert_ne!(id, "e-1", "{path}");
+        assert!(RequestId::parse(id).is_some(), "{id}");
     }
+}
+
+#[tokio::test]
+async fn reusing_another_request_s_id_does_not_pass_for_that_request() {
+    // The attack: a client sends the id of someone else's request, hoping
+    // its change is recorded under it.
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    let first = app
+        .orders
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": p, "quantite": 1}),
+        )
+        .await
+        .expect(201);
+    let victim = first.header("x-request-id").expect("an id").to_owned();
+    let line = id(&first.body);
+    let forged = app
+        .orders
+        .with_header("X-Request-Id", &victim)
+        .put(
+            &format!("/commandes-produits/{line}"),
+            json!({"quantite": 2}),
+        )
+        .await
+        .expect(200);
+    let own = forged.header("x-request-id").expect("an id");
+    assert_ne!(own, victim);
+    let h = history(&app, line).await;
+    let ids: Vec<(&str, Option<&str>)> = h
+        .iter()
+        .map(|c| {
+            (
+                c["request_id"].as_str().unwrap(),
+                c["client_request_id"].as_str(),
+            )
+        })
+        .collect();
+    // Each change under its own server id; the reused one only as the
+    // client's word.
+    assert_eq!(ids, [(victim.as_str(), None), (own, Some(victim.as_str()))]);
+    assert_eq!(
+        app.db.count(&format!(
+            "SELECT count(*) AS n FROM outbox WHERE request_id = '{victim}'"
+        )),
+        1
+    );
 }
 
 #[tokio::test]
@@ -268,16 +342,31 @@ async fn the_processes_log_the_request_id_in_text_and_in_json() {
     })
     .await;
 
-    // orders, as JSON: the access line and the relay's, each one object.
+    // orders, as JSON: the access line (the client's id beside the
+    // server's) and the relay's, each one object, under the server's id.
+    let parse = |l: &str| {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))
+    };
+    let access = wait_for("the access line", Duration::from_secs(10), || async {
+        orders.stderr().lines().map(parse).find(|v: &Value| {
+            v["client_request_id"] == "logged-1"
+                && v["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("POST /commandes-produits 201"))
+        })
+    })
+    .await;
+    let server_id = access["request_id"]
+        .as_str()
+        .expect("the server's id")
+        .to_owned();
+    assert_ne!(server_id, "logged-1");
     let json_lines = wait_for("the orders' log lines", Duration::from_secs(10), || async {
         let lines: Vec<Value> = orders
             .stderr()
             .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l)
-                    .unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))
-            })
-            .filter(|v: &Value| v["request_id"] == "logged-1")
+            .map(parse)
+            .filter(|v: &Value| v["request_id"] == server_id.as_str())
             .collect();
         (lines.len() >= 2).then_some(lines)
     })
@@ -289,13 +378,6 @@ async fn the_processes_log_the_request_id_in_text_and_in_json() {
     assert_eq!(
         targets,
         BTreeSet::from(["ordersys::access", "ordersys::flow"]),
-        "{json_lines:?}"
-    );
-    assert!(
-        json_lines.iter().any(|v| v["msg"]
-            .as_str()
-            .unwrap()
-            .starts_with("POST /commandes-produits 201")),
         "{json_lines:?}"
     );
     for v in &json_lines {
@@ -311,7 +393,7 @@ async fn the_processes_log_the_request_id_in_text_and_in_json() {
     })
     .await;
     assert!(text.contains("RESERVE"), "{text}");
-    assert!(text.contains("request_id=logged-1"), "{text}");
+    assert!(text.contains(&format!("request_id={server_id}")), "{text}");
 }
 
 /// Every series a dashboard panel queries.

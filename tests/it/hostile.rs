@@ -683,3 +683,255 @@ async fn what_a_producer_sends_is_logged_escaped() {
     );
     assert!(!log.contains('\x1b'), "no raw escape sequence: {log}");
 }
+
+#[tokio::test]
+async fn a_line_history_is_read_a_bounded_page_at_a_time() {
+    // The attack: a line with a huge history, read in one answer (80 MB
+    // for 200,000 rows, the orders process far past its memory limit).
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 1).await);
+    use diesel::connection::SimpleConnection;
+    app.db
+        .conn()
+        .batch_execute(&format!(
+            "INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, \
+                                            produit_id, quantite) \
+             SELECT gen_random_uuid(), {line}, {order}, v, 'UPDATED', {p}, 1 \
+               FROM generate_series(2, 1500) v"
+        ))
+        .unwrap();
+    let versions = |body: &serde_json::Value| -> Vec<i64> {
+        body.as_array()
+            .expect("a list")
+            .iter()
+            .map(|c| c["version"].as_i64().unwrap())
+            .collect()
+    };
+    let path = format!("/commandes-produits/{line}/historique");
+    // 100 by default, oldest first.
+    let first = app.orders.get(&path).await.expect(200);
+    assert_eq!(versions(&first.body), (1..=100).collect::<Vec<_>>());
+    let most = app
+        .orders
+        .get(&format!("{path}?limit=1000"))
+        .await
+        .expect(200);
+    assert_eq!(versions(&most.body).len(), 1000);
+    let last = app
+        .orders
+        .get(&format!("{path}?skip=1400&limit=1000"))
+        .await
+        .expect(200);
+    assert_eq!(versions(&last.body), (1401..=1500).collect::<Vec<_>>());
+    // Past the end of an existing line's history: an empty page.
+    let past = app
+        .orders
+        .get(&format!("{path}?skip=5000"))
+        .await
+        .expect(200);
+    assert_eq!(past.body, json!([]));
+    // More than 1000 at once is refused, naming the parameter.
+    for (query, field) in [
+        ("limit=1001", "limit"),
+        ("limit=0", "limit"),
+        ("skip=-1", "skip"),
+    ] {
+        let answer = app.orders.get(&format!("{path}?{query}")).await.expect(422);
+        assert_eq!(answer.error_fields(), [field], "{query}");
+    }
+    // A line that never existed is still a 404, whatever the page.
+    app.orders
+        .get("/commandes-produits/987654/historique?skip=10")
+        .await
+        .expect(404);
+    // The document says so.
+    let doc = app.orders.get("/openapi.json").await.expect(200).body;
+    let operation = &doc["paths"]["/commandes-produits/{id}/historique"]["get"];
+    let names: Vec<&str> = operation["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"skip") && names.contains(&"limit"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_history_stores_a_fixed_reason_never_the_database_s_words() {
+    let mut app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 100).await;
+    use diesel::connection::SimpleConnection;
+    // Two changes as the orders service records them: 666 the database
+    // refuses (a trigger with its own words), 667 names no product.
+    let (refused, unknown) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    app.db
+        .conn()
+        .batch_execute(&format!(
+            "INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, \
+                                            produit_id, quantite) \
+             VALUES ('{refused}', 666, 1, 1, 'CREATED', {p}, 1), \
+                    ('{unknown}', 667, 1, 1, 'CREATED', 424242, 1); \
+             CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.ligne_id = 666 THEN RAISE EXCEPTION 'secret table layout: line 666 refused' \
+             USING ERRCODE = '23514'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON reservations FOR EACH ROW EXECUTE FUNCTION refuse_666()"
+        ))
+        .unwrap();
+    for (line, product, message) in [(666, p, refused), (667, 424242, unknown)] {
+        let body = json!({"action": "CREATED", "produit_id": product, "quantite": 1,
+                          "commande_id": 1, "message_id": message, "ligne_id": line, "version": 1});
+        app.broker.publish(
+            PRODUCT_EXCHANGE,
+            PRODUCT_ROUTING_KEY,
+            body.to_string().as_bytes(),
+            None,
+        );
+    }
+    app.worker = Some(crate::common::Running::start(ordersys::Mode::Worker, &app.settings).await);
+    wait_for("two dead letters", Duration::from_secs(20), || async {
+        (app.broker.ready(DEAD_LETTER_QUEUE) == 2).then_some(())
+    })
+    .await;
+    // Operators keep the detail, in the dead letter.
+    let reasons: Vec<String> = app
+        .broker
+        .drain(DEAD_LETTER_QUEUE)
+        .iter()
+        .map(|(_, properties)| error_header(properties.headers()).unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("secret table layout")),
+        "{reasons:?}"
+    );
+    // What anyone may read is the class and a fixed text.
+    for (line, motif) in [
+        (666, "refused: the database refused the change"),
+        (667, "unknown_product: the product does not exist"),
+    ] {
+        let h = wait_for(
+            "the refusal in the history",
+            Duration::from_secs(20),
+            || async {
+                let body = app
+                    .orders
+                    .get(&format!("/commandes-produits/{line}/historique"))
+                    .await
+                    .expect(200)
+                    .body;
+                (body[0]["resultat"] == "REFUSE").then_some(body)
+            },
+        )
+        .await;
+        assert_eq!(h[0]["motif"], motif, "{h}");
+    }
+    assert_eq!(app.stock(p), 100);
+}
+
+#[tokio::test]
+async fn a_forged_seed_format_message_is_dead_lettered_by_default() {
+    // The attack: a forged seed-format release, raising a stock from 1 to
+    // 1,000,001. The defaults, as compose runs them, refuse it.
+    let app = TestApp::with_worker().await;
+    assert!(!app.settings.worker.accept_seed_format, "off by default");
+    let p = app.create_product("p", 1.0, 1).await;
+    let forged =
+        json!({"action": "DELETED", "produit_id": p, "quantite": 1_000_000, "commande_id": 999});
+    app.broker.publish(
+        PRODUCT_EXCHANGE,
+        PRODUCT_ROUTING_KEY,
+        forged.to_string().as_bytes(),
+        None,
+    );
+    wait_for("the dead letter", Duration::from_secs(20), || async {
+        (app.broker.ready(DEAD_LETTER_QUEUE) == 1).then_some(())
+    })
+    .await;
+    let (body, properties) = app.broker.drain(DEAD_LETTER_QUEUE).remove(0);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        forged
+    );
+    let reason = error_header(properties.headers()).unwrap();
+    assert!(reason.contains("accept_seed_format"), "{reason}");
+    assert_eq!(app.stock(p), 1, "the forged release changed no stock");
+}
+
+/// Declares `queue` with `arguments` on a fresh channel: Ok, or the
+/// broker's reply code when it refuses (406: the queue exists with other
+/// arguments).
+fn redeclare(
+    connection: &mut amiquip::Connection,
+    queue: &str,
+    arguments: &[(&str, amiquip::AmqpValue)],
+) -> Result<(), u16> {
+    let channel = connection.open_channel(None).unwrap();
+    let mut table = amiquip::FieldTable::new();
+    for (name, value) in arguments {
+        table.insert((*name).into(), value.clone());
+    }
+    let options = amiquip::QueueDeclareOptions {
+        durable: true,
+        arguments: table,
+        ..Default::default()
+    };
+    match channel.queue_declare(queue, options) {
+        Ok(_) => Ok(()),
+        Err(amiquip::Error::ServerClosedChannel { code, .. }) => Err(code),
+        Err(e) => panic!("declaring {queue}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_line_events_queue_and_its_dead_letters_are_bounded_like_the_stock_queue() {
+    use amiquip::AmqpValue::{LongLongInt, LongString};
+    use ordersys::amqp::{DEAD_LETTER_MAX_LENGTH, WORK_QUEUE_MAX_LENGTH};
+    use ordersys::messages::{
+        DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_QUEUE,
+        ORDER_EVENTS_QUEUE,
+    };
+    let broker = TestBroker::create();
+    let settings = broker.settings();
+    let mut connection = broker.connect();
+    ordersys::amqp::declare_topology(&mut connection, &settings).unwrap();
+    let limit = i64::from(settings.delivery_limit);
+    let work = |dlx: &str| {
+        vec![
+            ("x-dead-letter-exchange", LongString(dlx.into())),
+            ("x-max-length", LongLongInt(WORK_QUEUE_MAX_LENGTH)),
+            ("x-overflow", LongString("reject-publish".into())),
+            ("x-queue-type", LongString("quorum".into())),
+            ("x-delivery-limit", LongLongInt(limit)),
+        ]
+    };
+    let dead = vec![("x-max-length", LongLongInt(DEAD_LETTER_MAX_LENGTH))];
+    for (queue, arguments) in [
+        (PRODUCT_QUEUE, work(DEAD_LETTER_EXCHANGE)),
+        (ORDER_EVENTS_QUEUE, work(ORDER_EVENTS_DEAD_LETTER_EXCHANGE)),
+        (DEAD_LETTER_QUEUE, dead.clone()),
+        (ORDER_EVENTS_DEAD_LETTER_QUEUE, dead),
+    ] {
+        // The broker accepts exactly these arguments…
+        assert_eq!(
+            redeclare(&mut connection, queue, &arguments),
+            Ok(()),
+            "{queue}"
+        );
+        // …and refuses the same without the length bound: it is declared.
+        let unbounded: Vec<_> = arguments
+            .iter()
+            .filter(|(name, _)| !matches!(*name, "x-max-length" | "x-overflow"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            redeclare(&mut connection, queue, &unbounded),
+            Err(406),
+            "{queue} is bounded"
+        );
+    }
+    let _ = connection.close();
+}

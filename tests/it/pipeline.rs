@@ -253,7 +253,8 @@ async fn changes_of_one_line_delivered_out_of_order_converge() {
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_with_their_reason_and_the_worker_goes_on() {
-    let app = TestApp::with_worker().await;
+    // Seed-format messages are read here, so that their own faults show.
+    let app = TestApp::build(true, |s| s.worker.accept_seed_format = true).await;
     let p = app.create_product("p", 1.0, 10).await;
     let poison: [(&[u8], &str); 5] = [
         (b"{not json", "malformed message"),
@@ -303,7 +304,8 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_worker_goes
 
 #[tokio::test]
 async fn seed_format_messages_are_applied_as_deltas() {
-    let app = TestApp::with_worker().await;
+    // Off by default: a migration period beside the seed's own services.
+    let app = TestApp::build(true, |s| s.worker.accept_seed_format = true).await;
     let p = app.create_product("p", 1.0, 10).await;
     let q = app.create_product("q", 1.0, 10).await;
     let seed = |action: &str, product: i64, quantite: i32| {

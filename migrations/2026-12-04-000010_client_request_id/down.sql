@@ -1,0 +1,1 @@
+ALTER TABLE historique_lignes DROP COLUMN client_request_id;
