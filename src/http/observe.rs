@@ -1,9 +1,11 @@
 //! What every request leaves behind: its id (accepted from `X-Request-Id`
 //! or `traceparent`, else generated; returned in `X-Request-Id` and kept in
-//! the request for the handlers), one access log line carrying it, and its
+//! the request for the handlers), one access log line carrying it and, for
+//! a request authenticated by a token, the token's subject (`sub`), and its
 //! duration in the request histogram by method, route template and status
 //! class.
 
+use crate::auth::Caller;
 use crate::metrics::{status_class, HttpMetrics, RouteLabels};
 use crate::request_id::{self, RequestId};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -44,14 +46,25 @@ pub fn finish<B>(
     // Not the probes and scrapes: Prometheus and health checks would
     // fill the log.
     if !matches!(req.path(), "/healthz" | "/readyz" | "/metrics") {
-        log::info!(
-            target: ACCESS_TARGET,
-            request_id = id.as_str();
-            "{} {} {status} {:.3}ms",
-            req.method(),
-            req.path(),
-            elapsed.as_secs_f64() * 1000.0
-        );
+        let method = req.method();
+        let path = req.path();
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        // Who did it: the subject of the token the auth check accepted (it
+        // leaves the caller in the request), escaped so that a subject
+        // cannot break the line. Requests without one carry no `sub`.
+        let extensions = req.extensions();
+        match extensions.get::<Caller>().and_then(Caller::subject) {
+            Some(sub) => log::info!(
+                target: ACCESS_TARGET,
+                request_id = id.as_str(), sub:% = sub.escape_debug();
+                "{method} {path} {status} {millis:.3}ms"
+            ),
+            None => log::info!(
+                target: ACCESS_TARGET,
+                request_id = id.as_str();
+                "{method} {path} {status} {millis:.3}ms"
+            ),
+        }
     }
     metrics.record(
         RouteLabels {
