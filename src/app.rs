@@ -215,6 +215,12 @@ impl Application {
                 api.writes
             );
         }
+        if auth.mode() == AuthMode::Jwt && !auth.protect_reads() && api.scopes.is_some() {
+            log::warn!(
+                "auth.protect_reads is false: anyone who reaches http://{addr} may read \
+                 without a token (set it to true to require products:read / orders:read)"
+            );
+        }
         let server = http::server(listener, settings, state, api, auth)?;
         log::info!("ordersys {} listening on http://{addr}", mode.name());
         Ok(Application {

@@ -39,8 +39,8 @@ pub enum Command {
     Migrate,
     /// Exit 0 if GET URL answers 2xx within 2 s (container health checks)
     Probe(ProbeArgs),
-    /// Print a bearer token (JWT) signed with the HS256 secret of
-    /// auth.jwt_secret_file, for development and tests
+    /// Print a bearer token (JWT): signed with an Ed25519 private key
+    /// (--private-key, EdDSA), or with the HS256 secret of auth.jwt_secret_file
     Token(TokenArgs),
     /// Put a steady open-loop load on a running ordersys (its own products,
     /// orders and lines), with a live view and a closing summary
@@ -204,14 +204,23 @@ pub struct TokenArgs {
     #[arg(long, value_name = "SCOPE[,SCOPE…]", value_parser = crate::auth::parse_scopes)]
     pub scope: std::vec::Vec<crate::auth::Scope>,
 
-    /// How long it is valid, in seconds
+    /// How long it is valid, in seconds: at most auth.max_token_age_secs
+    /// (default 86400), the oldest token the services accept
     #[arg(long, value_name = "SECONDS", default_value_t = 3600,
-          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl: u64,
 
-    /// Its `sub` claim: who holds it (shows in the services' debug logs)
+    /// Its `sub` claim: who holds it (every access log line of its requests
+    /// names it)
     #[arg(long, value_name = "NAME", default_value = "ordersys-token")]
     pub subject: String,
+
+    /// Sign with this Ed25519 private key (PEM PKCS#8, as `openssl genpkey
+    /// -algorithm ed25519` writes; EdDSA), for services that verify with its
+    /// public key (auth.jwt_algorithm = EdDSA). Without it: HS256 with
+    /// auth.jwt_secret_file
+    #[arg(long, value_name = "FILE")]
+    pub private_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

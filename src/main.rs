@@ -150,8 +150,8 @@ fn load(args: &ordersys::cli::LoadArgs) -> ExitCode {
 
 /// `ordersys token`: a token on stdout, nothing else.
 fn token(settings: &Settings, args: &ordersys::cli::TokenArgs) -> anyhow::Result<()> {
-    let auth = ordersys::auth::Authenticator::new(&settings.auth)?;
-    let token = auth
+    let minter = ordersys::auth::Minter::new(&settings.auth, args.private_key.as_deref())?;
+    let token = minter
         .mint(
             &args.subject,
             &args.scope,

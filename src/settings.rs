@@ -199,14 +199,20 @@ pub struct AuthSettings {
     pub audience: String,
     pub leeway_secs: u64,
     pub protect_reads: bool,
+    /// The oldest token accepted (`now - iat`), and the longest lifetime
+    /// (`exp - iat`) a token may claim; `ordersys token --ttl` is capped to it.
+    pub max_token_age_secs: u64,
 }
+
+/// The largest `auth.max_token_age_secs`: 30 days.
+pub const MAX_TOKEN_AGE_LIMIT_SECS: u64 = 2_592_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
-    /// No authentication: anyone who reaches the port may write.
+    /// No authentication: anyone who reaches the port may read and write.
     Open,
-    /// Writes (and, with `protect_reads`, reads) need a bearer JWT.
+    /// Writes and reads (unless `protect_reads` is false) need a bearer JWT.
     Jwt,
 }
 
@@ -414,6 +420,16 @@ impl Settings {
                 "must not be negative",
             ));
         }
+        at_least("auth.max_token_age_secs", self.auth.max_token_age_secs, 1)?;
+        if self.auth.max_token_age_secs > MAX_TOKEN_AGE_LIMIT_SECS {
+            return Err(SettingsError::key(
+                "auth.max_token_age_secs",
+                format!(
+                    "must be at most {MAX_TOKEN_AGE_LIMIT_SECS} (30 days), got {}",
+                    self.auth.max_token_age_secs
+                ),
+            ));
+        }
         if self.auth.mode == AuthMode::Jwt {
             let (key, file) = match self.auth.jwt_algorithm {
                 JwtAlgorithm::HS256 => ("auth.jwt_secret_file", &self.auth.jwt_secret_file),
@@ -492,6 +508,8 @@ mod tests {
         assert_eq!(s.stock.low_threshold, 5);
         assert!(s.database.url.contains("127.0.0.1"));
         assert!(s.amqp.url.contains("127.0.0.1"));
+        assert!(s.auth.protect_reads, "reads need a token in jwt mode");
+        assert_eq!(s.auth.max_token_age_secs, 86_400);
     }
 
     #[test]
@@ -568,5 +586,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("prefech"), "{err}");
+        for age in ["0", "2592001"] {
+            let err = load(&[("ORDERSYS__AUTH__MAX_TOKEN_AGE_SECS", age)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("auth.max_token_age_secs"), "{age}: {err}");
+        }
+        let s = load(&[("ORDERSYS__AUTH__MAX_TOKEN_AGE_SECS", "2592000")]).unwrap();
+        assert_eq!(s.auth.max_token_age_secs, 2_592_000);
     }
 }

@@ -14,7 +14,8 @@
 # from the definitions at every start.
 #
 # Every value is generated (openssl rand) unless given in the environment;
-# nothing secret is printed, and nothing is written to disk:
+# nothing secret is printed, and nothing is written to disk but the private
+# key that signs the APIs' tokens (below):
 #
 #   POSTGRES_PASSWORD       PostgreSQL owner `ordersys` (superuser; used by migrate only)
 #   PRODUCTS_DB_PASSWORD    login role ordersys_products
@@ -23,7 +24,9 @@
 #   RABBITMQ_MIGRATE_PASSWORD  broker user ordersys_migrate (declares the topology)
 #   RABBITMQ_ORDERS_PASSWORD   broker user ordersys_orders (publishes to product_exchange, consumes order_events)
 #   RABBITMQ_WORKER_PASSWORD   broker user ordersys_worker (consumes product_queue)
-#   JWT_SECRET              HS256 secret of the APIs' bearer tokens (at least 32 bytes)
+#   JWT_PRIVATE_KEY_FILE    where the Ed25519 private key that signs the APIs' bearer
+#                           tokens is kept, on this machine only (default
+#                           ${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/jwt-ed25519.pem)
 #   GRAFANA_ADMIN_PASSWORD  Grafana's `admin` (the dashboards, through Traefik at /grafana/)
 #   DATABASE_URL_PARAMS     optional query string for every PostgreSQL URL, e.g. sslmode=require
 #   AMQP_SCHEME             amqp (default) or amqps (TLS; port 5671 unless AMQP_PORT is set)
@@ -35,12 +38,20 @@
 #   docker exec "$(docker ps -q -f label=com.docker.swarm.service.name=ordersys_grafana | head -n1)" \
 #     cat /run/secrets/ordersys_grafana_admin_password
 #
-# To mint a bearer token (scopes products:write, orders:write,
-# stock:correct; products:read, orders:read when reads are protected), run
-# the image's `token` mode inside a products task:
+# The APIs' tokens are EdDSA (Ed25519) signatures. The key pair is made
+# here (openssl genpkey): only the public key goes into a secret
+# (ordersys_jwt_public_key, which products and orders mount to verify
+# tokens); the private key is written to JWT_PRIVATE_KEY_FILE, mode 0600,
+# and stays on this machine: no service holds it, so no service can mint a
+# token. A key file that already exists is kept and its public key used
+# (with --replace too); to change the key pair, delete the file and rerun
+# with --replace. --remove leaves the file. To mint a token (scopes
+# products:read, products:write, stock:correct, orders:read, orders:write;
+# at most a day, auth.max_token_age_secs), with the image:
 #
-#   docker exec "$(docker ps -q -f label=com.docker.swarm.service.name=ordersys_products | head -n1)" \
-#     ordersys token --scope products:write,orders:write --ttl 600
+#   docker run --rm --network none --user "$(id -u)" \
+#     -v "$HOME/.config/ordersys/jwt-ed25519.pem:/key.pem:ro" ordersys:latest \
+#     token --private-key /key.pem --scope products:read,orders:read --subject "$USER" --ttl 3600
 #
 # RabbitMQ gets no default user and no administrator: when definitions are
 # imported at boot it creates neither `guest` nor RABBITMQ_DEFAULT_USER.
@@ -61,11 +72,15 @@ secrets=(
   ordersys_migrate_amqp_url
   ordersys_orders_amqp_url
   ordersys_worker_amqp_url
-  ordersys_jwt_secret
+  ordersys_jwt_public_key
   ordersys_rabbitmq_conf
   ordersys_rabbitmq_definitions
   ordersys_grafana_admin_password
 )
+
+# Made by earlier versions, removed with the others: the stack's former
+# HS256 secret (every service holding it could mint any scope).
+retired=(ordersys_jwt_secret)
 
 usage() {
   sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -96,13 +111,13 @@ remove_all() {
   # All or nothing: a secret that a service uses cannot be removed.
   used=$(docker service ls -q | xargs -r docker service inspect \
     --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{println .SecretName}}{{end}}')
-  for name in "${secrets[@]}"; do
+  for name in "${secrets[@]}" "${retired[@]}"; do
     if grep -qx "$name" <<<"$used"; then
       echo "create-secrets: secret $name is in use by a service; docker stack rm ordersys first" >&2
       exit 1
     fi
   done
-  for name in "${secrets[@]}"; do
+  for name in "${secrets[@]}" "${retired[@]}"; do
     if docker secret inspect "$name" >/dev/null 2>&1; then
       docker secret rm "$name" >/dev/null
       echo "removed secret $name"
@@ -165,6 +180,10 @@ create() { # create NAME VALUE: the value goes through stdin, never argv
   echo "created secret $1"
 }
 
+if [ -n "${JWT_SECRET:-}" ]; then
+  echo "create-secrets: JWT_SECRET is ignored: the stack's tokens are signed with an Ed25519" \
+    "private key (JWT_PRIVATE_KEY_FILE) and verified with its public key" >&2
+fi
 if [ -n "${RABBITMQ_PASSWORD:-}" ]; then
   echo "create-secrets: RABBITMQ_PASSWORD is ignored: each broker user has its own" \
     "(RABBITMQ_MIGRATE_PASSWORD, RABBITMQ_ORDERS_PASSWORD, RABBITMQ_WORKER_PASSWORD)" >&2
@@ -178,15 +197,6 @@ mq_migrate=$(value RABBITMQ_MIGRATE_PASSWORD)
 mq_orders=$(value RABBITMQ_ORDERS_PASSWORD)
 mq_worker=$(value RABBITMQ_WORKER_PASSWORD)
 grafana_admin=$(value GRAFANA_ADMIN_PASSWORD)
-if [ -n "${JWT_SECRET:-}" ]; then
-  jwt_secret=$(value JWT_SECRET)
-  if [ "$(printf '%s' "$jwt_secret" | wc -c)" -lt 32 ]; then
-    echo "create-secrets: JWT_SECRET must be at least 32 bytes" >&2
-    exit 1
-  fi
-else
-  jwt_secret=$(openssl rand -base64 48 | tr -d '\n')
-fi
 
 user_json() { # user_json NAME PASSWORD
   printf '    {"name": "%s", "password_hash": "%s", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}' \
@@ -223,6 +233,30 @@ case ${AMQP_SCHEME:=amqp} in
   *) echo "create-secrets: AMQP_SCHEME must be amqp or amqps" >&2; exit 1 ;;
 esac
 
+# The tokens' key pair: the private key kept (or made, 0600) in
+# JWT_PRIVATE_KEY_FILE on this machine, its public key for the secret. A
+# new key is written beside the file and moved into place only once every
+# secret is created.
+key_file=${JWT_PRIVATE_KEY_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/jwt-ed25519.pem}
+new_key=
+if [ -e "$key_file" ]; then
+  [[ $(openssl pkey -in "$key_file" -noout -text 2>/dev/null) == "ED25519 Private-Key"* ]] || {
+    echo "create-secrets: $key_file (JWT_PRIVATE_KEY_FILE) is not an Ed25519 private key" >&2
+    exit 1
+  }
+  jwt_public_key=$(openssl pkey -in "$key_file" -pubout)
+else
+  mkdir -p "$(dirname "$key_file")"
+  new_key="$key_file.new.$$"
+  trap 'rm -f "$new_key"' EXIT
+  openssl genpkey -algorithm ed25519 -out "$new_key" 2>/dev/null || {
+    echo "create-secrets: openssl cannot make an Ed25519 key (OpenSSL 1.1.1 or later is needed)" >&2
+    exit 1
+  }
+  chmod 0600 "$new_key"
+  jwt_public_key=$(openssl pkey -in "$new_key" -pubout)
+fi
+
 # Every value is valid: only now is anything removed or created.
 if [ "$action" = replace ]; then
   remove_all
@@ -248,7 +282,7 @@ create ordersys_worker_db_password "$worker_db"
 create ordersys_migrate_amqp_url "$(amqp_url ordersys_migrate "$mq_migrate")"
 create ordersys_orders_amqp_url "$(amqp_url ordersys_orders "$mq_orders")"
 create ordersys_worker_amqp_url "$(amqp_url ordersys_worker "$mq_worker")"
-create ordersys_jwt_secret "$jwt_secret"
+create ordersys_jwt_public_key "$jwt_public_key"
 
 # RabbitMQ: the definitions (users, their permissions on vhost "/") are
 # imported at every boot; with them RabbitMQ creates no default user.
@@ -260,3 +294,10 @@ loopback_users.guest = true
 
 create ordersys_rabbitmq_definitions "$definitions"
 create ordersys_grafana_admin_password "$grafana_admin"
+
+if [ -n "$new_key" ]; then
+  mv "$new_key" "$key_file"
+  echo "wrote the tokens' Ed25519 private key to $key_file (mode 0600; keep it here, no service has it)"
+else
+  echo "kept the tokens' Ed25519 private key $key_file (its public key is in ordersys_jwt_public_key)"
+fi

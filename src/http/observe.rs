@@ -1,9 +1,11 @@
 //! What every request leaves behind: its id (always generated, returned in
 //! `X-Request-Id` and kept in the request for the handlers, with the
 //! client's own `X-Request-Id` or `traceparent` trace id beside it), one
-//! access log line carrying both, and its duration in the request
+//! access log line carrying both and, for a request authenticated by a
+//! token, the token's subject (`sub`), and its duration in the request
 //! histogram by method, route template and status class.
 
+use crate::auth::Caller;
 use crate::metrics::{status_class, HttpMetrics, RouteLabels};
 use crate::request_id::{self, RequestId};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -44,21 +46,35 @@ pub fn finish<B>(
     // Not the probes and scrapes: Prometheus and health checks would
     // fill the log.
     if !matches!(req.path(), "/healthz" | "/readyz" | "/metrics") {
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        match id.client() {
-            Some(client) => log::info!(
+        let method = req.method();
+        let path = req.path();
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        // Who did it: the subject of the token the auth check accepted (it
+        // leaves the caller in the request), escaped so that a subject
+        // cannot break the line. Requests without one carry no `sub`; the
+        // client's own id, when it sent one, is `client_request_id`.
+        let extensions = req.extensions();
+        let sub = extensions.get::<Caller>().and_then(Caller::subject);
+        match (sub, id.client()) {
+            (Some(sub), Some(client)) => log::info!(
+                target: ACCESS_TARGET,
+                request_id = id.as_str(), client_request_id = client, sub:% = sub.escape_debug();
+                "{method} {path} {status} {millis:.3}ms"
+            ),
+            (Some(sub), None) => log::info!(
+                target: ACCESS_TARGET,
+                request_id = id.as_str(), sub:% = sub.escape_debug();
+                "{method} {path} {status} {millis:.3}ms"
+            ),
+            (None, Some(client)) => log::info!(
                 target: ACCESS_TARGET,
                 request_id = id.as_str(), client_request_id = client;
-                "{} {} {status} {ms:.3}ms",
-                req.method(),
-                req.path()
+                "{method} {path} {status} {millis:.3}ms"
             ),
-            None => log::info!(
+            (None, None) => log::info!(
                 target: ACCESS_TARGET,
                 request_id = id.as_str();
-                "{} {} {status} {ms:.3}ms",
-                req.method(),
-                req.path()
+                "{method} {path} {status} {millis:.3}ms"
             ),
         }
     }

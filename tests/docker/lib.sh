@@ -50,7 +50,8 @@ compose_bin() {
 # http METHOD URL [JSON]: the body on stdout; fails the run
 # unless the answer is 2xx. CURL (an array) may run curl elsewhere, e.g. in
 # a container on the Swarm network. TOKEN, when set, is sent as a bearer
-# token (the Swarm stack's APIs need one for writes; compose's are open).
+# token (the Swarm stack's APIs need one for reads and writes; compose's
+# are open).
 CURL=(curl)
 TOKEN=
 http() {

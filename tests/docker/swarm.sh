@@ -56,32 +56,40 @@ scenario_swarm() {
   read -r -a compose <<<"$(compose_bin)"
   "${compose[@]}" -p ordersys-ci -f compose.yml build products >/dev/null
   docker tag ordersys:local ordersys:ci-1
-  # Known values, so that the scenario can mint tokens; passwords with
-  # characters a URL must percent-encode (and one a SQL literal must escape).
-  local run=$RANDOM$RANDOM jwt_secret
-  jwt_secret=$(openssl rand -hex 32)
+  # Passwords with characters a URL must percent-encode (and one a SQL
+  # literal must escape). The tokens' Ed25519 private key is written where
+  # the operator's would be, outside every secret: here a directory of the
+  # run's own.
+  local run=$RANDOM$RANDOM jwt token
+  jwt=$(mktemp -d)
+  at_exit "rm -rf $jwt"
   at_exit "swarm/create-secrets.sh --remove"
   POSTGRES_PASSWORD="pg-$run:/@?#%+ &é" \
     PRODUCTS_DB_PASSWORD="products-$run'\"%/" ORDERS_DB_PASSWORD="orders-$run@:" \
     WORKER_DB_PASSWORD="worker-$run" \
     RABBITMQ_MIGRATE_PASSWORD="migrate-$run" RABBITMQ_ORDERS_PASSWORD="orders-$run/@:%" \
-    RABBITMQ_WORKER_PASSWORD="worker-$run?#" JWT_SECRET="$jwt_secret" \
+    RABBITMQ_WORKER_PASSWORD="worker-$run?#" JWT_PRIVATE_KEY_FILE="$jwt/ed25519.pem" \
     swarm/create-secrets.sh --replace >/dev/null
   docker node update --label-add ordersys.data=true "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+  [ "$(stat -c %a "$jwt/ed25519.pem")" = 600 ] ||
+    fail "create-secrets wrote the private key with mode $(stat -c %a "$jwt/ed25519.pem"), not 0600"
 
-  # Tokens minted by the image's `token` mode from the same secret.
-  local jwt token
-  jwt=$(mktemp -d)
-  at_exit "rm -rf $jwt"
-  printf '%s' "$jwt_secret" >"$jwt/secret"
-  chmod 0644 "$jwt/secret" # read by uid 10001 in the container
-  mint() { # mint SCOPES
-    docker run --rm --network none --read-only --cap-drop ALL -v "$jwt/secret:/run/secrets/jwt:ro" \
-      -e ORDERSYS__AUTH__MODE=jwt -e ORDERSYS__AUTH__JWT_SECRET_FILE=/run/secrets/jwt \
-      ordersys:ci-1 token --scope "$1" --ttl 3600
+  # Tokens minted as the README says: the image's `token` mode with the
+  # private key (read as the file's owner, the key staying 0600).
+  mint() { # mint SCOPES [SUBJECT [TTL]]
+    docker run --rm --network none --read-only --cap-drop ALL --user "$(id -u):$(id -g)" \
+      -v "$jwt/ed25519.pem:/run/secrets/jwt-private.pem:ro" \
+      ordersys:ci-1 token --private-key /run/secrets/jwt-private.pem \
+      --scope "$1" --subject "${2:-swarm-ci}" --ttl "${3:-3600}"
   }
-  token=$(mint products:write,orders:write,stock:correct) || fail "ordersys token failed"
+  token=$(mint products:read,products:write,stock:correct,orders:read,orders:write) ||
+    fail "ordersys token failed"
   [ -n "$token" ] || fail "ordersys token printed nothing"
+  local refused
+  if refused=$(mint orders:read swarm-ci 315360000 2>&1); then
+    fail "ordersys token minted a ten-year token"
+  fi
+  [[ $refused == *"auth.max_token_age_secs"* ]] || fail "a ten-year --ttl was refused without naming the cap: $refused"
   # Every request of the scenario carries it (http for lib.sh, a curl
   # config file for traffic.sh in the client container).
   local TOKEN=$token
@@ -133,7 +141,7 @@ scenario_swarm() {
   log "swarm: ordersys load from a container on the overlay network, with a token"
   local load_token load_out
   # --stock 100: the scenario's invariant checks take every product to start at 100.
-  load_token=$(mint products:read,products:write,orders:read,orders:write) || fail "ordersys token failed"
+  load_token=$(mint products:read,products:write,orders:read,orders:write swarm-load) || fail "ordersys token failed"
   load_out=$(docker run --rm --network "$network" --read-only --cap-drop ALL \
     -e ORDERSYS_LOAD_TOKEN="$load_token" ordersys:ci-1 load \
     --products-url http://products:8000 --orders-url http://orders:8081 \
@@ -205,7 +213,8 @@ swarm_who_may_do_what() {
   log "swarm: who may do what"
   local product status container service h request
 
-  # The APIs: writes need a token with the route's scope; reads are open.
+  # The APIs: reads and writes need a token with the route's scope, signed
+  # by the private key no service holds.
   product=$(value POST http://products:8000/produits/ '{"nom":"Gomme","prix":0.80,"quantite_en_stock":100}' id)
   for request in "POST http://products:8000/produits/" "DELETE http://products:8000/produits/$product" \
     "POST http://orders:8081/commandes"; do
@@ -216,17 +225,40 @@ swarm_who_may_do_what() {
     status=$(TOKEN=not.a.token http_status $request '{}')
     [ "$status" = 401 ] || fail "$request with a malformed token answered $status, not 401"
   done
-  status=$(TOKEN='' http_status GET "http://products:8000/produits/$product")
-  [ "$status" = 200 ] || fail "a read without a token answered $status, not 200"
-  local narrow
+  # The token is checked before any handler runs: the order and line ids
+  # need not exist (no line is made here: the stock must stay 100).
+  local narrow url
   narrow=$(mint products:write) || fail "ordersys token failed"
+  for url in http://products:8000/produits/ "http://products:8000/produits/$product" \
+    "http://products:8000/produits/$product/mouvements" http://orders:8081/commandes \
+    http://orders:8081/commandes/1 http://orders:8081/commandes-produits \
+    http://orders:8081/commandes-produits/1/historique; do
+    status=$(TOKEN='' http_status GET "$url")
+    [ "$status" = 401 ] || fail "GET $url without a token answered $status, not 401"
+    status=$(TOKEN=$narrow http_status GET "$url")
+    [ "$status" = 403 ] || fail "GET $url with only products:write answered $status, not 403"
+  done
   status=$(TOKEN=$narrow http_status POST http://orders:8081/commandes '{}')
   [ "$status" = 403 ] || fail "POST /commandes with only products:write answered $status, not 403"
   status=$(TOKEN=$narrow http_status PUT "http://products:8000/produits/$product" '{"quantite_en_stock":5}')
   [ "$status" = 403 ] || fail "a stock correction without stock:correct answered $status, not 403"
   [ "$(value GET "http://products:8000/produits/$product" "" quantite_en_stock)" = 100 ] ||
     fail "a refused stock correction changed the stock"
-  summary "APIs: writes without a token or with a malformed one 401; a token without the route's scope 403 (stock:correct too); reads open"
+  # The private key is in no secret a service mounts: products and orders
+  # hold the public key only, and every access line names the token's sub.
+  local mounted public_key
+  public_key=$(openssl pkey -in "$jwt/ed25519.pem" -pubout)
+  for service in products orders; do
+    mounted=$(swarm_exec "$service" cat /run/secrets/ordersys_jwt_public_key) ||
+      fail "$service mounts no ordersys_jwt_public_key"
+    [ "$mounted" = "$public_key" ] || fail "$service verifies with another key than the private key's"
+    mounted=$(swarm_exec "$service" sh -c 'cat /run/secrets/*') || fail "cannot read $service's secrets"
+    [[ $mounted != *"PRIVATE KEY"* ]] || fail "a secret $service mounts holds a private key"
+  done
+  # (grep without -q: it reads all of the logs, so no SIGPIPE fails the pipeline.)
+  wait_until "the write's access line to name the token's subject" 60 eval \
+    'docker service logs --raw '"${stack}"'_products 2>&1 | grep "POST /produits/ 201" | grep "sub=swarm-ci" >/dev/null'
+  summary "APIs: reads and writes without a token or with a malformed one 401; a token without the route's scope 403 (reads, stock:correct too); EdDSA tokens, the services holding only the public key (private key 0600 on the operator's side); ten-year --ttl refused; access lines carry sub"
 
   # PostgreSQL: each service logs in as its own role; only migrate used the owner.
   # (A retry or two: pg_isready of the health check connects now and then.)

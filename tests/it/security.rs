@@ -1,6 +1,8 @@
-//! Who may do what: bearer tokens and scopes on every write route, the
-//! services' own database roles and broker users, seed-format messages
-//! switched off, and TLS to PostgreSQL and RabbitMQ.
+//! Who may do what: bearer tokens and scopes on every write route and, by
+//! default in jwt mode, every read; tokens' age and lifetime capped, EdDSA
+//! tokens minted by `ordersys token --private-key`, each access line naming
+//! the token's subject; the services' own database roles and broker users,
+//! seed-format messages switched off, and TLS to PostgreSQL and RabbitMQ.
 
 use crate::common::process::{binary, Process};
 use crate::common::tls::{Protocol, TestCa, TlsFront};
@@ -42,11 +44,11 @@ impl Drop for SecretFile {
     }
 }
 
-fn jwt(settings: &mut Settings, secret: &SecretFile, protect_reads: bool) {
+/// jwt mode with HS256 and `secret`, every other auth setting its default.
+fn jwt(settings: &mut Settings, secret: &SecretFile) {
     settings.auth.mode = AuthMode::Jwt;
     settings.auth.jwt_secret_file = secret.path().to_owned();
     settings.auth.leeway_secs = 0;
-    settings.auth.protect_reads = protect_reads;
 }
 
 /// A token signed with `secret`, its claims adjusted by `claims`.
@@ -106,7 +108,7 @@ async fn call(client: &Client, route: &Route) -> crate::common::Answer {
 #[tokio::test]
 async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
     let secret = SecretFile::new(SECRET);
-    let mut app = TestApp::build(false, |s| jwt(s, &secret, false)).await;
+    let mut app = TestApp::build(false, |s| jwt(s, &secret)).await;
     let admin = token(SECRET, ALL_SCOPES, |_| {});
     let (products, orders) = (app.products.clone(), app.orders.clone());
     app.products = products.with_token(&admin);
@@ -330,8 +332,10 @@ async fn eddsa_tokens_verify_with_the_public_key_and_no_other_algorithm_is_trust
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims =
-        json!({"iss": "ordersys", "aud": "ordersys", "exp": now + 60, "scope": "orders:write"});
+    let claims = json!({
+        "sub": "eddsa", "iss": "ordersys", "aud": "ordersys",
+        "iat": now, "exp": now + 60, "scope": "orders:write"
+    });
     let signed = encode(
         &Header::new(jsonwebtoken::Algorithm::EdDSA),
         &claims,
@@ -358,39 +362,121 @@ async fn eddsa_tokens_verify_with_the_public_key_and_no_other_algorithm_is_trust
 }
 
 #[tokio::test]
-async fn reads_are_open_unless_protected_and_health_stays_open() {
+async fn reads_need_a_read_token_by_default_in_jwt_mode_and_health_stays_open() {
     let secret = SecretFile::new(SECRET);
-    let app = TestApp::build(false, |s| jwt(s, &secret, false)).await;
-    app.products.get("/produits/").await.expect(200);
-    app.orders.get("/commandes").await.expect(200);
+    let mut app = TestApp::build(false, |s| jwt(s, &secret)).await;
+    let admin = token(SECRET, ALL_SCOPES, |_| {});
+    let (products, orders) = (app.products.clone(), app.orders.clone());
+    app.products = products.with_token(&admin);
+    app.orders = orders.with_token(&admin);
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, p, 1).await);
 
-    let app = TestApp::build(false, |s| jwt(s, &secret, true)).await;
-    app.products.get("/produits/").await.expect(401);
-    app.orders.get("/api/v1/commandes").await.expect(401);
-    let reader = token(SECRET, "products:read", |_| {});
-    app.products
+    // What the attacker review listed (every order, line, product movement
+    // and line history), and every other read.
+    let reads = [
+        (&products, "products:read", "/produits/".to_owned()),
+        (&products, "products:read", "/produits".to_owned()),
+        (&products, "products:read", format!("/produits/{p}")),
+        (
+            &products,
+            "products:read",
+            format!("/produits/{p}/mouvements"),
+        ),
+        (&products, "products:read", "/%70roduits/".to_owned()),
+        (&orders, "orders:read", "/commandes".to_owned()),
+        (&orders, "orders:read", format!("/commandes/{order}")),
+        (
+            &orders,
+            "orders:read",
+            "/commandes/statut/EN_ATTENTE".to_owned(),
+        ),
+        (&orders, "orders:read", "/commandes-produits".to_owned()),
+        (
+            &orders,
+            "orders:read",
+            format!("/commandes-produits/{line}"),
+        ),
+        (
+            &orders,
+            "orders:read",
+            format!("/commandes-produits/{line}/historique"),
+        ),
+        (&orders, "orders:read", "/api/v1/commandes".to_owned()),
+        (
+            &orders,
+            "orders:read",
+            format!("/api/v1/commandes_produits/{line}/historique"),
+        ),
+    ];
+    for (client, scope, path) in &reads {
+        let answer = client.get(path).await.expect(401);
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some(r#"Bearer realm="ordersys""#),
+            "GET {path}"
+        );
+        assert!(
+            answer.body.get("items").is_none() && answer.body.get("id").is_none(),
+            "GET {path} without a token leaks: {answer:#?}"
+        );
+        let head = client.raw(Method::HEAD, path, None, None).await;
+        assert_eq!(head.status, 401, "HEAD {path}");
+        // Every scope but the one the read needs: writes do not imply reads.
+        let others: Vec<&str> = ALL_SCOPES.split(' ').filter(|s| s != scope).collect();
+        let lacking = token(SECRET, &others.join(" "), |_| {});
+        let answer = client.with_token(&lacking).get(path).await.expect(403);
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some(
+                format!(r#"Bearer realm="ordersys", error="insufficient_scope", scope="{scope}""#)
+                    .as_str()
+            ),
+            "GET {path}"
+        );
+        let reader = token(SECRET, scope, |_| {});
+        let answer = client.with_token(&reader).get(path).await.expect(200);
+        assert!(!answer.body.is_null(), "GET {path}");
+    }
+    let reader = token(SECRET, "orders:read", |_| {});
+    let line_read = orders
         .with_token(&reader)
-        .get("/produits/")
+        .get(&format!("/commandes-produits/{line}"))
         .await
         .expect(200);
-    app.orders
-        .with_token(&reader)
-        .get("/commandes")
-        .await
-        .expect(403);
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-        app.products.get(path).await.expect(200);
-        app.orders.get(path).await.expect(200);
+    assert_eq!(id(&line_read.body), line);
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/docs/swagger-ui-bundle.js",
+    ] {
+        products.get(path).await.expect(200);
+        orders.get(path).await.expect(200);
     }
+
+    // The documented way to open reads again (behind something else that
+    // authenticates readers); writes still need their token.
+    let app = TestApp::build(false, |s| {
+        jwt(s, &secret);
+        s.auth.protect_reads = false;
+    })
+    .await;
+    app.products.get("/produits/").await.expect(200);
+    app.orders.get("/commandes").await.expect(200);
+    app.orders.post("/commandes", json!({})).await.expect(401);
 }
 
 #[tokio::test]
 async fn the_openapi_documents_declare_the_bearer_scheme_and_each_operation_s_scope() {
     let secret = SecretFile::new(SECRET);
-    let app = TestApp::build(false, |s| jwt(s, &secret, false)).await;
-    for (client, write) in [
-        (&app.products, "products:write"),
-        (&app.orders, "orders:write"),
+    let app = TestApp::build(false, |s| jwt(s, &secret)).await;
+    for (client, read, write) in [
+        (&app.products, "products:read", "products:write"),
+        (&app.orders, "orders:read", "orders:write"),
     ] {
         let spec = client.get("/openapi.json").await.expect(200).body;
         assert_eq!(
@@ -401,19 +487,19 @@ async fn the_openapi_documents_declare_the_bearer_scheme_and_each_operation_s_sc
         for (path, item) in spec["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let scopes = &op["x-required-scopes"];
-                if method == "get" || !path.starts_with("/produits") && !path.contains("commandes")
-                {
+                if !path.starts_with("/produits") && !path.contains("commandes") {
                     assert!(scopes.is_null(), "{method} {path} needs no token");
                     assert!(op["responses"].get("401").is_none(), "{method} {path}");
                     continue;
                 }
                 guarded += 1;
                 assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
-                assert_eq!(scopes[0], write, "{method} {path}");
+                let needed = if method == "get" { read } else { write };
+                assert_eq!(scopes[0], needed, "{method} {path}");
                 assert!(op["responses"]["401"].is_object() && op["responses"]["403"].is_object());
             }
         }
-        assert!(guarded >= 3, "{guarded} guarded operations");
+        assert!(guarded >= 6, "{guarded} guarded operations");
     }
     let spec = app.products.get("/openapi.json").await.body;
     assert_eq!(
@@ -478,6 +564,166 @@ fn ordersys_token_mints_what_the_services_accept_and_refuses_bad_input() {
     let out = run(&["token", "--scope", "orders:write"], short.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
+    // 32 zero bytes, or a short pattern repeated, are no secret.
+    for weak in ["\0".repeat(32), "0123456789abcdef".repeat(2)] {
+        let weak = SecretFile::new(&weak);
+        let out = run(&["token", "--scope", "orders:write"], weak.path());
+        let printed = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{printed}");
+        assert!(printed.contains("auth.jwt_secret_file"), "{printed}");
+        assert!(out.stdout.is_empty());
+    }
+    // A ten-year token: refused, naming the cap.
+    let out = run(
+        &["token", "--scope", "orders:write", "--ttl", "315360000"],
+        secret.path(),
+    );
+    let printed = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{printed}");
+    assert!(
+        printed.contains("auth.max_token_age_secs (86400)"),
+        "{printed}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// An Ed25519 key pair in PEM files: the private key as `openssl genpkey
+/// -algorithm ed25519` writes it (PKCS#8), the public key as `openssl pkey
+/// -pubout` does.
+struct Ed25519 {
+    private: SecretFile,
+    public: SecretFile,
+}
+
+fn ed25519() -> Ed25519 {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    Ed25519 {
+        private: SecretFile::new(&pair.serialize_pem()),
+        public: SecretFile::new(&pair.public_key_pem()),
+    }
+}
+
+#[tokio::test]
+async fn eddsa_tokens_from_ordersys_token_open_the_apis_and_each_access_line_names_the_subject() {
+    let db = TestDb::migrated();
+    let broker = TestBroker::create();
+    let settings = crate::common::settings(&db, &broker);
+    let (issuer, stranger) = (ed25519(), ed25519());
+    // The services hold the public key only.
+    let env = [
+        ("ORDERSYS__AUTH__MODE", "jwt"),
+        ("ORDERSYS__AUTH__JWT_ALGORITHM", "EdDSA"),
+        ("ORDERSYS__AUTH__JWT_PUBLIC_KEY_FILE", issuer.public.path()),
+        ("RUST_LOG", "info"),
+    ];
+    let products = Process::serve_capturing(&settings, "products", &env);
+    let orders = Process::serve_capturing(&settings, "orders", &env);
+    // The operator's `ordersys token`: the private key and nothing of the
+    // services' settings.
+    let mint = |key: &SecretFile, scope: &str, subject: &str| {
+        let out = std::process::Command::new(binary())
+            .args(["token", "--private-key", key.path(), "--scope", scope])
+            .args(["--subject", subject, "--ttl", "600"])
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{printed}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let writer = mint(
+        &issuer.private,
+        "products:write,orders:write,orders:read",
+        "alice",
+    );
+    let reader = mint(&issuer.private, "products:read", "bob");
+    let forged = mint(&stranger.private, ALL_SCOPES, "mallory");
+    products.wait_ready().await;
+    orders.wait_ready().await;
+    let (products, orders) = (
+        (Client::new_at(products.addr()), products),
+        (Client::new_at(orders.addr()), orders),
+    );
+
+    let p = products
+        .0
+        .with_token(&writer)
+        .post("/produits/", json!({"nom": "n", "prix": 1.0}))
+        .await
+        .expect(201);
+    let p = id(&p.body);
+    products.0.get("/produits/").await.expect(401);
+    // products:write does not read.
+    products
+        .0
+        .with_token(&writer)
+        .get("/produits/")
+        .await
+        .expect(403);
+    let listed = products
+        .0
+        .with_token(&reader)
+        .get(&format!("/produits/{p}"))
+        .await
+        .expect(200);
+    assert_eq!(id(&listed.body), p);
+    let order = orders
+        .0
+        .with_token(&writer)
+        .with_header("X-Request-Id", "written-by-alice")
+        .post("/commandes", json!({}))
+        .await
+        .expect(201);
+    let order = id(&order.body);
+    orders
+        .0
+        .with_token(&writer)
+        .get(&format!("/commandes/{order}"))
+        .await
+        .expect(200);
+    // Signed by another key: refused, and nothing is written.
+    orders
+        .0
+        .with_token(&forged)
+        .with_header("X-Request-Id", "forged-by-mallory")
+        .post("/commandes", json!({}))
+        .await
+        .expect(401);
+    assert_eq!(db.count("SELECT count(*) AS n FROM commandes"), 1);
+
+    // Every authenticated request's access line names the token's subject.
+    let line = |process: &Process, needle: &str| {
+        process
+            .stderr()
+            .lines()
+            .find(|l| l.contains("ordersys::access") && l.contains(needle))
+            .map(str::to_owned)
+    };
+    let written = wait_for(
+        "the write's access line",
+        Duration::from_secs(10),
+        || async { line(&orders.1, "request_id=written-by-alice") },
+    )
+    .await;
+    assert!(written.contains("POST /commandes 201"), "{written}");
+    assert!(written.contains("sub=alice"), "{written}");
+    let read = wait_for(
+        "the read's access line",
+        Duration::from_secs(10),
+        || async { line(&products.1, &format!("GET /produits/{p} 200")) },
+    )
+    .await;
+    assert!(read.contains("sub=bob"), "{read}");
+    let created = line(&products.1, "POST /produits/ 201").expect("the product's access line");
+    assert!(created.contains("sub=alice"), "{created}");
+    // A refused token names no one: its subject was never verified.
+    let refused = wait_for(
+        "the refusal's access line",
+        Duration::from_secs(10),
+        || async { line(&orders.1, "request_id=forged-by-mallory") },
+    )
+    .await;
+    assert!(refused.contains("POST /commandes 401"), "{refused}");
+    assert!(!refused.contains("sub="), "{refused}");
 }
 
 #[tokio::test]
