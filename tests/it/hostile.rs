@@ -3,7 +3,9 @@
 //! 500, a leak of the database's words, a stall or unbounded growth.
 
 use crate::common::{id, wait_for, Client, TestApp, TestBroker, TestDb};
-use ordersys::messages::{DEAD_LETTER_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE, PRODUCT_ROUTING_KEY};
+use ordersys::messages::{
+    DEAD_LETTER_QUEUE, ORDER_EVENTS_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE, PRODUCT_ROUTING_KEY,
+};
 use ordersys::worker::consumer::error_header;
 use serde_json::json;
 use std::io::{Read, Write};
@@ -501,6 +503,14 @@ async fn a_message_the_broker_cannot_route_is_not_marked_sent() {
         "the first message in product_queue",
         Duration::from_secs(30),
         || async { (app.broker.ready(PRODUCT_QUEUE) == 1).then_some(()) },
+    )
+    .await;
+    // The saga's consumer declares the topology too when it connects: once
+    // it consumes, it will not bind the queue again behind the test's back.
+    wait_for(
+        "the saga's consumer on order_events",
+        Duration::from_secs(30),
+        || async { (app.broker.consumers(ORDER_EVENTS_QUEUE) == 1).then_some(()) },
     )
     .await;
     // Unroutable: product_queue no longer bound (as after an operator's

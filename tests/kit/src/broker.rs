@@ -189,6 +189,17 @@ impl TestBroker {
         })
     }
 
+    /// Consumers of `queue`.
+    pub fn consumers(&self, queue: &str) -> u32 {
+        self.with_channel(|channel| {
+            channel
+                .queue_declare_passive(queue)
+                .expect("queue exists")
+                .declared_consumer_count()
+                .unwrap_or(0)
+        })
+    }
+
     /// Takes every ready message of `queue` (acknowledging them).
     pub fn drain(&self, queue: &str) -> Vec<(Vec<u8>, AmqpProperties)> {
         self.with_channel(|channel| {
