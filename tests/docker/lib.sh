@@ -85,7 +85,8 @@ value() {
 # the order cancelled (the moves the transition table keeps for it).
 seed_client() { # seed_client PRODUCTS_URL ORDERS_URL
   local products=$1 orders=$2 product order line listed
-  product=$(value POST "$products/produits/" '{"nom":"Cahier","prix":2.00,"quantite_en_stock":50}' id)
+  # Stock 100: the scenarios' invariant checks expect it of every product.
+  product=$(value POST "$products/produits/" '{"nom":"Cahier","prix":2.00,"quantite_en_stock":100}' id)
   order=$(value POST "$orders/api/v1/commandes" '{"status":"EN_COURS"}' id)
   [ "$(value GET "$orders/api/v1/commandes/$order" "" statut)" = EN_COURS ] ||
     fail "the seed client's order $order is not EN_COURS"
@@ -95,13 +96,13 @@ seed_client() { # seed_client PRODUCTS_URL ORDERS_URL
     "{\"commande_id\":$order,\"produit_id\":$product,\"quantite\":4}" id)
   http PUT "$orders/api/v1/commandes_produits/$line" '{"quantite":5}' >/dev/null
   wait_until "the seed client's line $line to be RESERVE" 60 line_is "$orders" "$line" RESERVE
-  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 45 ] ||
-    fail "stock of product $product is not 45 after the seed client's line of 5"
+  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 95 ] ||
+    fail "stock of product $product is not 95 after the seed client's line of 5"
   http PUT "$orders/api/v1/commandes/$order" '{"status":"ANNULEE"}' >/dev/null
   wait_until "the seed client's line $line to be LIBERE" 60 line_is "$orders" "$line" LIBERE
-  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 50 ] ||
-    fail "stock of product $product did not come back to 50 after the seed client cancelled"
-  summary "the seed's client (its /api/v1 paths): order EN_COURS, listed by status, line added and changed (stock 50 -> 45), cancelled (back to 50)"
+  [ "$(value GET "$products/produits/$product" "" quantite_en_stock)" = 100 ] ||
+    fail "stock of product $product did not come back to 100 after the seed client cancelled"
+  summary "the seed's client (its /api/v1 paths): order EN_COURS, listed by status, line added and changed (stock 100 -> 95), cancelled (back to 100)"
 }
 
 # The order-line walkthrough of the README: create a product, an order and
