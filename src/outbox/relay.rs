@@ -86,19 +86,21 @@ impl Relay {
     /// relay, which publishes alerts, has no right to it).
     fn retention(&self) -> Vec<Retention> {
         let outbox = &self.ctx.settings.outbox;
-        let sent = Retention::new(
-            "sent outbox rows",
-            PURGE_SENT,
-            Duration::from_secs(outbox.retention_secs),
-            HOUSEKEEPING_EVERY,
-            log::Level::Debug,
-        );
-        let history = Retention::new(
+        let table = |rows, delete_chunk, keep_secs| {
+            let keep = Duration::from_secs(keep_secs);
+            Retention::new(
+                rows,
+                delete_chunk,
+                keep,
+                HOUSEKEEPING_EVERY,
+                log::Level::Debug,
+            )
+        };
+        let sent = table("sent outbox rows", PURGE_SENT, outbox.retention_secs);
+        let history = table(
             "line history rows",
             PURGE_HISTORY,
-            Duration::from_secs(outbox.history_retention_secs),
-            HOUSEKEEPING_EVERY,
-            log::Level::Debug,
+            outbox.history_retention_secs,
         );
         match self.exchanges.contains(&PRODUCT_EXCHANGE) {
             true => vec![sent, history],
