@@ -25,6 +25,9 @@ use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a publisher (the relay, a consumer's dead letters) waits for
+/// the broker's confirms of one window before it counts it as not sent.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {

@@ -155,43 +155,30 @@ impl Application {
             }
         })?;
 
+        // What every background thread is given.
+        let context = crate::context::Context {
+            settings: settings.clone(),
+            db: db.clone(),
+            deps: deps.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
         let waker = match mode {
             Mode::Products => None,
-            _ => Some(start_relay(
-                mode,
-                settings,
-                &db,
-                &deps,
-                &metrics,
-                &shutdown,
-                &mut background,
-            )?),
+            _ => Some(start_relay(mode, &context, &mut background)?),
         };
         if let (Mode::Worker, Some(waker)) = (mode, &waker) {
-            let context = consumer::Context {
-                settings: settings.clone(),
-                db: db.clone(),
-                deps: deps.clone(),
-                metrics: metrics.clone(),
-                shutdown: shutdown.clone(),
-                waker: waker.clone(),
-            };
-            start_consumers(context, &mut background)?;
+            start_consumers(&context, waker, &mut background)?;
         }
         if let (Mode::Orders, Some(waker)) = (mode, &waker) {
-            let context = saga::consumer::Context {
-                settings: settings.clone(),
-                db: db.clone(),
-                deps: deps.clone(),
-                metrics: metrics.clone(),
-                shutdown: shutdown.clone(),
-                waker: waker.clone(),
-            };
             background.spawn("saga-consumer", {
-                let context = context.clone();
-                move || saga::consumer::run(context)
+                let (context, waker) = (context.clone(), waker.clone());
+                move || saga::consumer::run(context, waker)
             })?;
-            background.spawn("saga-sweeper", move || saga::consumer::sweep(context))?;
+            let waker = waker.clone();
+            background.spawn("saga-sweeper", move || {
+                saga::consumer::sweep(context, waker)
+            })?;
         }
 
         let api = match mode {
@@ -280,22 +267,14 @@ impl Application {
 /// Starts the outbox relay thread; returns the handle that wakes it.
 fn start_relay(
     mode: Mode,
-    settings: &Settings,
-    db: &Database,
-    deps: &Dependencies,
-    metrics: &Arc<Metrics>,
-    shutdown: &Shutdown,
+    context: &crate::context::Context,
     background: &mut Background,
 ) -> anyhow::Result<Waker> {
     let (waker, wakeups) = crate::outbox::wake_channel();
     let relay = Relay {
         name: format!("ordersys-{}-relay", mode.name()),
-        settings: settings.clone(),
-        db: db.clone(),
-        deps: deps.clone(),
-        metrics: metrics.clone(),
+        ctx: context.clone(),
         wakeups,
-        shutdown: shutdown.clone(),
         exchanges: relay_exchanges(mode),
     };
     background.spawn("outbox-relay", move || relay.run())?;
@@ -317,12 +296,16 @@ fn relay_exchanges(mode: Mode) -> &'static [&'static str] {
 }
 
 /// Starts `worker.replicas` consumer threads.
-fn start_consumers(context: consumer::Context, background: &mut Background) -> anyhow::Result<()> {
+fn start_consumers(
+    context: &crate::context::Context,
+    waker: &Waker,
+    background: &mut Background,
+) -> anyhow::Result<()> {
     let replicas = context.settings.worker.replicas;
     for index in 0..replicas {
-        let context = context.clone();
+        let (context, waker) = (context.clone(), waker.clone());
         background.spawn(&format!("consumer-{index}"), move || {
-            consumer::run(index, context)
+            consumer::run(index, context, waker)
         })?;
     }
     log::info!("{replicas} stock consumer(s) starting");

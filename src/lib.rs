@@ -23,6 +23,8 @@ pub mod amqp;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod consume;
+pub mod context;
 pub mod db;
 pub mod dependencies;
 pub mod domain;

@@ -86,6 +86,23 @@ impl DeadLetterClass {
     }
 }
 
+/// Why a message can never succeed: what its dead letter carries in
+/// [`ERROR_CLASS_HEADER`] and [`ERROR_HEADER`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub class: DeadLetterClass,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(class: DeadLetterClass, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            class,
+            reason: reason.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {

@@ -54,6 +54,60 @@ pub fn purge_interval(
     (retention / 2).clamp(std::time::Duration::from_secs(1), max)
 }
 
+/// One table kept for a while, then forgotten: the chunked `DELETE`
+/// ([`purge`]) run now and then by a background loop (a consumer, the
+/// relay, the saga's sweeper) on its own connection, with its log line.
+pub struct Retention {
+    /// What the rows are called in the log ("processed message ids").
+    pub rows: &'static str,
+    /// A `DELETE` of at most [`PURGE_CHUNK`] rows older than `$1` seconds.
+    pub delete_chunk: &'static str,
+    pub keep: std::time::Duration,
+    /// The level of the line that counts what was forgotten.
+    pub level: log::Level,
+    /// How often: see [`purge_interval`].
+    every: std::time::Duration,
+    /// None: never purged yet (an Instant in the past may not exist so
+    /// soon after boot).
+    last: Option<std::time::Instant>,
+}
+
+impl Retention {
+    /// Rows kept `keep`, purged at most every `max` (and first at once).
+    pub fn new(
+        rows: &'static str,
+        delete_chunk: &'static str,
+        keep: std::time::Duration,
+        max: std::time::Duration,
+        level: log::Level,
+    ) -> Retention {
+        Retention {
+            rows,
+            delete_chunk,
+            keep,
+            level,
+            every: purge_interval(keep, max),
+            last: None,
+        }
+    }
+
+    /// Purges when it is due; logs what was forgotten, or why not (a
+    /// failure is only logged: the next round tries again).
+    pub fn purge_if_due(&mut self, conn: &mut PgConnection) {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        match purge(conn, self.delete_chunk, self.keep) {
+            Ok(n) if n > 0 => {
+                log::log!(self.level, "forgot {n} {} past retention", self.rows)
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("could not purge {}: {e}", self.rows),
+        }
+    }
+}
+
 /// What a database error says about what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

@@ -15,24 +15,21 @@
 //! catches rows written elsewhere or left over after an outage.
 
 use super::WakeUps;
-use crate::amqp::{self, AmqpError, ConfirmingChannel};
+use crate::amqp::{self, AmqpError, ConfirmingChannel, CONFIRM_TIMEOUT};
+use crate::context::Context;
 use crate::db::schema::outbox;
-use crate::db::{self, Database};
-use crate::dependencies::Dependencies;
+use crate::db::{self, Retention};
 use crate::logging;
 use crate::messages::PRODUCT_EXCHANGE;
 use crate::metrics::Metrics;
 use crate::request_id::{self, RequestId};
 use crate::retry::Backoff;
-use crate::settings::Settings;
-use crate::shutdown::Shutdown;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often sent rows and line history are purged, at most.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +51,8 @@ impl From<amiquip::Error> for RelayError {
 /// What the relay thread needs.
 pub struct Relay {
     pub name: String,
-    pub settings: Settings,
-    pub db: Database,
-    pub deps: Dependencies,
-    pub metrics: Arc<Metrics>,
+    pub ctx: Context,
     pub wakeups: WakeUps,
-    pub shutdown: Shutdown,
     /// The exchanges of the rows this relay publishes (its broker user may
     /// publish to no other): the orders' stock changes, or a worker's alerts.
     pub exchanges: &'static [&'static str],
@@ -68,44 +61,71 @@ pub struct Relay {
 impl Relay {
     /// Runs until the shutdown, reconnecting with backoff.
     pub fn run(self) {
-        if !self.db.wait_ready(&self.shutdown) {
+        let ctx = &self.ctx;
+        if !ctx.db.wait_ready(&ctx.shutdown) {
             return;
         }
-        let broker = self.deps.broker.clone().expect("the relay uses the broker");
-        let mut backoff = Backoff::new(&self.settings.retry);
+        let broker = ctx.deps.broker.clone().expect("the relay uses the broker");
+        let mut backoff = Backoff::new(&ctx.settings.retry);
+        let mut retention = self.retention();
         loop {
-            match self.session(&mut backoff) {
+            match self.session(&mut backoff, &mut retention) {
                 Ok(()) => return,
                 Err(RelayError::Broker(e)) => broker.set_down(&e),
-                Err(e) => self.deps.database.set_down(&e),
+                Err(e) => ctx.deps.database.set_down(&e),
             }
-            self.metrics.outbox.failed_batches.inc();
-            if self.shutdown.sleep(backoff.next_delay()) {
+            ctx.metrics.outbox.failed_batches.inc();
+            if ctx.shutdown.sleep(backoff.next_delay()) {
                 return;
             }
         }
     }
 
-    fn session(&self, backoff: &mut Backoff) -> Result<(), RelayError> {
-        let settings = &self.settings;
+    /// The tables this relay forgets past their retention: the sent rows,
+    /// and the line history when it publishes stock changes (the worker's
+    /// relay, which publishes alerts, has no right to it).
+    fn retention(&self) -> Vec<Retention> {
+        let outbox = &self.ctx.settings.outbox;
+        let table = |rows, delete_chunk, keep_secs| {
+            let keep = Duration::from_secs(keep_secs);
+            Retention::new(
+                rows,
+                delete_chunk,
+                keep,
+                HOUSEKEEPING_EVERY,
+                log::Level::Debug,
+            )
+        };
+        let sent = table("sent outbox rows", PURGE_SENT, outbox.retention_secs);
+        let history = table(
+            "line history rows",
+            PURGE_HISTORY,
+            outbox.history_retention_secs,
+        );
+        match self.exchanges.contains(&PRODUCT_EXCHANGE) {
+            true => vec![sent, history],
+            false => vec![sent],
+        }
+    }
+
+    fn session(
+        &self,
+        backoff: &mut Backoff,
+        retention: &mut [Retention],
+    ) -> Result<(), RelayError> {
+        let ctx = &self.ctx;
+        let settings = &ctx.settings;
         let mut pg = db::connect(&settings.database, &self.name)?;
-        self.deps.database.set_up();
+        ctx.deps.database.set_up();
         let mut connection = amqp::connect(&settings.amqp, &self.name)?;
         amqp::ensure_topology(&mut connection, &settings.amqp)?;
         let channel = connection.open_channel(None)?;
         let mut channel = ConfirmingChannel::new(channel)?;
-        if let Some(broker) = &self.deps.broker {
+        if let Some(broker) = &ctx.deps.broker {
             broker.set_up();
         }
         backoff.reset();
         let poll = Duration::from_millis(settings.outbox.poll_interval_ms);
-        let retention = Duration::from_secs(settings.outbox.retention_secs);
-        let history_retention = Duration::from_secs(settings.outbox.history_retention_secs);
-        let purge_every = db::purge_interval(retention.min(history_retention), HOUSEKEEPING_EVERY);
-        let keeps_history = self.exchanges.contains(&PRODUCT_EXCHANGE);
-        // None: never purged yet (an Instant in the past may not exist so
-        // soon after boot).
-        let mut last_purge: Option<Instant> = None;
         loop {
             // Drain everything pending, a batch at a time, purging on the
             // way: sustained publishing must not starve retention.
@@ -116,26 +136,22 @@ impl Relay {
                     &mut channel,
                     self.exchanges,
                     batch_size,
-                    &self.metrics,
+                    &ctx.metrics,
                 )?;
-                if last_purge.is_none_or(|t| t.elapsed() >= purge_every) {
-                    last_purge = Some(Instant::now());
-                    purge_sent(&mut pg, retention);
-                    if keeps_history {
-                        purge_history(&mut pg, history_retention);
-                    }
+                for table in retention.iter_mut() {
+                    table.purge_if_due(&mut pg);
                 }
                 if sent < batch_size {
                     break;
                 }
             }
-            if self.shutdown.is_triggered() {
+            if ctx.shutdown.is_triggered() {
                 break;
             }
             crossbeam_channel::select! {
                 recv(self.wakeups.0) -> _ => {}
                 // At shutdown: one last drain above, then stop.
-                recv(self.shutdown.channel()) -> _ => {}
+                recv(ctx.shutdown.channel()) -> _ => {}
                 default(poll) => {
                     // Idle: make sure the broker is still there, so a lost
                     // connection shows in /readyz now, not at the next message.
@@ -266,24 +282,10 @@ fn properties(message_id: Uuid, request_id: Option<&str>) -> amiquip::AmqpProper
     }
 }
 
-/// Forgets line history older than `retention`.
-fn purge_history(pg: &mut PgConnection, retention: Duration) {
-    const CHUNK: &str = "DELETE FROM historique_lignes WHERE message_id IN (SELECT message_id \
-        FROM historique_lignes WHERE accepte_le < now() - make_interval(secs => $1) LIMIT 5000)";
-    match db::purge(pg, CHUNK, retention) {
-        Ok(n) if n > 0 => log::debug!("purged {n} line history rows"),
-        Ok(_) => {}
-        Err(e) => log::warn!("could not purge line history: {e}"),
-    }
-}
+/// Forgets a chunk of line history older than `$1` seconds.
+const PURGE_HISTORY: &str = "DELETE FROM historique_lignes WHERE message_id IN (SELECT message_id \
+    FROM historique_lignes WHERE accepte_le < now() - make_interval(secs => $1) LIMIT 5000)";
 
-/// Deletes rows sent longer than `retention` ago.
-fn purge_sent(pg: &mut PgConnection, retention: Duration) {
-    const CHUNK: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-        WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT 5000)";
-    match db::purge(pg, CHUNK, retention) {
-        Ok(n) if n > 0 => log::debug!("purged {n} sent outbox rows"),
-        Ok(_) => {}
-        Err(e) => log::warn!("could not purge sent outbox rows: {e}"),
-    }
-}
+/// Deletes a chunk of rows sent longer than `$1` seconds ago.
+const PURGE_SENT: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+    WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT 5000)";

@@ -1,135 +1,90 @@
 //! The orders service's side of the saga, on its own threads (amiquip is
 //! synchronous; never an actix worker):
 //!
-//! - [`run`] consumes `order_events` as the worker consumes `product_queue`:
-//!   a batch of what is waiting, parsed (an unreadable event is
-//!   dead-lettered to `order_events_dlx` with its reason), applied in one
-//!   transaction ([`store::apply_events`]) with retries while the database
-//!   is down, and acknowledged only after the commit. A crash before the
-//!   ack redelivers the batch; applied event ids and line versions make the
+//! - [`run`] consumes `order_events` with the one consumer loop
+//!   ([`crate::consume`]), as the worker consumes `product_queue`: a batch
+//!   of what is waiting, parsed (an unreadable event is dead-lettered to
+//!   `order_events_dlx` with its reason), applied in one transaction
+//!   ([`store::apply_events`]: an event only wakes its order, whose lines
+//!   are read from the database) with retries while the database is down,
+//!   and acknowledged only after the commit. A crash before the ack
+//!   redelivers the batch; applied event ids and line versions make the
 //!   second application change nothing.
 //! - [`sweep`] refuses validations past their deadline, with the database
 //!   alone (it goes on while the broker is down).
 
 use super::machine::Step;
 use super::store::{self, Advanced, Received};
-use crate::amqp::{self, AmqpError, ConfirmingChannel};
-use crate::db::{self, Database, Failure};
-use crate::dependencies::Dependencies;
+use crate::consume::{self, Handler, Queue};
+use crate::context::Context;
+use crate::db::{self, Retention};
 use crate::logging;
 use crate::messages::{
-    DeadLetterClass, LineEvent, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_QUEUE,
+    DeadLetterClass, LineEvent, Refusal, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_QUEUE,
 };
 use crate::metrics::{EventOutcome, Metrics, ValidationResult};
 use crate::outbox::Waker;
 use crate::request_id::RequestId;
-use crate::retry::Backoff;
-use crate::settings::Settings;
-use crate::shutdown::Shutdown;
-use amiquip::{ConsumerMessage, ConsumerOptions, Delivery};
+use amiquip::Delivery;
 use diesel::PgConnection;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the sweeper forgets old applied event ids, at most.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
-/// What the saga's threads need.
-#[derive(Clone)]
-pub struct Context {
-    pub settings: Settings,
-    pub db: Database,
-    pub deps: Dependencies,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: Shutdown,
-    /// Wakes this process's relay after compensation messages were written.
-    pub waker: Waker,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum Stop {
-    #[error(transparent)]
-    Broker(#[from] AmqpError),
-    #[error("shutting down")]
-    Shutdown,
-}
-
-impl From<amiquip::Error> for Stop {
-    fn from(e: amiquip::Error) -> Self {
-        Stop::Broker(e.into())
-    }
-}
-
 /// Consumes `order_events` until the shutdown, reconnecting with backoff.
-pub fn run(ctx: Context) {
-    if !ctx.db.wait_ready(&ctx.shutdown) {
-        return;
-    }
-    let broker = ctx.deps.broker.clone().expect("orders uses the broker");
-    let mut backoff = Backoff::new(&ctx.settings.retry);
-    let mut conn = None;
-    loop {
-        match session(&ctx, &mut conn, &mut backoff) {
-            Ok(()) | Err(Stop::Shutdown) => return,
-            Err(Stop::Broker(e)) => {
-                broker.set_down(&e);
-                if ctx.shutdown.sleep(backoff.next_delay()) {
-                    return;
-                }
-            }
-        }
-    }
+pub fn run(ctx: Context, waker: Waker) {
+    let queue = Queue {
+        queue: ORDER_EVENTS_QUEUE,
+        dead_letter_exchange: ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
+        noun: "line event",
+        batch_size: ctx.settings.validation.batch_size,
+        connection_name: "ordersys-orders-saga".into(),
+        database_name: "ordersys-orders-saga",
+        reports_depth: false,
+        retention: None,
+    };
+    let handler = Events {
+        max_bytes: ctx.settings.worker.max_message_bytes,
+        metrics: ctx.metrics.clone(),
+        waker,
+    };
+    consume::run(&ctx, queue, handler);
 }
 
-fn session(
-    ctx: &Context,
-    conn: &mut Option<PgConnection>,
-    backoff: &mut Backoff,
-) -> Result<(), Stop> {
-    let settings = &ctx.settings;
-    let mut connection = amqp::connect(&settings.amqp, "ordersys-orders-saga")?;
-    amqp::ensure_topology(&mut connection, &settings.amqp)?;
-    let channel = connection.open_channel(None)?;
-    channel.qos(0, settings.amqp.prefetch, false)?;
-    let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
-    let consumer = channel.basic_consume(ORDER_EVENTS_QUEUE, ConsumerOptions::default())?;
-    if let Some(broker) = &ctx.deps.broker {
-        broker.set_up();
+/// Advances sagas with line events.
+struct Events {
+    max_bytes: usize,
+    metrics: Arc<Metrics>,
+    /// Wakes this process's relay after compensation messages were written.
+    waker: Waker,
+}
+
+impl Handler for Events {
+    type Item = Received;
+
+    fn decode(&mut self, delivery: &Delivery) -> Result<Received, Refusal> {
+        parse(delivery, self.max_bytes).map_err(|e| Refusal::new(DeadLetterClass::Malformed, e))
     }
-    backoff.reset();
-    let receiver = consumer.receiver();
-    let batch_size = settings
-        .validation
-        .batch_size
-        .min(settings.amqp.prefetch.into())
-        .max(1);
-    loop {
-        let first = crossbeam_channel::select! {
-            recv(receiver) -> message => message.map_err(|_| AmqpError::Closed)?,
-            recv(ctx.shutdown.channel()) -> _ => break,
-        };
-        let mut batch = Vec::with_capacity(batch_size);
-        for message in std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok()))
-        {
-            match message {
-                ConsumerMessage::Delivery(delivery) => batch.push(delivery),
-                other => {
-                    log::debug!("the saga's consumer stopped: {other:?}");
-                    return Err(AmqpError::Closed.into());
-                }
-            }
-            if batch.len() == batch_size {
-                break;
-            }
+
+    fn apply(
+        &mut self,
+        conn: &mut PgConnection,
+        events: &[Received],
+    ) -> diesel::QueryResult<Vec<Option<Refusal>>> {
+        let advanced = store::apply_events(conn, events)?;
+        if advanced.wrote_messages {
+            self.waker.wake();
         }
-        handle(ctx, conn, batch, &channel, &mut dead_letters)?;
+        report(&self.metrics, events, &advanced);
+        Ok(vec![None; events.len()])
     }
-    amqp::cancel(consumer);
-    dead_letters.close();
-    let _ = channel.close();
-    let _ = connection.close();
-    Ok(())
+
+    fn dead_lettered(&mut self, _: Option<&mut PgConnection>, _: Option<&Received>, _: &Refusal) {
+        self.metrics.saga.event(EventOutcome::dead_lettered);
+    }
 }
 
 /// Decodes a delivery into a line event, or says why it never will be one.
@@ -170,130 +125,9 @@ fn parse(delivery: &Delivery, max_bytes: usize) -> Result<Received, String> {
     })
 }
 
-fn handle(
-    ctx: &Context,
-    conn: &mut Option<PgConnection>,
-    batch: Vec<Delivery>,
-    channel: &amiquip::Channel,
-    dead_letters: &mut ConfirmingChannel,
-) -> Result<(), Stop> {
-    let max_bytes = ctx.settings.worker.max_message_bytes;
-    let mut events = Vec::with_capacity(batch.len());
-    let mut rejected: Vec<(usize, String)> = Vec::new();
-    for (i, delivery) in batch.iter().enumerate() {
-        match parse(delivery, max_bytes) {
-            Ok(event) => events.push((i, event)),
-            Err(reason) => rejected.push((i, reason)),
-        }
-    }
-    let received: Vec<Received> = events.iter().map(|(_, e)| e.clone()).collect();
-    match apply(ctx, conn, &received)? {
-        Ok(advanced) => report(ctx, &received, &advanced),
-        // The database refused the batch: apply each event alone, and
-        // dead-letter the one it refuses.
-        Err(reason) if received.len() == 1 => rejected.push((events[0].0, reason)),
-        Err(_) => {
-            for (i, event) in &events {
-                match apply(ctx, conn, std::slice::from_ref(event))? {
-                    Ok(advanced) => report(ctx, std::slice::from_ref(event), &advanced),
-                    Err(reason) => rejected.push((*i, reason)),
-                }
-            }
-        }
-    }
-    rejected.sort_by_key(|(i, _)| *i);
-    for (i, reason) in &rejected {
-        let delivery = &batch[*i];
-        log::warn!(
-            target: logging::FLOW,
-            "dead-lettering line event {}: {}",
-            delivery
-                .properties
-                .message_id()
-                .as_deref()
-                .unwrap_or("without id")
-                .escape_debug(),
-            reason.escape_debug()
-        );
-        amqp::dead_letter(
-            dead_letters,
-            ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
-            delivery,
-            reason,
-            DeadLetterClass::Malformed,
-        )?;
-    }
-    if !rejected.is_empty() {
-        dead_letters.wait_for_confirms(CONFIRM_TIMEOUT)?;
-        for _ in &rejected {
-            ctx.metrics.saga.event(EventOutcome::dead_lettered);
-        }
-    }
-    if let Some(last) = batch.into_iter().max_by_key(|d| d.delivery_tag()) {
-        last.ack_multiple(channel)?;
-    }
-    Ok(())
-}
-
-/// Applies the events, holding on through database outages: Ok(Ok) once
-/// committed, Ok(Err(why)) when the database refuses them, Err at shutdown.
-fn apply(
-    ctx: &Context,
-    conn: &mut Option<PgConnection>,
-    events: &[Received],
-) -> Result<Result<Advanced, String>, Stop> {
-    let mut backoff = Backoff::new(&ctx.settings.retry);
-    let database = &ctx.deps.database;
-    let mut gave_way = 0u32;
-    loop {
-        if conn.is_none() {
-            match db::connect(&ctx.settings.database, "ordersys-orders-saga") {
-                Ok(c) => *conn = Some(c),
-                Err(e) => {
-                    database.set_down(&e);
-                    if ctx.shutdown.sleep(backoff.next_delay()) {
-                        return Err(Stop::Shutdown);
-                    }
-                    continue;
-                }
-            }
-        }
-        let c = conn.as_mut().expect("connected above");
-        match store::apply_events(c, events) {
-            Ok(advanced) => {
-                if advanced.wrote_messages {
-                    ctx.waker.wake();
-                }
-                return Ok(Ok(advanced));
-            }
-            Err(e) => match db::classify(&e) {
-                Failure::Connection => {
-                    database.set_down(&e);
-                    *conn = None;
-                }
-                Failure::Transient => {
-                    // A missing privilege is transient too: say so loudly.
-                    gave_way += 1;
-                    if gave_way % 20 == 5 {
-                        log::warn!("line events keep giving way, still retrying: {e}");
-                    } else {
-                        log::debug!("line events gave way, retrying: {e}");
-                    }
-                }
-                Failure::Refused => {
-                    return Ok(Err(format!("the database refused it: {e}")));
-                }
-            },
-        }
-        if ctx.shutdown.sleep(backoff.next_delay()) {
-            return Err(Stop::Shutdown);
-        }
-    }
-}
-
 /// Counts and logs what each event did.
-fn report(ctx: &Context, events: &[Received], advanced: &Advanced) {
-    let metrics = &ctx.metrics.saga;
+fn report(metrics: &Metrics, events: &[Received], advanced: &Advanced) {
+    let metrics = &metrics.saga;
     for (event, (order, step)) in events.iter().zip(&advanced.steps) {
         let request_id = event.request_id.as_ref().map_or("", |r| r.as_str());
         let line = event.event.ligne_id;
@@ -350,16 +184,18 @@ fn log_step(
 
 /// Refuses validations past their deadline every
 /// `validation.sweep_interval_ms`, and forgets old applied event ids.
-pub fn sweep(ctx: Context) {
+pub fn sweep(ctx: Context, waker: Waker) {
     if !ctx.db.wait_ready(&ctx.shutdown) {
         return;
     }
     let every = Duration::from_millis(ctx.settings.validation.sweep_interval_ms);
-    let retention = Duration::from_secs(ctx.settings.worker.dedupe_retention_secs);
-    let purge_every = db::purge_interval(retention, PURGE_EVERY);
-    // None: never purged yet (an Instant in the past may not exist so
-    // soon after boot).
-    let mut last_purge: Option<Instant> = None;
+    let mut retention = Retention::new(
+        "applied line event ids",
+        store::FORGET_APPLIED,
+        Duration::from_secs(ctx.settings.worker.dedupe_retention_secs),
+        PURGE_EVERY,
+        log::Level::Info,
+    );
     let mut conn: Option<PgConnection> = None;
     let limit = ctx.settings.validation.batch_size;
     while !ctx.shutdown.sleep(every) {
@@ -377,7 +213,7 @@ pub fn sweep(ctx: Context) {
             match store::time_out(c, limit) {
                 Ok(advanced) => {
                     if advanced.wrote_messages {
-                        ctx.waker.wake();
+                        waker.wake();
                     }
                     for (order, step) in &advanced.steps {
                         if let Some(step) = step {
@@ -398,14 +234,7 @@ pub fn sweep(ctx: Context) {
             }
         }
         if let Some(c) = conn.as_mut() {
-            if last_purge.is_none_or(|t| t.elapsed() >= purge_every) {
-                last_purge = Some(Instant::now());
-                match store::purge_applied(c, retention) {
-                    Ok(n) if n > 0 => log::info!("forgot {n} applied line event ids"),
-                    Ok(_) => {}
-                    Err(e) => log::warn!("could not purge applied line event ids: {e}"),
-                }
-            }
+            retention.purge_if_due(c);
         }
     }
 }

@@ -438,13 +438,9 @@ fn write_lines(
     Ok(())
 }
 
-/// Forgets applied event ids older than `retention` (a redelivery that old
-/// finds its line's version moved on, or its saga over).
-pub fn purge_applied(conn: &mut PgConnection, retention: Duration) -> QueryResult<usize> {
-    crate::db::purge(
-        conn,
-        "DELETE FROM evenements_traites WHERE message_id IN (SELECT message_id FROM evenements_traites \
-         WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)",
-        retention,
-    )
-}
+/// Forgets a chunk of applied event ids older than `$1` seconds (for
+/// [`crate::db::Retention`]): a redelivery that old finds its line's
+/// version moved on, or its saga over.
+pub const FORGET_APPLIED: &str = "DELETE FROM evenements_traites WHERE message_id IN \
+    (SELECT message_id FROM evenements_traites \
+      WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)";

@@ -30,6 +30,7 @@
 
 use super::change::{LineRef, StockChange};
 use crate::domain::status::StockStatus;
+pub use crate::messages::Refusal;
 use crate::messages::{Action, AlertEvent, DeadLetterClass, LineEvent, LineOutcome, StockAlert};
 use crate::request_id::RequestId;
 use chrono::{DateTime, Utc};
@@ -90,22 +91,6 @@ impl Outcome {
             Outcome::Duplicate => "DOUBLON",
             Outcome::Stale => STALE,
             Outcome::DeadLetter(_) => REFUSED,
-        }
-    }
-}
-
-/// Why a message can never succeed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub class: DeadLetterClass,
-    pub reason: String,
-}
-
-impl Refusal {
-    pub fn new(class: DeadLetterClass, reason: impl Into<String>) -> Refusal {
-        Refusal {
-            class,
-            reason: reason.into(),
         }
     }
 }

@@ -329,16 +329,9 @@ pub fn stamp_refused(conn: &mut PgConnection, line: LineRef) -> QueryResult<usiz
     .execute(conn)
 }
 
-/// Forgets processed message ids older than `retention`. Safe: a tracked
-/// message that old is also older than its line's applied version.
-pub fn purge_processed(
-    conn: &mut PgConnection,
-    retention: std::time::Duration,
-) -> QueryResult<usize> {
-    crate::db::purge(
-        conn,
-        "DELETE FROM messages_traites WHERE message_id IN (SELECT message_id FROM messages_traites \
-         WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)",
-        retention,
-    )
-}
+/// Forgets a chunk of processed message ids older than `$1` seconds (for
+/// [`crate::db::Retention`]). Safe: a tracked message that old is also
+/// older than its line's applied version.
+pub const FORGET_PROCESSED: &str = "DELETE FROM messages_traites WHERE message_id IN \
+    (SELECT message_id FROM messages_traites \
+      WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)";

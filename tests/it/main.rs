@@ -3,6 +3,7 @@
 //! when they are unreachable.
 
 mod cli;
+mod consume;
 use ordersys_testkit as common;
 mod faults;
 mod flow;
