@@ -8,31 +8,32 @@
 //! [`connect`] and reconnect with backoff themselves.
 
 pub mod coalesce;
+pub mod fixed;
 pub mod migrate;
 mod pool;
+pub mod processed;
 pub mod schema;
 
 pub use pool::{connect, Database, DbUnavailable};
 
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel::{PgConnection, QueryResult, RunQueryDsl};
+use diesel::{PgConnection, QueryResult};
 
-/// Deletes rows past retention with `delete_chunk` (a `DELETE` of at most
-/// [`PURGE_CHUNK`] rows older than `$1` seconds, on an indexed column),
-/// chunk after chunk until one comes back short or [`PURGE_BUDGET`] is
-/// spent: retention keeps up with sustained load, and one purge never holds
-/// its caller for long. Returns the rows deleted.
-pub fn purge(
+/// Deletes rows past retention with `delete_chunk` (given the retention in
+/// seconds, a fixed `DELETE` of at most [`PURGE_CHUNK`] rows older than
+/// that, on an indexed column), chunk after chunk until one comes back
+/// short or [`PURGE_BUDGET`] is spent: retention keeps up with sustained
+/// load, and one purge never holds its caller for long. Returns the rows
+/// deleted.
+pub fn purge<S: fixed::Fixed>(
     conn: &mut PgConnection,
-    delete_chunk: &str,
+    delete_chunk: impl Fn(f64) -> S,
     retention: std::time::Duration,
 ) -> QueryResult<usize> {
     let started = std::time::Instant::now();
     let mut total = 0;
     loop {
-        let deleted = diesel::sql_query(delete_chunk)
-            .bind::<diesel::sql_types::Double, _>(retention.as_secs_f64())
-            .execute(conn)?;
+        let deleted = delete_chunk(retention.as_secs_f64()).execute(conn)?;
         total += deleted;
         if deleted < PURGE_CHUNK || started.elapsed() >= PURGE_BUDGET {
             return Ok(total);
