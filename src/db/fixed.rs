@@ -4,7 +4,7 @@
 //! can tell apart from the others: one whose type has a static query id
 //! (keyed on the type), or whose SQL is safe to key on its text. An ad hoc
 //! `diesel::sql_query` is neither: it is parsed and planned on every call,
-//! which for a short statement costs as much as running it. [`fixed_sql!`]
+//! which for a short statement costs as much as running it. `fixed_sql!`
 //! declares a statement as a type: its SQL text (a `&'static str`, long
 //! ones in a `.sql` file beside the code with `include_str!`), and one
 //! struct of its binds. The type has a static query id, so the statement
@@ -23,7 +23,7 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{QueryFragment, QueryId};
 use diesel::RunQueryDsl;
 
-/// A statement declared with [`fixed_sql!`].
+/// A statement declared with `fixed_sql!`.
 pub trait Fixed: QueryFragment<Pg> + QueryId + RunQueryDsl<PgConnection> {
     /// Its SQL, as written.
     const SQL: &'static str;
