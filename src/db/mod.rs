@@ -8,31 +8,32 @@
 //! [`connect`] and reconnect with backoff themselves.
 
 pub mod coalesce;
+pub mod fixed;
 pub mod migrate;
 mod pool;
+pub mod processed;
 pub mod schema;
 
 pub use pool::{connect, Database, DbUnavailable};
 
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel::{PgConnection, QueryResult, RunQueryDsl};
+use diesel::{PgConnection, QueryResult};
 
-/// Deletes rows past retention with `delete_chunk` (a `DELETE` of at most
-/// [`PURGE_CHUNK`] rows older than `$1` seconds, on an indexed column),
-/// chunk after chunk until one comes back short or [`PURGE_BUDGET`] is
-/// spent: retention keeps up with sustained load, and one purge never holds
-/// its caller for long. Returns the rows deleted.
-pub fn purge(
+/// Deletes rows past retention with `delete_chunk` (given the retention in
+/// seconds, a fixed `DELETE` of at most [`PURGE_CHUNK`] rows older than
+/// that, on an indexed column), chunk after chunk until one comes back
+/// short or [`PURGE_BUDGET`] is spent: retention keeps up with sustained
+/// load, and one purge never holds its caller for long. Returns the rows
+/// deleted.
+pub fn purge<S: fixed::Fixed>(
     conn: &mut PgConnection,
-    delete_chunk: &str,
+    delete_chunk: impl Fn(f64) -> S,
     retention: std::time::Duration,
 ) -> QueryResult<usize> {
     let started = std::time::Instant::now();
     let mut total = 0;
     loop {
-        let deleted = diesel::sql_query(delete_chunk)
-            .bind::<diesel::sql_types::Double, _>(retention.as_secs_f64())
-            .execute(conn)?;
+        let deleted = delete_chunk(retention.as_secs_f64()).execute(conn)?;
         total += deleted;
         if deleted < PURGE_CHUNK || started.elapsed() >= PURGE_BUDGET {
             return Ok(total);
@@ -54,14 +55,18 @@ pub fn purge_interval(
     (retention / 2).clamp(std::time::Duration::from_secs(1), max)
 }
 
+/// Deletes a table's rows older than the duration given; returns how many.
+pub type Forget = fn(&mut PgConnection, std::time::Duration) -> QueryResult<usize>;
+
 /// One table kept for a while, then forgotten: the chunked `DELETE`
 /// ([`purge`]) run now and then by a background loop (a consumer, the
 /// relay, the saga's sweeper) on its own connection, with its log line.
 pub struct Retention {
     /// What the rows are called in the log ("processed message ids").
     pub rows: &'static str,
-    /// A `DELETE` of at most [`PURGE_CHUNK`] rows older than `$1` seconds.
-    pub delete_chunk: &'static str,
+    /// Deletes the rows older than its duration ([`purge`] with a fixed
+    /// chunked `DELETE`); returns how many.
+    pub forget: Forget,
     pub keep: std::time::Duration,
     /// The level of the line that counts what was forgotten.
     pub level: log::Level,
@@ -76,14 +81,14 @@ impl Retention {
     /// Rows kept `keep`, purged at most every `max` (and first at once).
     pub fn new(
         rows: &'static str,
-        delete_chunk: &'static str,
+        forget: Forget,
         keep: std::time::Duration,
         max: std::time::Duration,
         level: log::Level,
     ) -> Retention {
         Retention {
             rows,
-            delete_chunk,
+            forget,
             keep,
             level,
             every: purge_interval(keep, max),
@@ -98,7 +103,7 @@ impl Retention {
             return;
         }
         self.last = Some(std::time::Instant::now());
-        match purge(conn, self.delete_chunk, self.keep) {
+        match (self.forget)(conn, self.keep) {
             Ok(n) if n > 0 => {
                 log::log!(self.level, "forgot {n} {} past retention", self.rows)
             }

@@ -6,7 +6,7 @@
 
 pub mod relay;
 
-use crate::db::schema::outbox;
+use crate::db::fixed::fixed_sql;
 use crate::messages::{
     LineEvent, StockAlert, StockMessage, ALERTS_EXCHANGE, ORDER_EVENTS_EXCHANGE,
     ORDER_EVENTS_ROUTING_KEY, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY,
@@ -40,15 +40,6 @@ impl Waker {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = outbox)]
-struct NewRow<'a> {
-    message_id: Uuid,
-    exchange: &'a str,
-    routing_key: &'a str,
-    payload: String,
-}
-
 fn json<T: serde::Serialize>(value: &T) -> QueryResult<String> {
     serde_json::to_string(value).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
 }
@@ -64,7 +55,7 @@ pub fn enqueue_stock(
     if messages.is_empty() {
         return Ok(());
     }
-    let rows = StockRows::new(messages)?;
+    let rows = StockRows::new(messages, request)?;
     Enqueue::new(Always, &rows, request).execute(conn)?;
     Ok(())
 }
@@ -79,7 +70,7 @@ pub fn enqueue_stock_if<G: Guard>(
     messages: &[StockMessage],
     guard: G,
 ) -> QueryResult<bool> {
-    let rows = StockRows::new(messages)?;
+    let rows = StockRows::new(messages, request)?;
     if messages.is_empty() || rows.history_ids.len() != messages.len() {
         // Whether the guard passed is read from the history rows written.
         return Err(diesel::result::Error::QueryBuilderError(
@@ -115,12 +106,82 @@ impl Guard for Always {
     const GATED: bool = false;
 }
 
-/// Stock messages as the outbox and history rows that carry them (arrays,
-/// one element per row, so that the statement is the same for any number).
-#[derive(Default)]
-struct StockRows {
+/// Outbox rows bound for one exchange and routing key, in order (the relay
+/// publishes by id): arrays, one element per row, so that the statement is
+/// the same for any number. The one way the outbox table is written —
+/// stock messages ([`Enqueue`], with their history), alerts and line events
+/// (alone).
+struct Queue<'a> {
+    exchange: &'static str,
+    routing_key: &'static str,
     ids: Vec<Uuid>,
     payloads: Vec<String>,
+    /// The id of the request behind each row.
+    requests: Vec<Option<&'a str>>,
+}
+
+impl<'a> Queue<'a> {
+    fn new(exchange: &'static str, routing_key: &'static str) -> Self {
+        Queue {
+            exchange,
+            routing_key,
+            ids: Vec::new(),
+            payloads: Vec::new(),
+            requests: Vec::new(),
+        }
+    }
+
+    /// Adds a row for `message` (serialized as JSON).
+    fn push<T: serde::Serialize>(
+        &mut self,
+        id: Uuid,
+        message: &T,
+        request: Option<&'a str>,
+    ) -> QueryResult<()> {
+        self.ids.push(id);
+        self.payloads.push(json(message)?);
+        self.requests.push(request);
+        Ok(())
+    }
+
+    /// The `INSERT`, its rows written only if `gate` (a `WHERE` clause, or
+    /// nothing) holds.
+    fn walk_insert<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, gate: &str) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO outbox (message_id, exchange, routing_key, payload, request_id) SELECT m, ",
+        );
+        out.push_bind_param::<Text, _>(self.exchange)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.routing_key)?;
+        out.push_sql(", p, r FROM unnest(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.payloads)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.requests)?;
+        out.push_sql(") WITH ORDINALITY AS u (m, p, r, n)");
+        out.push_sql(gate);
+        out.push_sql(" ORDER BY n");
+        Ok(())
+    }
+}
+
+impl QueryFragment<Pg> for Queue<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.walk_insert(&mut out, "")
+    }
+}
+
+impl QueryId for Queue<'_> {
+    type QueryId = Queue<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl RunQueryDsl<PgConnection> for Queue<'_> {}
+
+/// Stock messages as the outbox and history rows that carry them.
+struct StockRows<'a> {
+    queue: Queue<'a>,
     history_ids: Vec<Uuid>,
     lines: Vec<i64>,
     orders: Vec<i64>,
@@ -130,13 +191,21 @@ struct StockRows {
     quantities: Vec<i32>,
 }
 
-impl StockRows {
-    fn new(messages: &[StockMessage]) -> QueryResult<Self> {
-        let mut rows = StockRows::default();
+impl<'a> StockRows<'a> {
+    fn new(messages: &[StockMessage], request: &'a RequestId) -> QueryResult<Self> {
+        let mut rows = StockRows {
+            queue: Queue::new(PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY),
+            history_ids: Vec::new(),
+            lines: Vec::new(),
+            orders: Vec::new(),
+            versions: Vec::new(),
+            actions: Vec::new(),
+            products: Vec::new(),
+            quantities: Vec::new(),
+        };
         for m in messages {
             let message_id = m.message_id.unwrap_or_else(Uuid::new_v4);
-            rows.ids.push(message_id);
-            rows.payloads.push(json(m)?);
+            rows.queue.push(message_id, m, Some(request.as_str()))?;
             if let (Some(line), Some(version)) = (m.ligne_id, m.version) {
                 rows.history_ids.push(message_id);
                 rows.lines.push(line);
@@ -156,14 +225,14 @@ impl StockRows {
 /// expressions, and only if it returns a row, when gated.
 struct Enqueue<'a, G> {
     guard: G,
-    rows: &'a StockRows,
+    rows: &'a StockRows<'a>,
     request: &'a str,
     /// The id the client sent, kept beside the server's in the history.
     client_request: Option<&'a str>,
 }
 
 impl<'a, G: Guard> Enqueue<'a, G> {
-    fn new(guard: G, rows: &'a StockRows, request: &'a RequestId) -> Self {
+    fn new(guard: G, rows: &'a StockRows<'a>, request: &'a RequestId) -> Self {
         Enqueue {
             guard,
             rows,
@@ -188,23 +257,10 @@ impl<G: Guard> QueryFragment<Pg> for Enqueue<'_, G> {
             self.guard.walk_ast(out.reborrow())?;
             out.push_sql(", ");
         }
+        out.push_sql("queued AS (");
+        rows.queue.walk_insert(&mut out, gate)?;
         out.push_sql(
-            "queued AS (INSERT INTO outbox (message_id, exchange, routing_key, payload, request_id) \
-             SELECT m, ",
-        );
-        out.push_bind_param::<Text, _>(PRODUCT_EXCHANGE)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(PRODUCT_ROUTING_KEY)?;
-        out.push_sql(", p, ");
-        out.push_bind_param::<Text, _>(self.request)?;
-        out.push_sql(" FROM unnest(");
-        out.push_bind_param::<Array<SqlUuid>, _>(&rows.ids)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&rows.payloads)?;
-        out.push_sql(") WITH ORDINALITY AS u (m, p, n)");
-        out.push_sql(gate);
-        out.push_sql(
-            " ORDER BY n RETURNING 1) \
+            " RETURNING 1) \
              INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, \
                                             produit_id, quantite, request_id, client_request_id) \
              SELECT m, l, c, v, a, p, q, ",
@@ -241,18 +297,15 @@ impl<G> RunQueryDsl<PgConnection> for Enqueue<'_, G> {}
 
 /// Writes stock alerts; call inside the transaction that changed the stock.
 pub fn enqueue_alerts(conn: &mut PgConnection, alerts: &[StockAlert]) -> QueryResult<()> {
-    let rows = alerts
-        .iter()
-        .map(|a| {
-            Ok(NewRow {
-                message_id: Uuid::new_v4(),
-                exchange: ALERTS_EXCHANGE,
-                routing_key: "",
-                payload: json(a)?,
-            })
-        })
-        .collect::<QueryResult<Vec<_>>>()?;
-    insert(conn, rows)
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let mut queue = Queue::new(ALERTS_EXCHANGE, "");
+    for alert in alerts {
+        queue.push(Uuid::new_v4(), alert, None)?;
+    }
+    queue.execute(conn)?;
+    Ok(())
 }
 
 /// Writes the line events of an order validation, each keeping the id of
@@ -265,25 +318,11 @@ pub fn enqueue_events(
     if events.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
-    let payloads = events
-        .iter()
-        .map(|(e, _)| json(e))
-        .collect::<QueryResult<Vec<_>>>()?;
-    let requests: Vec<Option<&str>> = events
-        .iter()
-        .map(|(_, r)| r.as_ref().map(|r| r.as_str()))
-        .collect();
-    diesel::sql_query(
-        "INSERT INTO outbox (message_id, exchange, routing_key, payload, request_id) \
-         SELECT m, $4, $5, p, r FROM unnest($1, $2, $3) WITH ORDINALITY AS u (m, p, r, n) ORDER BY n",
-    )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<Text>, _>(&payloads)
-    .bind::<Array<Nullable<Text>>, _>(&requests)
-    .bind::<Text, _>(ORDER_EVENTS_EXCHANGE)
-    .bind::<Text, _>(ORDER_EVENTS_ROUTING_KEY)
-    .execute(conn)?;
+    let mut queue = Queue::new(ORDER_EVENTS_EXCHANGE, ORDER_EVENTS_ROUTING_KEY);
+    for (event, request) in events {
+        queue.push(Uuid::new_v4(), event, request.as_ref().map(|r| r.as_str()))?;
+    }
+    queue.execute(conn)?;
     Ok(())
 }
 
@@ -300,21 +339,48 @@ pub struct Backlog {
 /// Of the rows bound for `exchanges` (each relay's own: orders and workers
 /// share the table).
 pub fn backlog(conn: &mut PgConnection, exchanges: &[&str]) -> QueryResult<Backlog> {
-    diesel::sql_query(
-        "SELECT count(*) AS unsent, \
-                coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_secs \
-           FROM outbox WHERE sent_at IS NULL AND exchange = ANY($1)",
-    )
-    .bind::<Array<Text>, _>(exchanges)
-    .get_result(conn)
+    ReadBacklog { exchanges }.get_result(conn)
 }
 
-fn insert(conn: &mut PgConnection, rows: Vec<NewRow<'_>>) -> QueryResult<()> {
-    if rows.is_empty() {
-        return Ok(());
+fixed_sql!(
+    "SELECT count(*) AS unsent, \
+            coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_secs \
+       FROM outbox WHERE sent_at IS NULL AND exchange = ANY($1)",
+    /// The [`Backlog`] of the rows bound for `exchanges`.
+    struct ReadBacklog<'a> {
+        exchanges: &'a [&'a str] as Array<Text>,
     }
-    diesel::insert_into(outbox::table)
-        .values(&rows)
-        .execute(conn)?;
-    Ok(())
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_is_numbered_as_its_fields() {
+        crate::db::fixed::check(&ReadBacklog {
+            exchanges: &[ALERTS_EXCHANGE],
+        });
+    }
+
+    /// Stock messages, alerts and line events write the outbox with one
+    /// fragment: only the guard and the history around it differ.
+    #[test]
+    fn every_message_writes_the_outbox_the_same_way() {
+        let sql = |q: &dyn QueryFragment<Pg>| {
+            let mut builder = diesel::pg::PgQueryBuilder::default();
+            q.to_sql(&mut builder, &Pg).unwrap();
+            diesel::query_builder::QueryBuilder::finish(builder)
+        };
+        let alerts = sql(&Queue::new(ALERTS_EXCHANGE, ""));
+        let events = sql(&Queue::new(ORDER_EVENTS_EXCHANGE, ORDER_EVENTS_ROUTING_KEY));
+        assert_eq!(alerts, events);
+        let request = RequestId::generate();
+        let rows = StockRows::new(&[], &request).unwrap();
+        let stock = sql(&Enqueue::new(Always, &rows, &request));
+        assert!(
+            stock.contains(&format!("queued AS ({alerts} RETURNING 1)")),
+            "{stock}"
+        );
+    }
 }

@@ -17,7 +17,7 @@
 use super::WakeUps;
 use crate::amqp::{self, AmqpError, ConfirmingChannel, CONFIRM_TIMEOUT};
 use crate::context::Context;
-use crate::db::schema::outbox;
+use crate::db::fixed::fixed_sql;
 use crate::db::{self, Retention};
 use crate::logging;
 use crate::messages::PRODUCT_EXCHANGE;
@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::request_id::{self, RequestId};
 use crate::retry::Backoff;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt};
+use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -96,10 +96,10 @@ impl Relay {
                 log::Level::Debug,
             )
         };
-        let sent = table("sent outbox rows", PURGE_SENT, outbox.retention_secs);
+        let sent = table("sent outbox rows", purge_sent, outbox.retention_secs);
         let history = table(
             "line history rows",
-            PURGE_HISTORY,
+            purge_history,
             outbox.history_retention_secs,
         );
         match self.exchanges.contains(&PRODUCT_EXCHANGE) {
@@ -165,16 +165,35 @@ impl Relay {
     }
 }
 
-/// A claimed outbox row.
-type Row = (
-    i64,
-    Uuid,
-    String,
-    String,
-    String,
-    Option<String>,
-    chrono::DateTime<chrono::Utc>,
+fixed_sql!(include_str!("claim.sql"),
+    /// Locks up to `limit` unsent rows bound for `exchanges`, in id order,
+    /// skipping those another relay holds.
+    struct Claim<'a> {
+        exchanges: &'a [&'a str] as Array<Text>,
+        limit: i64 as BigInt,
+    }
 );
+
+/// A claimed outbox row.
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    message_id: Uuid,
+    #[diesel(sql_type = Text)]
+    exchange: String,
+    #[diesel(sql_type = Text)]
+    routing_key: String,
+    #[diesel(sql_type = Text)]
+    payload: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    request_id: Option<String>,
+    /// When the claim ran: after the rows committed, before they are
+    /// published (so between accepted and applied).
+    #[diesel(sql_type = Timestamptz)]
+    claimed_at: chrono::DateTime<chrono::Utc>,
+}
 
 /// Claims up to `limit` unsent rows, publishes them, waits for the confirms,
 /// marks them sent (and the lines' history published). Returns how many
@@ -187,36 +206,33 @@ fn publish_batch(
     metrics: &Metrics,
 ) -> Result<usize, RelayError> {
     let sent = pg.transaction::<_, RelayError, _>(|pg| {
-        let rows: Vec<Row> = outbox::table
-            .filter(outbox::sent_at.is_null())
-            .filter(outbox::exchange.eq_any(exchanges))
-            .order(outbox::id)
-            .limit(limit as i64)
-            .select((
-                outbox::id,
-                outbox::message_id,
-                outbox::exchange,
-                outbox::routing_key,
-                outbox::payload,
-                outbox::request_id,
-                // When the claim ran: after the rows committed, before they
-                // are published (so between accepted and applied).
-                diesel::dsl::sql::<diesel::sql_types::Timestamptz>("statement_timestamp()"),
-            ))
-            .for_update()
-            .skip_locked()
-            .load(pg)?;
+        let rows: Vec<Row> = Claim {
+            exchanges,
+            limit: limit as i64,
+        }
+        .load(pg)?;
         if rows.is_empty() {
             return Ok(0);
         }
         let started = Instant::now();
-        for (_, message_id, exchange, routing_key, payload, request_id, _) in &rows {
-            let properties = properties(*message_id, request_id.as_deref());
-            channel.publish(exchange, routing_key, payload.as_bytes(), properties)?;
+        for row in &rows {
+            let properties = properties(row.message_id, row.request_id.as_deref());
+            channel.publish(
+                &row.exchange,
+                &row.routing_key,
+                row.payload.as_bytes(),
+                properties,
+            )?;
         }
         channel.wait_for_confirms(CONFIRM_TIMEOUT)?;
         if log::log_enabled!(target: logging::FLOW, log::Level::Info) {
-            for (_, message_id, exchange, _, _, request_id, _) in &rows {
+            for Row {
+                message_id,
+                exchange,
+                request_id,
+                ..
+            } in &rows
+            {
                 let request_id = request_id.as_deref().unwrap_or("");
                 log::info!(
                     target: logging::FLOW,
@@ -229,18 +245,17 @@ fn publish_batch(
             .outbox
             .publish_duration
             .observe(started.elapsed().as_secs_f64());
-        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         // The history is the stock changes' (the worker's relay, which
         // publishes alerts, has no right to it).
         if exchanges.contains(&PRODUCT_EXCHANGE) {
-            diesel::sql_query(MARK_SENT_AND_PUBLISHED)
-                .bind::<Array<BigInt>, _>(&ids)
-                .bind::<diesel::sql_types::Timestamptz, _>(rows[0].6)
-                .execute(pg)?;
+            MarkPublished {
+                ids: &ids,
+                published_at: rows[0].claimed_at,
+            }
+            .execute(pg)?;
         } else {
-            diesel::sql_query(MARK_SENT)
-                .bind::<Array<BigInt>, _>(&ids)
-                .execute(pg)?;
+            MarkSent { ids: &ids }.execute(pg)?;
         }
         Ok(rows.len())
     })?;
@@ -248,20 +263,26 @@ fn publish_batch(
     Ok(sent)
 }
 
-const MARK_SENT: &str = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1)";
-/// The history rows are locked in message id order, as the worker locks
-/// them when it stamps their outcome (it may be applying this very batch):
-/// the two never deadlock. `publie_le` ($2) is when the rows were claimed
-/// to be published (this statement runs once the broker confirmed them).
-const MARK_SENT_AND_PUBLISHED: &str = "\
-WITH sent AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($1) RETURNING message_id),
-locked AS (
-    SELECT h.message_id FROM historique_lignes h
-     WHERE h.message_id IN (SELECT message_id FROM sent)
-     ORDER BY h.message_id FOR UPDATE
-)
-UPDATE historique_lignes h SET publie_le = $2
-  FROM locked WHERE h.message_id = locked.message_id";
+fixed_sql!(
+    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1)",
+    /// Marks the rows `ids` sent.
+    struct MarkSent<'a> {
+        ids: &'a [i64] as Array<BigInt>,
+    }
+);
+
+fixed_sql!(include_str!("mark_published.sql"),
+    /// Marks the rows `ids` sent, and their lines' history published. The
+    /// history rows are locked in message id order, as the worker locks
+    /// them when it stamps their outcome (it may be applying this very
+    /// batch): the two never deadlock. `publie_le` is when the rows were
+    /// claimed to be published (this statement runs once the broker
+    /// confirmed them).
+    struct MarkPublished<'a> {
+        ids: &'a [i64] as Array<BigInt>,
+        published_at: chrono::DateTime<chrono::Utc> as Timestamptz,
+    }
+);
 
 /// A row's AMQP properties: persistent, its message id, and the id of the
 /// request that wrote it as `correlation_id` and as a W3C `traceparent`.
@@ -282,10 +303,52 @@ fn properties(message_id: Uuid, request_id: Option<&str>) -> amiquip::AmqpProper
     }
 }
 
-/// Forgets a chunk of line history older than `$1` seconds.
-const PURGE_HISTORY: &str = "DELETE FROM historique_lignes WHERE message_id IN (SELECT message_id \
-    FROM historique_lignes WHERE accepte_le < now() - make_interval(secs => $1) LIMIT 5000)";
+/// Forgets a chunk-at-a-time of line history older than `keep` (for
+/// [`Retention`]).
+fn purge_history(conn: &mut PgConnection, keep: Duration) -> QueryResult<usize> {
+    db::purge(conn, |secs| PurgeHistory { secs }, keep)
+}
 
-/// Deletes a chunk of rows sent longer than `$1` seconds ago.
-const PURGE_SENT: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-    WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT 5000)";
+/// Deletes the rows sent longer than `keep` ago (for [`Retention`]).
+fn purge_sent(conn: &mut PgConnection, keep: Duration) -> QueryResult<usize> {
+    db::purge(conn, |secs| PurgeSent { secs }, keep)
+}
+
+fixed_sql!(
+    "DELETE FROM historique_lignes WHERE message_id IN (SELECT message_id \
+     FROM historique_lignes WHERE accepte_le < now() - make_interval(secs => $1) LIMIT 5000)",
+    /// A chunk of the line history older than `secs`.
+    struct PurgeHistory {
+        secs: f64 as Double,
+    }
+);
+
+fixed_sql!(
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+     WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT 5000)",
+    /// A chunk of the rows sent longer than `secs` ago.
+    struct PurgeSent {
+        secs: f64 as Double,
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::fixed::check;
+
+    #[test]
+    fn the_statements_are_numbered_as_their_fields() {
+        check(&Claim {
+            exchanges: &[PRODUCT_EXCHANGE],
+            limit: 1,
+        });
+        check(&MarkSent { ids: &[1] });
+        check(&MarkPublished {
+            ids: &[1],
+            published_at: chrono::Utc::now(),
+        });
+        check(&PurgeHistory { secs: 1.0 });
+        check(&PurgeSent { secs: 1.0 });
+    }
+}

@@ -191,7 +191,7 @@ pub fn sweep(ctx: Context, waker: Waker) {
     let every = Duration::from_millis(ctx.settings.validation.sweep_interval_ms);
     let mut retention = Retention::new(
         "applied line event ids",
-        store::FORGET_APPLIED,
+        store::purge_applied,
         Duration::from_secs(ctx.settings.worker.dedupe_retention_secs),
         PURGE_EVERY,
         log::Level::Info,

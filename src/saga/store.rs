@@ -10,9 +10,9 @@
 //! the API.
 
 use super::machine::{Input, LineFact, LineProgress, Saga, Step};
-use crate::db::schema::{
-    commandes, commandes_produits, evenements_traites, produits, validation_lignes,
-};
+use crate::db::fixed::fixed_sql;
+use crate::db::processed::{self, Ledger};
+use crate::db::schema::{commandes, commandes_produits, produits, validation_lignes};
 use crate::domain::transitions::{self, Request};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, LineEvent};
@@ -21,7 +21,7 @@ use crate::orders::queries::{bump_lines, bump_lines_of, find_order, lock_order_f
 use crate::outbox;
 use crate::request_id::RequestId;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
@@ -41,15 +41,10 @@ pub fn start(
         let facts = lock_order_facts(conn, id, true)?;
         transitions::decide(&facts, Request::Validate)?;
         let lines = bump_lines(conn, id)?;
-        diesel::sql_query(
-            "UPDATE commandes SET validation = 'EN_COURS', motif = NULL, \
-                    validation_commencee_le = now(), \
-                    validation_echeance = now() + make_interval(secs => $2), \
-                    validation_terminee_le = NULL \
-              WHERE id = $1",
-        )
-        .bind::<BigInt, _>(id)
-        .bind::<diesel::sql_types::Double, _>(timeout.as_secs_f64())
+        Begin {
+            timeout_secs: timeout.as_secs_f64(),
+            id,
+        }
         .execute(conn)?;
         let rows: Vec<_> = lines
             .iter()
@@ -82,6 +77,14 @@ pub fn start(
     })
 }
 
+fixed_sql!(include_str!("start.sql"),
+    /// Marks order `id` as being validated, until `timeout_secs` from now.
+    struct Begin {
+        timeout_secs: f64 as Double,
+        id: i64 as BigInt,
+    }
+);
+
 /// What a batch did, for the logs and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Advanced {
@@ -112,17 +115,7 @@ pub fn apply_events(conn: &mut PgConnection, events: &[Received]) -> QueryResult
         ids.dedup();
         // Recorded now: a concurrent batch with the same id waits here
         // until this one commits, then sees it as applied.
-        let fresh: HashSet<Uuid> = diesel::insert_into(evenements_traites::table)
-            .values(
-                ids.iter()
-                    .map(|id| evenements_traites::message_id.eq(*id))
-                    .collect::<Vec<_>>(),
-            )
-            .on_conflict_do_nothing()
-            .returning(evenements_traites::message_id)
-            .get_results::<Uuid>(conn)?
-            .into_iter()
-            .collect();
+        let fresh = processed::record(conn, Ledger::LineEvents, &ids)?;
         let mut seen = HashSet::new();
         let inputs: Vec<Pending<'_>> = events
             .iter()
@@ -143,13 +136,9 @@ pub fn apply_events(conn: &mut PgConnection, events: &[Received]) -> QueryResult
 /// another replica is advancing are skipped); returns what it did.
 pub fn time_out(conn: &mut PgConnection, limit: usize) -> QueryResult<Advanced> {
     conn.transaction(|conn| {
-        let due: Vec<(i64, f64)> = diesel::sql_query(
-            "SELECT id, extract(epoch FROM validation_echeance - validation_commencee_le)::float8 AS after \
-               FROM commandes \
-              WHERE validation = 'EN_COURS' AND validation_echeance <= now() \
-              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind::<BigInt, _>(limit as i64)
+        let due: Vec<(i64, f64)> = ClaimDue {
+            limit: limit as i64,
+        }
         .load::<Due>(conn)?
         .into_iter()
         .map(|d| (d.id, d.after))
@@ -169,11 +158,19 @@ pub fn time_out(conn: &mut PgConnection, limit: usize) -> QueryResult<Advanced> 
     })
 }
 
+fixed_sql!(include_str!("due.sql"),
+    /// Locks up to `limit` validations past their deadline, skipping those
+    /// locked elsewhere, in id order.
+    struct ClaimDue {
+        limit: i64 as BigInt,
+    }
+);
+
 #[derive(QueryableByName)]
 struct Due {
     #[diesel(sql_type = BigInt)]
     id: i64,
-    #[diesel(sql_type = diesel::sql_types::Double)]
+    #[diesel(sql_type = Double)]
     after: f64,
 }
 
@@ -424,23 +421,52 @@ fn write_lines(
     if lines.is_empty() {
         return Ok(());
     }
-    diesel::sql_query(
-        "UPDATE validation_lignes v SET version = u.v, resultat = u.r, disponible = u.d \
-           FROM unnest($1, $2, $3, $4, $5) AS u (c, l, v, r, d) \
-          WHERE v.commande_id = u.c AND v.ligne_id = u.l",
-    )
-    .bind::<Array<BigInt>, _>(&orders)
-    .bind::<Array<BigInt>, _>(&lines)
-    .bind::<Array<BigInt>, _>(&versions)
-    .bind::<Array<Nullable<Text>>, _>(&results)
-    .bind::<Array<Nullable<Integer>>, _>(&available)
+    Progress {
+        orders,
+        lines,
+        versions,
+        results,
+        available,
+    }
     .execute(conn)?;
     Ok(())
 }
 
-/// Forgets a chunk of applied event ids older than `$1` seconds (for
-/// [`crate::db::Retention`]): a redelivery that old finds its line's
-/// version moved on, or its saga over.
-pub const FORGET_APPLIED: &str = "DELETE FROM evenements_traites WHERE message_id IN \
-    (SELECT message_id FROM evenements_traites \
-      WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)";
+fixed_sql!(include_str!("progress.sql"),
+    /// The progress of validation lines, a row per element.
+    struct Progress {
+        orders: Vec<i64> as Array<BigInt>,
+        lines: Vec<i64> as Array<BigInt>,
+        versions: Vec<i64> as Array<BigInt>,
+        results: Vec<Option<&'static str>> as Array<Nullable<Text>>,
+        available: Vec<Option<i32>> as Array<Nullable<Integer>>,
+    }
+);
+
+/// Forgets applied event ids older than `retention` (a redelivery that old
+/// finds its line's version moved on, or its saga over).
+pub fn purge_applied(conn: &mut PgConnection, retention: Duration) -> QueryResult<usize> {
+    processed::purge(conn, Ledger::LineEvents, retention)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::fixed::check;
+
+    #[test]
+    fn the_statements_are_numbered_as_their_fields() {
+        check(&Begin {
+            timeout_secs: 1.0,
+            id: 1,
+        });
+        check(&ClaimDue { limit: 1 });
+        check(&Progress {
+            orders: vec![1],
+            lines: vec![1],
+            versions: vec![1],
+            results: vec![None],
+            available: vec![None],
+        });
+    }
+}

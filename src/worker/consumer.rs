@@ -40,7 +40,7 @@ pub fn run(index: usize, ctx: Context, waker: Waker) {
         retention: (index == 0).then(|| {
             Retention::new(
                 "processed message ids",
-                store::FORGET_PROCESSED,
+                store::purge_processed,
                 retention,
                 HOUSEKEEPING_EVERY,
                 log::Level::Info,

@@ -15,6 +15,8 @@
 
 use super::change::{LineRef, StockChange};
 use super::plan::{self, Outcome, Plan, Reservation, Snapshot};
+use crate::db::fixed::fixed_sql;
+use crate::db::processed::{self, Ledger};
 use crate::db::schema::{commandes_produits, messages_traites, produits, reservations};
 use crate::messages::DeadLetterClass;
 use crate::outbox;
@@ -23,7 +25,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{
     Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use uuid::Uuid;
 
 /// Applies `changes`, in order, in one transaction; returns the plan that
@@ -88,15 +90,7 @@ fn load(conn: &mut PgConnection, changes: &[StockChange]) -> QueryResult<Snapsho
         .collect();
     // Recorded now, in this transaction: a concurrent batch with the same
     // id waits here until this one commits (then it sees a duplicate).
-    let recorded: HashSet<Uuid> = diesel::sql_query(
-        "INSERT INTO messages_traites (message_id) SELECT unnest($1) \
-         ON CONFLICT DO NOTHING RETURNING message_id",
-    )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .load::<Recorded>(conn)?
-    .into_iter()
-    .map(|r| r.message_id)
-    .collect();
+    let recorded = processed::record(conn, Ledger::StockChanges, &ids)?;
     Ok(Snapshot {
         stock: stock.into_iter().collect(),
         reservations: reservations
@@ -117,146 +111,72 @@ fn load(conn: &mut PgConnection, changes: &[StockChange]) -> QueryResult<Snapsho
     })
 }
 
-#[derive(QueryableByName)]
-struct Recorded {
-    #[diesel(sql_type = SqlUuid)]
-    message_id: Uuid,
-}
-
 /// Writes the plan: the lines' row locks, in id order, then every write in
-/// one statement (stock, reservations, movements, line statuses), then the
-/// alerts into the outbox. Arrays, not one row per message: the SQL text is
-/// fixed (its prepared statement is reused) whatever the batch size.
+/// one statement ([`Write`]: stock, reservations, movements, line
+/// statuses, history), then the alerts and line events into the outbox.
+/// Arrays, not one row per message: the SQL text is fixed whatever the
+/// batch size, and prepared once per connection.
 fn write(conn: &mut PgConnection, changes: &[StockChange], plan: &Plan) -> QueryResult<()> {
     if !plan.unrecorded.is_empty() {
         diesel::delete(messages_traites::table)
             .filter(messages_traites::message_id.eq_any(&plan.unrecorded))
             .execute(conn)?;
     }
-    let lines: Vec<i64> = plan.line_statuses.keys().copied().collect();
+    let mut rows = Write::of(plan);
+    rows.stamp_history(changes, &plan.outcomes);
     // A line changed since (a newer version) or deleted is left alone by
     // the status update: its own message will set it.
     commandes_produits::table
-        .filter(commandes_produits::id.eq_any(&lines))
+        .filter(commandes_produits::id.eq_any(&rows.status_lines))
         .order(commandes_produits::id)
         .select(commandes_produits::id)
         .for_no_key_update()
         .load::<i64>(conn)?;
-    let mut rows = Rows::of(plan);
-    rows.stamp_history(changes, &plan.outcomes);
-    diesel::sql_query(WRITE)
-        .bind::<Array<BigInt>, _>(rows.stock_ids)
-        .bind::<Array<Integer>, _>(rows.stock)
-        .bind::<Array<BigInt>, _>(rows.reservation_lines)
-        .bind::<Array<Nullable<BigInt>>, _>(rows.reservation_products)
-        .bind::<Array<Integer>, _>(rows.reservation_quantities)
-        .bind::<Array<BigInt>, _>(rows.reservation_versions)
-        .bind::<Array<Bool>, _>(rows.reservation_new)
-        .bind::<Array<BigInt>, _>(rows.movement_products)
-        .bind::<Array<Nullable<BigInt>>, _>(rows.movement_lines)
-        .bind::<Array<BigInt>, _>(rows.movement_orders)
-        .bind::<Array<Nullable<SqlUuid>>, _>(rows.movement_messages)
-        .bind::<Array<Text>, _>(rows.movement_actions)
-        .bind::<Array<Integer>, _>(rows.movement_deltas)
-        .bind::<Array<Integer>, _>(rows.movement_stock)
-        .bind::<Array<Nullable<Timestamptz>>, _>(rows.movement_times)
-        .bind::<Array<BigInt>, _>(lines)
-        .bind::<Array<BigInt>, _>(rows.status_versions)
-        .bind::<Array<Text>, _>(rows.statuses)
-        .bind::<Array<Nullable<Text>>, _>(rows.movement_requests)
-        .bind::<Array<SqlUuid>, _>(rows.history_messages)
-        .bind::<Array<BigInt>, _>(rows.history_lines)
-        .bind::<Array<BigInt>, _>(rows.history_versions)
-        .bind::<Array<Text>, _>(rows.history_results)
-        .bind::<Array<Nullable<Text>>, _>(rows.history_reasons)
-        .execute(conn)?;
+    rows.execute(conn)?;
     outbox::enqueue_alerts(conn, &plan.alerts)?;
     outbox::enqueue_events(conn, &plan.events)
 }
 
-/// Every write of a batch. The sub-statements touch different rows, so
-/// running them as one statement changes nothing but the round trips.
-/// Existing reservations (locked by [`load`]) are updated; new lines' are
-/// inserted: a concurrent batch that inserted the same new line first makes
-/// the insert fail, and this batch is rolled back and retried.
-const WRITE: &str = "\
-WITH stock AS (
-    UPDATE produits p SET quantite_en_stock = u.stock
-      FROM unnest($1, $2) AS u (id, stock) WHERE p.id = u.id
-    RETURNING 1
-), reservation AS (
-    SELECT * FROM unnest($3, $4, $5, $6, $7) AS u (l, p, q, v, is_new)
-), changed AS (
-    UPDATE reservations r SET produit_id = u.p, quantite = u.q, version = u.v
-      FROM reservation u WHERE r.ligne_id = u.l AND NOT u.is_new
-    RETURNING 1
-), added AS (
-    INSERT INTO reservations (ligne_id, produit_id, quantite, version)
-    SELECT l, p, q, v FROM reservation WHERE is_new ORDER BY l
-    RETURNING 1
-), moved AS (
-    INSERT INTO mouvements (produit_id, ligne_id, commande_id, message_id, action, delta,
-                            quantite_en_stock, occurred_at, request_id)
-    SELECT p, l, c, m, a, d, s, o, r
-      FROM unnest($8, $9, $10, $11, $12, $13, $14, $15, $19)
-           WITH ORDINALITY AS u (p, l, c, m, a, d, s, o, r, n)
-     ORDER BY n
-    RETURNING 1
-), status AS (
-    UPDATE commandes_produits c SET statut_stock = u.statut
-      FROM unnest($16, $17, $18) AS u (id, version, statut)
-     WHERE c.id = u.id AND c.version = u.version
-    RETURNING 1
-), stamped AS (
-    SELECT * FROM unnest($20, $21, $22, $23, $24) AS u (id, l, v, r, m)
-), locked AS (
-    -- In message id order, as the relay locks them (no deadlock with it);
-    -- a change's first outcome stays (a redelivery after its id was
-    -- forgotten is stale, not news), and only the row of this line and
-    -- version is touched.
-    SELECT h.message_id FROM historique_lignes h JOIN stamped u
-        ON h.message_id = u.id AND h.ligne_id = u.l AND h.version = u.v
-     WHERE h.applique_le IS NULL
-     ORDER BY h.message_id FOR UPDATE OF h
-), history AS (
-    UPDATE historique_lignes h SET applique_le = statement_timestamp(), resultat = u.r, motif = u.m
-      FROM stamped u JOIN locked ON locked.message_id = u.id
-     WHERE h.message_id = u.id
-    RETURNING 1
-)
-SELECT 1";
+fixed_sql!(include_str!("write.sql"),
+    /// Every write of a batch (`write.sql`), the plan's rows as its
+    /// columns. The sub-statements touch different rows, so running them
+    /// as one statement changes nothing but the round trips. Existing
+    /// reservations (locked by [`load`]) are updated; new lines' are
+    /// inserted: a concurrent batch that inserted the same new line first
+    /// makes the insert fail, and this batch is rolled back and retried.
+    #[derive(Default)]
+    struct Write<'a> {
+        stock_ids: Vec<i64> as Array<BigInt>,
+        stock: Vec<i32> as Array<Integer>,
+        reservation_lines: Vec<i64> as Array<BigInt>,
+        reservation_products: Vec<Option<i64>> as Array<Nullable<BigInt>>,
+        reservation_quantities: Vec<i32> as Array<Integer>,
+        reservation_versions: Vec<i64> as Array<BigInt>,
+        reservation_new: Vec<bool> as Array<Bool>,
+        movement_products: Vec<i64> as Array<BigInt>,
+        movement_lines: Vec<Option<i64>> as Array<Nullable<BigInt>>,
+        movement_orders: Vec<i64> as Array<BigInt>,
+        movement_messages: Vec<Option<Uuid>> as Array<Nullable<SqlUuid>>,
+        movement_actions: Vec<&'static str> as Array<Text>,
+        movement_deltas: Vec<i32> as Array<Integer>,
+        movement_stock: Vec<i32> as Array<Integer>,
+        movement_times: Vec<Option<DateTime<Utc>>> as Array<Nullable<Timestamptz>>,
+        movement_requests: Vec<Option<&'a str>> as Array<Nullable<Text>>,
+        status_lines: Vec<i64> as Array<BigInt>,
+        status_versions: Vec<i64> as Array<BigInt>,
+        statuses: Vec<&'static str> as Array<Text>,
+        history_messages: Vec<Uuid> as Array<SqlUuid>,
+        history_lines: Vec<i64> as Array<BigInt>,
+        history_versions: Vec<i64> as Array<BigInt>,
+        history_results: Vec<&'static str> as Array<Text>,
+        history_reasons: Vec<Option<&'a str>> as Array<Nullable<Text>>,
+    }
+);
 
-/// The plan's rows as the columns [`WRITE`] takes.
-#[derive(Default)]
-struct Rows<'a> {
-    stock_ids: Vec<i64>,
-    stock: Vec<i32>,
-    reservation_lines: Vec<i64>,
-    reservation_products: Vec<Option<i64>>,
-    reservation_quantities: Vec<i32>,
-    reservation_versions: Vec<i64>,
-    reservation_new: Vec<bool>,
-    movement_products: Vec<i64>,
-    movement_lines: Vec<Option<i64>>,
-    movement_orders: Vec<i64>,
-    movement_messages: Vec<Option<Uuid>>,
-    movement_actions: Vec<&'static str>,
-    movement_deltas: Vec<i32>,
-    movement_stock: Vec<i32>,
-    movement_times: Vec<Option<DateTime<Utc>>>,
-    status_versions: Vec<i64>,
-    statuses: Vec<&'static str>,
-    movement_requests: Vec<Option<&'a str>>,
-    history_messages: Vec<Uuid>,
-    history_lines: Vec<i64>,
-    history_versions: Vec<i64>,
-    history_results: Vec<&'static str>,
-    history_reasons: Vec<Option<&'a str>>,
-}
-
-impl<'a> Rows<'a> {
-    fn of(plan: &'a Plan) -> Rows<'a> {
-        let mut rows = Rows::default();
+impl<'a> Write<'a> {
+    /// The plan's rows; the history's are added by [`Write::stamp_history`].
+    fn of(plan: &'a Plan) -> Write<'a> {
+        let mut rows = Write::default();
         for (id, stock) in &plan.stock {
             rows.stock_ids.push(*id);
             rows.stock.push(*stock);
@@ -280,7 +200,8 @@ impl<'a> Rows<'a> {
             rows.movement_requests
                 .push(m.request_id.as_ref().map(|r| r.as_str()));
         }
-        for (version, status) in plan.line_statuses.values() {
+        for (line, (version, status)) in &plan.line_statuses {
+            rows.status_lines.push(*line);
             rows.status_versions.push(*version);
             rows.statuses.push(status.as_str());
         }
@@ -317,21 +238,52 @@ impl<'a> Rows<'a> {
 /// the log, not for a history anyone may read.
 pub fn stamp_refused(conn: &mut PgConnection, line: LineRef) -> QueryResult<usize> {
     let reason = DeadLetterClass::Refused.motif();
-    diesel::sql_query(
-        "UPDATE historique_lignes SET applique_le = statement_timestamp(), resultat = $4, motif = $5 \
-          WHERE message_id = $1 AND ligne_id = $2 AND version = $3 AND applique_le IS NULL",
-    )
-    .bind::<SqlUuid, _>(line.message_id)
-    .bind::<BigInt, _>(line.ligne_id)
-    .bind::<BigInt, _>(line.version)
-    .bind::<Text, _>(plan::REFUSED)
-    .bind::<Text, _>(reason)
+    StampRefused {
+        resultat: plan::REFUSED,
+        motif: reason,
+        message_id: line.message_id,
+        ligne_id: line.ligne_id,
+        version: line.version,
+    }
     .execute(conn)
 }
 
-/// Forgets a chunk of processed message ids older than `$1` seconds (for
-/// [`crate::db::Retention`]). Safe: a tracked message that old is also
-/// older than its line's applied version.
-pub const FORGET_PROCESSED: &str = "DELETE FROM messages_traites WHERE message_id IN \
-    (SELECT message_id FROM messages_traites \
-      WHERE traite_le < now() - make_interval(secs => $1) LIMIT 5000)";
+fixed_sql!(
+    "UPDATE historique_lignes SET applique_le = statement_timestamp(), resultat = $1, motif = $2 \
+      WHERE message_id = $3 AND ligne_id = $4 AND version = $5 AND applique_le IS NULL",
+    /// The history row of one refused change, if not stamped yet.
+    struct StampRefused<'a> {
+        resultat: &'a str as Text,
+        motif: &'a str as Text,
+        message_id: Uuid as SqlUuid,
+        ligne_id: i64 as BigInt,
+        version: i64 as BigInt,
+    }
+);
+
+/// Forgets processed message ids older than `retention`. Safe: a tracked
+/// message that old is also older than its line's applied version.
+pub fn purge_processed(
+    conn: &mut PgConnection,
+    retention: std::time::Duration,
+) -> QueryResult<usize> {
+    processed::purge(conn, Ledger::StockChanges, retention)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::fixed::check;
+
+    #[test]
+    fn the_statements_are_numbered_as_their_fields() {
+        check(&Write::default());
+        check(&StampRefused {
+            resultat: plan::REFUSED,
+            motif: "m",
+            message_id: Uuid::nil(),
+            ligne_id: 1,
+            version: 1,
+        });
+    }
+}

@@ -13,6 +13,7 @@ mod migrations;
 mod openapi;
 mod orders;
 mod pipeline;
+mod prepared;
 mod products;
 mod saga;
 mod security;
