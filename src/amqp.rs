@@ -286,7 +286,7 @@ fn queues(settings: &AmqpSettings) -> [(&'static str, FieldTable); 5] {
 /// version: a classic `product_queue`, queues without limits) is used as
 /// it is, with one warning naming what differs: the broker refuses to
 /// change a queue's arguments, and ordersys never deletes a queue that may
-/// hold messages. The README's "Upgrading the queues" says how to move it.
+/// hold messages. docs/deployment.md, "Upgrading the queues", says how to move it.
 pub fn declare_topology(
     connection: &mut Connection,
     settings: &AmqpSettings,
@@ -317,7 +317,7 @@ pub fn declare_topology(
             }) => {
                 log::warn!(
                     "queue {name} exists with other arguments than this version declares; \
-                     using it as it is (see the README, \"Upgrading the queues\"): {message}"
+                     using it as it is (docs/deployment.md, \"Upgrading the queues\"): {message}"
                 );
                 channel = connection.open_channel(None)?;
                 channel.queue_declare_passive(name)?;

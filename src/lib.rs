@@ -1,16 +1,24 @@
 //! # ordersys
 //!
 //! An order-management system built as distributed software. One binary
-//! runs in one of three modes:
+//! plays every role (its subcommands: [`cli`]); three of them make up the
+//! running system:
 //!
 //! - **products** ([`products`]): REST CRUD of the catalog, with stock.
 //! - **orders** ([`orders`]): REST CRUD of orders and their lines. Every
 //!   line change is written, in the same transaction, to an outbox table
 //!   ([`outbox`]); a relay thread publishes it to RabbitMQ with publisher
-//!   confirms.
+//!   confirms. It also runs the order-validation saga ([`saga`]): it
+//!   consumes the line events of `order_events` and confirms an order, or
+//!   refuses it and releases its lines.
 //! - **worker** ([`worker`]): consumes the durable work queue
 //!   `product_queue` and applies each change to product stock, exactly once,
-//!   acknowledging only after the database commit.
+//!   acknowledging only after the database commit; a validation's line
+//!   outcomes leave through its own outbox as events on `order_events`.
+//!
+//! The other subcommands: `all` (the three in one process), `migrate`,
+//! `probe` ([`probe`], the container health check), `token` (a bearer
+//! token for [`auth`]) and `load` ([`load`], a load generator).
 //!
 //! The data path of an order line: HTTP request → transaction (line +
 //! outbox row) → relay → broker confirm → `product_queue` → worker →

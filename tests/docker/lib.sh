@@ -105,7 +105,7 @@ seed_client() { # seed_client PRODUCTS_URL ORDERS_URL
   summary "the seed's client (its /api/v1 paths): order EN_COURS, listed by status, line added and changed (stock 100 -> 95), cancelled (back to 100)"
 }
 
-# The order-line walkthrough of the README: create a product, an order and
+# The order-line walkthrough of docs/tour.md ("A session"): create a product, an order and
 # a line; the worker reserves it; cancelling gives the stock back.
 walkthrough() { # walkthrough PRODUCTS_URL ORDERS_URL
   local products=$1 orders=$2 product order line
@@ -127,7 +127,7 @@ walkthrough() { # walkthrough PRODUCTS_URL ORDERS_URL
 
 line_is() { [ "$(value GET "$1/commandes-produits/$2" "" statut_stock)" = "$3" ]; }
 
-# The README's order validation: an order whose line the stock covers is
+# The order validation of docs/tour.md: an order whose line the stock covers is
 # confirmed; one asking more than the stock is refused, naming the line,
 # and its line released (the stock starts at 100, as the invariant
 # checks expect of every product).

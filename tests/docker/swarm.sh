@@ -1,5 +1,5 @@
 # The Swarm scenario of tests/docker/run: swarm/stack.yml deployed on a
-# single-node swarm as the README says, with tests/docker/swarm-test.yml on
+# single-node swarm as docs/deployment.md says, with tests/docker/swarm-test.yml on
 # top (DNS round-robin instead of virtual IPs: this kernel has no IPVS).
 # Requests come from a client container on the stack's overlay network.
 
@@ -74,7 +74,7 @@ scenario_swarm() {
   [ "$(stat -c %a "$jwt/ed25519.pem")" = 600 ] ||
     fail "create-secrets wrote the private key with mode $(stat -c %a "$jwt/ed25519.pem"), not 0600"
 
-  # Tokens minted as the README says: the image's `token` mode with the
+  # Tokens minted as docs/deployment.md says: the image's `token` mode with the
   # private key (read as the file's owner, the key staying 0600).
   mint() { # mint SCOPES [SUBJECT [TTL]]
     docker run --rm --network none --read-only --cap-drop ALL --user "$(id -u):$(id -g)" \
