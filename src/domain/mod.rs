@@ -1,4 +1,4 @@
-//! Domain values, the bottom layer: money, status words, field errors,
+//! Domain values, the bottom layer: money, status words, ids, field errors,
 //! request building blocks, pagination and the order transitions. They know nothing of HTTP
 //! handlers, the broker or the worker; everything else builds on them.
 

@@ -5,6 +5,7 @@ use crate::domain::limits::{check_range, QUANTITE_MAX};
 use crate::domain::{
     FieldError, Input, Money, OrderStatus, Required, StockStatus, ValidationStatus,
 };
+use crate::messages::{Action, StockMessage};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use paperclip::actix::Apiv2Schema;
@@ -123,6 +124,26 @@ pub struct LineRow {
     pub prix_unitaire: Money,
     pub statut_stock: StockStatus,
     pub version: i64,
+}
+
+impl LineRow {
+    /// The message describing the line's state after a change (`previous`:
+    /// its state before an UPDATED), with a new message id.
+    pub fn message(&self, action: Action, previous: Option<&LineRow>) -> StockMessage {
+        StockMessage {
+            action,
+            produit_id: self.produit_id,
+            quantite: self.quantite,
+            commande_id: self.commande_id,
+            message_id: Some(uuid::Uuid::new_v4()),
+            ligne_id: Some(self.id),
+            version: Some(self.version),
+            ancien_produit_id: previous.map(|p| p.produit_id),
+            ancienne_quantite: previous.map(|p| p.quantite),
+            occurred_at: Some(Utc::now()),
+            validation: false,
+        }
+    }
 }
 
 impl From<LineRow> for OrderLine {

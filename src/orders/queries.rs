@@ -1,48 +1,30 @@
 //! Order and line queries. Every line change bumps the line's `version` and
 //! writes its message to the outbox in the same transaction.
 //!
-//! Locks are taken in the same order — the order row, then its lines by id
-//! — and the stock worker locks lines last, so these transactions do not
-//! deadlock with each other or with the worker. The exception: moving a
-//! line locks its order, the line, then the order it moves to, so two moves
-//! in opposite directions between the same two orders at the same moment
-//! can deadlock; PostgreSQL then aborts one (a 503 the client may retry).
+//! Rows are locked only through [`super::locks`], which holds the one
+//! lock order (the order row, then its lines by id) these transactions
+//! share with the validation saga and the stock worker.
 
+use super::locks::{
+    bump_lines, check_room, lock_line, lock_order_facts, lock_order_for_a_new_line, OrderLock,
+    OrderState, ORDER_STATE,
+};
 use super::model::{
     LineChange, LineChanges, LineRow, NewLine, Order, OrderError, OrderLine, OrderRow,
 };
 use crate::db::schema::{commandes, commandes_produits, historique_lignes, produits};
 use crate::domain::limits::LINES_PER_ORDER_MAX;
-use crate::domain::transitions::{self, Effect, LineStates, OrderFacts, Refusal, Request};
+use crate::domain::transitions::{self, Effect, Refusal, Request};
 use crate::domain::Money;
 use crate::domain::{FieldError, Page};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, StockMessage};
 use crate::outbox;
 use crate::request_id::RequestId;
-use chrono::Utc;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Numeric, Text, Untyped};
-use uuid::Uuid;
-
-/// The message describing a line's state after a change.
-pub(crate) fn message(action: Action, line: &LineRow, previous: Option<&LineRow>) -> StockMessage {
-    StockMessage {
-        action,
-        produit_id: line.produit_id,
-        quantite: line.quantite,
-        commande_id: line.commande_id,
-        message_id: Some(Uuid::new_v4()),
-        ligne_id: Some(line.id),
-        version: Some(line.version),
-        ancien_produit_id: previous.map(|p| p.produit_id),
-        ancienne_quantite: previous.map(|p| p.quantite),
-        occurred_at: Some(Utc::now()),
-        validation: false,
-    }
-}
 
 fn lines_of(conn: &mut PgConnection, order_ids: &[i64]) -> QueryResult<Vec<OrderLine>> {
     commandes_produits::table
@@ -110,7 +92,8 @@ pub fn find_orders(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64
         .collect())
 }
 
-pub(crate) fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
+/// One order with its lines.
+pub fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
     let Some(row) = commandes::table
         .find(id)
         .select(OrderRow::as_select())
@@ -123,91 +106,19 @@ pub(crate) fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option
     Ok(Some(row.with_lines(lines)))
 }
 
-fn lock_order(conn: &mut PgConnection, id: i64) -> Result<OrderRow, OrderError> {
-    commandes::table
-        .find(id)
-        .select(OrderRow::as_select())
-        .for_update()
-        .first(conn)
-        .optional()?
-        .ok_or(OrderError::NotFound("order", id))
-}
-
 /// Locks the lines of an order, by id, and bumps their version: they are
 /// about to be released.
-pub(crate) fn release_lines(
-    conn: &mut PgConnection,
-    order_id: i64,
-) -> Result<Vec<StockMessage>, OrderError> {
+fn release_lines(conn: &mut PgConnection, order_id: i64) -> Result<Vec<StockMessage>, OrderError> {
     Ok(bump_lines(conn, order_id)?
         .iter()
-        .map(|l| message(Action::Deleted, l, None))
+        .map(|l| l.message(Action::Deleted, None))
         .collect())
-}
-
-/// Locks the lines of an order, by id, bumps their version and sets them
-/// `EN_ATTENTE` (a message about each is going to the worker); returns them
-/// by id.
-pub(crate) fn bump_lines(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<LineRow>> {
-    bump_lines_of(conn, &[order_id])
-}
-
-/// [`bump_lines`] for several orders at once: their lines are locked in
-/// one statement, in id order (as the worker locks lines), so that two
-/// transactions never wait on each other's lines.
-pub(crate) fn bump_lines_of(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<Vec<LineRow>> {
-    let ids: Vec<i64> = commandes_produits::table
-        .filter(commandes_produits::commande_id.eq_any(orders))
-        .select(commandes_produits::id)
-        .order(commandes_produits::id)
-        .for_update()
-        .load(conn)?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut lines: Vec<LineRow> =
-        diesel::update(commandes_produits::table.filter(commandes_produits::id.eq_any(&ids)))
-            .set((
-                commandes_produits::version.eq(commandes_produits::version + 1),
-                commandes_produits::statut_stock.eq(StockStatus::EnAttente),
-                commandes_produits::modifiee_le.eq(diesel::dsl::now),
-            ))
-            .returning(LineRow::as_returning())
-            .get_results(conn)?;
-    lines.sort_by_key(|l| l.id);
-    Ok(lines)
 }
 
 impl From<Refusal> for OrderError {
     fn from(refusal: Refusal) -> Self {
         OrderError::Conflict(refusal.0)
     }
-}
-
-/// Locks order `id` (404 if missing) and reads what its transitions
-/// depend on; its lines' stock statuses only when `with_lines`.
-pub(crate) fn lock_order_facts(
-    conn: &mut PgConnection,
-    id: i64,
-    with_lines: bool,
-) -> Result<OrderFacts, OrderError> {
-    let order = lock_order(conn, id)?;
-    let lines = if with_lines {
-        LineStates::of(
-            commandes_produits::table
-                .filter(commandes_produits::commande_id.eq(id))
-                .select(commandes_produits::statut_stock)
-                .load::<StockStatus>(conn)?,
-        )
-    } else {
-        LineStates::default()
-    };
-    Ok(OrderFacts {
-        id,
-        statut: order.statut,
-        validation: order.validation,
-        lines,
-    })
 }
 
 /// Changes an order's status, as the transition table allows
@@ -262,96 +173,6 @@ pub fn delete_order(
         diesel::delete(commandes::table.find(id)).execute(conn)?;
         Ok(!messages.is_empty())
     })
-}
-
-/// How a change to a line locks its order: shared, when the line stays in
-/// it; exclusively, when the line may leave it (the order's line count, on
-/// its row, drops: a trigger updates it).
-#[derive(Clone, Copy)]
-enum OrderLock {
-    Share,
-    Exclusive,
-}
-
-/// Locks an order for a change to one of its lines: it must exist (else a
-/// 422 on `field`) and be open (else 409).
-fn lock_open_order(
-    conn: &mut PgConnection,
-    id: i64,
-    field: &str,
-    lock: OrderLock,
-) -> Result<(), OrderError> {
-    let order = commandes::table
-        .find(id)
-        .select((commandes::statut, commandes::validation));
-    let status = match lock {
-        OrderLock::Share => order.for_share().first(conn).optional()?,
-        OrderLock::Exclusive => order.for_no_key_update().first(conn).optional()?,
-    };
-    check_open(id, status, field)
-}
-
-/// Locks an order for a line moved into it: exclusively (concurrent
-/// additions to one order wait in turn); it must be open and have room for
-/// one more line. Its line count follows the line (a trigger).
-fn lock_order_for_a_new_line(conn: &mut PgConnection, id: i64) -> Result<(), OrderError> {
-    let state = commandes::table
-        .find(id)
-        .select(ORDER_STATE)
-        .for_no_key_update()
-        .first(conn)
-        .optional()?;
-    check_room(id, state)
-}
-
-/// What decides whether an order can take one more line.
-type OrderState = (OrderStatus, Option<ValidationStatus>, i32);
-
-const ORDER_STATE: (
-    commandes::statut,
-    commandes::validation,
-    commandes::nb_lignes,
-) = (
-    commandes::statut,
-    commandes::validation,
-    commandes::nb_lignes,
-);
-
-/// An order's lines may change while it exists (else a 422 on `field`)
-/// and the transition table allows it: open, never validated.
-fn check_open(
-    id: i64,
-    status: Option<(OrderStatus, Option<ValidationStatus>)>,
-    field: &str,
-) -> Result<(), OrderError> {
-    let Some((statut, validation)) = status else {
-        return Err(OrderError::Invalid(vec![FieldError::new(
-            field,
-            format!("order {id} does not exist"),
-        )]));
-    };
-    let facts = OrderFacts {
-        id,
-        statut,
-        validation,
-        lines: LineStates::default(),
-    };
-    transitions::decide(&facts, Request::ChangeLines)?;
-    Ok(())
-}
-
-/// A line may be added to an order whose lines may change (see
-/// [`check_open`]) and that holds fewer than the most an order may hold.
-fn check_room(id: i64, state: Option<OrderState>) -> Result<(), OrderError> {
-    check_open(id, state.map(|(s, v, _)| (s, v)), "commande_id")?;
-    match state {
-        Some((_, _, lines)) if i64::from(lines) >= LINES_PER_ORDER_MAX => {
-            Err(OrderError::Conflict(format!(
-                "order {id} already has {lines} lines, the most an order may hold"
-            )))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// The statuses of the orders whose lines may change, as stored.
@@ -527,7 +348,7 @@ pub fn create_line(
         statut_stock: StockStatus::EnAttente,
         version: 1,
     };
-    let messages = [message(Action::Created, &line, None)];
+    let messages = [line.message(Action::Created, None)];
     for _ in 0..ADD_LINE_ATTEMPTS {
         let guard = AddLine {
             line: &line,
@@ -568,34 +389,6 @@ pub fn find_line(conn: &mut PgConnection, id: i64) -> QueryResult<Option<OrderLi
         .select(OrderLine::as_select())
         .first(conn)
         .optional()
-}
-
-/// Locks a line and its (open) order, order first.
-fn lock_line(conn: &mut PgConnection, id: i64, lock: OrderLock) -> Result<LineRow, OrderError> {
-    let order_id = commandes_produits::table
-        .find(id)
-        .select(commandes_produits::commande_id)
-        .first::<i64>(conn)
-        .optional()?
-        .ok_or(OrderError::NotFound("order line", id))?;
-    lock_open_order(conn, order_id, "commande_id", lock).map_err(|e| match e {
-        // The order vanished between the two reads: so did the line.
-        OrderError::Invalid(_) => OrderError::NotFound("order line", id),
-        other => other,
-    })?;
-    let line = commandes_produits::table
-        .find(id)
-        .select(LineRow::as_select())
-        .for_update()
-        .first(conn)
-        .optional()?
-        .ok_or(OrderError::NotFound("order line", id))?;
-    if line.commande_id != order_id {
-        return Err(OrderError::Conflict(format!(
-            "order line {id} was moved to another order meanwhile; retry"
-        )));
-    }
-    Ok(line)
 }
 
 /// Changes a line; returns it and whether it changed (and a message was written).
@@ -649,11 +442,7 @@ pub fn update_line(
             .returning(LineRow::as_returning())
             .get_result(conn)
             .map_err(product_gone(produit_id))?;
-        outbox::enqueue_stock(
-            conn,
-            request,
-            &[message(Action::Updated, &line, Some(&old))],
-        )?;
+        outbox::enqueue_stock(conn, request, &[line.message(Action::Updated, Some(&old))])?;
         Ok((line.into(), true))
     })
 }
@@ -667,7 +456,7 @@ pub fn delete_line(
         let mut line = lock_line(conn, id, OrderLock::Exclusive)?;
         diesel::delete(commandes_produits::table.find(id)).execute(conn)?;
         line.version += 1;
-        outbox::enqueue_stock(conn, request, &[message(Action::Deleted, &line, None)])?;
+        outbox::enqueue_stock(conn, request, &[line.message(Action::Deleted, None)])?;
         Ok(())
     })
 }

@@ -3,11 +3,11 @@
 //! transaction, under the orders' row locks, so that one saga is advanced
 //! by one `orders` replica at a time and never twice.
 //!
-//! Locks follow the orders service's one order: the order rows (by id),
-//! then their lines (by id, in one statement for all the orders of a
-//! batch, as the worker locks a batch's lines). The worker locks lines
-//! last and never an order, so none of these can deadlock with it or with
-//! the API.
+//! Locks are taken through [`crate::orders::locks`], in its one order:
+//! the order rows (by id), then their lines (by id, in one statement for
+//! all the orders of a batch, as the worker locks a batch's lines). The
+//! worker locks lines last and never an order, so none of these can
+//! deadlock with it or with the API.
 
 use super::machine::{Input, LineFact, LineProgress, Saga, Step};
 use crate::db::fixed::fixed_sql;
@@ -16,8 +16,9 @@ use crate::db::schema::{commandes, commandes_produits, produits, validation_lign
 use crate::domain::transitions::{self, Request};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, LineEvent};
+use crate::orders::locks::{bump_lines, bump_lines_of, lock_order_facts};
 use crate::orders::model::{Order, OrderError};
-use crate::orders::queries::{bump_lines, bump_lines_of, find_order, lock_order_facts, message};
+use crate::orders::queries::find_order;
 use crate::outbox;
 use crate::request_id::RequestId;
 use diesel::prelude::*;
@@ -67,7 +68,7 @@ pub fn start(
         let messages: Vec<_> = lines
             .iter()
             .map(|l| {
-                let mut m = message(Action::Updated, l, Some(l));
+                let mut m = l.message(Action::Updated, Some(l));
                 m.validation = true;
                 m
             })
@@ -284,7 +285,7 @@ fn compensate(
         let messages: Vec<_> = mine
             .iter()
             .map(|l| {
-                let mut m = message(Action::Deleted, l, None);
+                let mut m = l.message(Action::Deleted, None);
                 m.validation = true;
                 m
             })
