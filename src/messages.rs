@@ -2,6 +2,7 @@
 //! message bodies. The outbox writer, the relay, the worker and the tests
 //! all use these types; nothing else defines a message.
 
+use crate::domain::{LineId, OrderId, ProductId, Version};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -132,17 +133,17 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StockMessage {
     pub action: Action,
-    pub produit_id: i64,
+    pub produit_id: ProductId,
     pub quantite: i32,
-    pub commande_id: i64,
+    pub commande_id: OrderId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ligne_id: Option<i64>,
+    pub ligne_id: Option<LineId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<i64>,
+    pub version: Option<Version>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ancien_produit_id: Option<i64>,
+    pub ancien_produit_id: Option<ProductId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ancienne_quantite: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,11 +183,11 @@ impl LineOutcome {
 #[serde(deny_unknown_fields)]
 pub struct LineEvent {
     pub event: LineOutcome,
-    pub commande_id: i64,
-    pub ligne_id: i64,
+    pub commande_id: OrderId,
+    pub ligne_id: LineId,
     /// The line's version the outcome is for.
-    pub version: i64,
-    pub produit_id: i64,
+    pub version: Version,
+    pub produit_id: ProductId,
     /// What the line asked for.
     pub quantite: i32,
     /// For [`LineOutcome::LigneRejetee`]: the product's stock when it was
@@ -219,7 +220,7 @@ impl AlertEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StockAlert {
     pub event: AlertEvent,
-    pub produit_id: i64,
+    pub produit_id: ProductId,
     pub quantite_en_stock: i32,
     pub seuil: i32,
 }
@@ -232,12 +233,12 @@ mod tests {
     fn the_seed_fields_come_first_and_absent_ones_are_omitted() {
         let m = StockMessage {
             action: Action::Created,
-            produit_id: 5,
+            produit_id: ProductId(5),
             quantite: 12,
-            commande_id: 3,
+            commande_id: OrderId(3),
             message_id: None,
-            ligne_id: Some(17),
-            version: Some(1),
+            ligne_id: Some(LineId(17)),
+            version: Some(Version(1)),
             ancien_produit_id: None,
             ancienne_quantite: None,
             occurred_at: None,
@@ -275,7 +276,7 @@ mod tests {
     fn alerts_serialize_as_specified() {
         let a = StockAlert {
             event: AlertEvent::StockBas,
-            produit_id: 1,
+            produit_id: ProductId(1),
             quantite_en_stock: 3,
             seuil: 5,
         };

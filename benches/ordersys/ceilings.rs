@@ -92,6 +92,7 @@ pub fn database(db: &TestDb, n: usize) -> f64 {
 ///
 /// [`create_line`]: ordersys::orders::queries::create_line
 pub fn line_writes(threads: usize, secs: f64) -> (f64, String) {
+    use ordersys::domain::{OrderId, ProductId};
     use ordersys::orders::model::NewLine;
     use ordersys::orders::queries::create_line;
     use ordersys::request_id::RequestId;
@@ -126,8 +127,8 @@ pub fn line_writes(threads: usize, secs: f64) -> (f64, String) {
                     let mut n = 0;
                     while started.elapsed().as_secs_f64() < secs {
                         let new = NewLine {
-                            commande_id: orders[(t + n * threads) % orders.len()],
-                            produit_id: products[n % products.len()],
+                            commande_id: OrderId(orders[(t + n * threads) % orders.len()]),
+                            produit_id: ProductId(products[n % products.len()]),
                             quantite: 1,
                         };
                         create_line(conn, &RequestId::generate(), new).unwrap();

@@ -38,6 +38,13 @@ macro_rules! bigint_id {
             }
         }
 
+        /// Logged as the bare number.
+        impl log::kv::ToValue for $name {
+            fn to_value(&self) -> log::kv::Value<'_> {
+                log::kv::Value::from(self.0)
+            }
+        }
+
         impl ToSql<BigInt, Pg> for $name {
             fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
                 <i64 as ToSql<BigInt, Pg>>::to_sql(&self.0, out)

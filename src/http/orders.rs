@@ -9,7 +9,7 @@ use super::responses::{Accepted, Created};
 use super::{Api, AppState};
 use crate::auth::{ApiScopes, Scope};
 use crate::db::Database;
-use crate::domain::{FieldError, OrderStatus, Page, Pagination};
+use crate::domain::{FieldError, LineId, OrderId, OrderStatus, Page, Pagination};
 use crate::orders::model::{
     LineChange, LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine,
 };
@@ -190,7 +190,9 @@ async fn update_order(
     let statut = body.0.status().map_err(ApiError::invalid)?;
     let (order, wrote) = state
         .db
-        .run(move |conn| queries::update_order(conn, &request, id, statut).map_err(ApiError::from))
+        .run(move |conn| {
+            queries::update_order(conn, &request, OrderId(id), statut).map_err(ApiError::from)
+        })
         .await?;
     wake_relay(&state, wrote);
     Ok(web::Json(order))
@@ -219,7 +221,9 @@ async fn validate_order(
     let timeout = timeout.0;
     let order = state
         .db
-        .run(move |conn| saga::store::start(conn, &request, id, timeout).map_err(ApiError::from))
+        .run(move |conn| {
+            saga::store::start(conn, &request, OrderId(id), timeout).map_err(ApiError::from)
+        })
         .await?;
     wake_relay(&state, true);
     Ok(Accepted {
@@ -240,7 +244,7 @@ async fn delete_order(
     let id = id.into_inner();
     let wrote = state
         .db
-        .run(move |conn| queries::delete_order(conn, &request, id).map_err(ApiError::from))
+        .run(move |conn| queries::delete_order(conn, &request, OrderId(id)).map_err(ApiError::from))
         .await?;
     wake_relay(&state, wrote);
     Ok(NoContent)
@@ -315,7 +319,9 @@ async fn update_line(
     let changes = LineChanges::try_from(body.0).map_err(ApiError::invalid)?;
     let (line, wrote) = state
         .db
-        .run(move |conn| queries::update_line(conn, &request, id, changes).map_err(ApiError::from))
+        .run(move |conn| {
+            queries::update_line(conn, &request, LineId(id), changes).map_err(ApiError::from)
+        })
         .await?;
     wake_relay(&state, wrote);
     Ok(web::Json(line))
@@ -331,7 +337,7 @@ async fn delete_line(
     let id = id.into_inner();
     state
         .db
-        .run(move |conn| queries::delete_line(conn, &request, id).map_err(ApiError::from))
+        .run(move |conn| queries::delete_line(conn, &request, LineId(id)).map_err(ApiError::from))
         .await?;
     wake_relay(&state, true);
     Ok(NoContent)

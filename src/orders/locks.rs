@@ -20,33 +20,36 @@ use super::model::{LineRow, OrderError, OrderRow};
 use crate::db::schema::{commandes, commandes_produits};
 use crate::domain::limits::LINES_PER_ORDER_MAX;
 use crate::domain::transitions::{self, LineStates, OrderFacts, Request};
-use crate::domain::FieldError;
+use crate::domain::{FieldError, LineId, OrderId};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use diesel::prelude::*;
 
 /// Locks order `id` (404 if missing) and reads its row.
-fn lock_order(conn: &mut PgConnection, id: i64) -> Result<OrderRow, OrderError> {
+fn lock_order(conn: &mut PgConnection, id: OrderId) -> Result<OrderRow, OrderError> {
     commandes::table
         .find(id)
         .select(OrderRow::as_select())
         .for_update()
         .first(conn)
         .optional()?
-        .ok_or(OrderError::NotFound("order", id))
+        .ok_or(OrderError::NotFound("order", id.get()))
 }
 
 /// Locks the lines of an order, by id, bumps their version and sets them
 /// `EN_ATTENTE` (a message about each is going to the worker); returns them
 /// by id.
-pub(crate) fn bump_lines(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<LineRow>> {
+pub(crate) fn bump_lines(conn: &mut PgConnection, order_id: OrderId) -> QueryResult<Vec<LineRow>> {
     bump_lines_of(conn, &[order_id])
 }
 
 /// [`bump_lines`] for several orders at once: their lines are locked in
 /// one statement, in id order (as the worker locks lines), so that two
 /// transactions never wait on each other's lines.
-pub(crate) fn bump_lines_of(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<Vec<LineRow>> {
-    let ids: Vec<i64> = commandes_produits::table
+pub(crate) fn bump_lines_of(
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> QueryResult<Vec<LineRow>> {
+    let ids: Vec<LineId> = commandes_produits::table
         .filter(commandes_produits::commande_id.eq_any(orders))
         .select(commandes_produits::id)
         .order(commandes_produits::id)
@@ -72,7 +75,7 @@ pub(crate) fn bump_lines_of(conn: &mut PgConnection, orders: &[i64]) -> QueryRes
 /// depend on; its lines' stock statuses only when `with_lines`.
 pub(crate) fn lock_order_facts(
     conn: &mut PgConnection,
-    id: i64,
+    id: OrderId,
     with_lines: bool,
 ) -> Result<OrderFacts, OrderError> {
     let order = lock_order(conn, id)?;
@@ -87,7 +90,7 @@ pub(crate) fn lock_order_facts(
         LineStates::default()
     };
     Ok(OrderFacts {
-        id,
+        id: id.get(),
         statut: order.statut,
         validation: order.validation,
         lines,
@@ -107,7 +110,7 @@ pub(super) enum OrderLock {
 /// 422 on `field`) and be open (else 409).
 fn lock_open_order(
     conn: &mut PgConnection,
-    id: i64,
+    id: OrderId,
     field: &str,
     lock: OrderLock,
 ) -> Result<(), OrderError> {
@@ -126,7 +129,7 @@ fn lock_open_order(
 /// one more line. Its line count follows the line (a trigger).
 pub(super) fn lock_order_for_a_new_line(
     conn: &mut PgConnection,
-    id: i64,
+    id: OrderId,
 ) -> Result<(), OrderError> {
     let state = commandes::table
         .find(id)
@@ -153,7 +156,7 @@ pub(super) const ORDER_STATE: (
 /// An order's lines may change while it exists (else a 422 on `field`)
 /// and the transition table allows it: open, never validated.
 fn check_open(
-    id: i64,
+    id: OrderId,
     status: Option<(OrderStatus, Option<ValidationStatus>)>,
     field: &str,
 ) -> Result<(), OrderError> {
@@ -164,7 +167,7 @@ fn check_open(
         )]));
     };
     let facts = OrderFacts {
-        id,
+        id: id.get(),
         statut,
         validation,
         lines: LineStates::default(),
@@ -175,7 +178,7 @@ fn check_open(
 
 /// A line may be added to an order whose lines may change (see
 /// [`check_open`]) and that holds fewer than the most an order may hold.
-pub(super) fn check_room(id: i64, state: Option<OrderState>) -> Result<(), OrderError> {
+pub(super) fn check_room(id: OrderId, state: Option<OrderState>) -> Result<(), OrderError> {
     check_open(id, state.map(|(s, v, _)| (s, v)), "commande_id")?;
     match state {
         Some((_, _, lines)) if i64::from(lines) >= LINES_PER_ORDER_MAX => {
@@ -190,18 +193,18 @@ pub(super) fn check_room(id: i64, state: Option<OrderState>) -> Result<(), Order
 /// Locks a line and its (open) order, order first.
 pub(super) fn lock_line(
     conn: &mut PgConnection,
-    id: i64,
+    id: LineId,
     lock: OrderLock,
 ) -> Result<LineRow, OrderError> {
     let order_id = commandes_produits::table
         .find(id)
         .select(commandes_produits::commande_id)
-        .first::<i64>(conn)
+        .first::<OrderId>(conn)
         .optional()?
-        .ok_or(OrderError::NotFound("order line", id))?;
+        .ok_or(OrderError::NotFound("order line", id.get()))?;
     lock_open_order(conn, order_id, "commande_id", lock).map_err(|e| match e {
         // The order vanished between the two reads: so did the line.
-        OrderError::Invalid(_) => OrderError::NotFound("order line", id),
+        OrderError::Invalid(_) => OrderError::NotFound("order line", id.get()),
         other => other,
     })?;
     let line = commandes_produits::table
@@ -210,7 +213,7 @@ pub(super) fn lock_line(
         .for_update()
         .first(conn)
         .optional()?
-        .ok_or(OrderError::NotFound("order line", id))?;
+        .ok_or(OrderError::NotFound("order line", id.get()))?;
     if line.commande_id != order_id {
         return Err(OrderError::Conflict(format!(
             "order line {id} was moved to another order meanwhile; retry"

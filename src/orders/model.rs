@@ -3,7 +3,8 @@
 use crate::db::schema::{commandes_produits, historique_lignes};
 use crate::domain::limits::{check_range, QUANTITE_MAX};
 use crate::domain::{
-    FieldError, Input, Money, OrderStatus, Required, StockStatus, ValidationStatus,
+    FieldError, Input, LineId, Money, OrderId, OrderStatus, ProductId, Required, StockStatus,
+    ValidationStatus, Version,
 };
 use crate::messages::{Action, StockMessage};
 use chrono::{DateTime, Utc};
@@ -117,13 +118,13 @@ pub struct LineChange {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = commandes_produits, check_for_backend(diesel::pg::Pg))]
 pub struct LineRow {
-    pub id: i64,
-    pub commande_id: i64,
-    pub produit_id: i64,
+    pub id: LineId,
+    pub commande_id: OrderId,
+    pub produit_id: ProductId,
     pub quantite: i32,
     pub prix_unitaire: Money,
     pub statut_stock: StockStatus,
-    pub version: i64,
+    pub version: Version,
 }
 
 impl LineRow {
@@ -149,9 +150,9 @@ impl LineRow {
 impl From<LineRow> for OrderLine {
     fn from(l: LineRow) -> Self {
         OrderLine {
-            id: l.id,
-            commande_id: l.commande_id,
-            produit_id: l.produit_id,
+            id: l.id.get(),
+            commande_id: l.commande_id.get(),
+            produit_id: l.produit_id.get(),
             quantite: l.quantite,
             prix_unitaire: l.prix_unitaire,
             statut_stock: l.statut_stock,
@@ -230,16 +231,16 @@ pub struct LineUpdate {
 /// A valid new line.
 #[derive(Debug, Clone, Copy)]
 pub struct NewLine {
-    pub commande_id: i64,
-    pub produit_id: i64,
+    pub commande_id: OrderId,
+    pub produit_id: ProductId,
     pub quantite: i32,
 }
 
 /// Valid changes to a line.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LineChanges {
-    pub commande_id: Option<i64>,
-    pub produit_id: Option<i64>,
+    pub commande_id: Option<OrderId>,
+    pub produit_id: Option<ProductId>,
     pub quantite: Option<i32>,
 }
 
@@ -261,8 +262,8 @@ impl TryFrom<LineCreate> for NewLine {
         match (commande_id, produit_id, quantite) {
             (Some(commande_id), Some(produit_id), Some(quantite)) if errors.is_empty() => {
                 Ok(NewLine {
-                    commande_id,
-                    produit_id,
+                    commande_id: OrderId(commande_id),
+                    produit_id: ProductId(produit_id),
                     quantite,
                 })
             }
@@ -277,8 +278,14 @@ impl TryFrom<LineUpdate> for LineChanges {
     fn try_from(input: LineUpdate) -> Result<Self, Self::Error> {
         let mut errors = Vec::new();
         let changes = LineChanges {
-            commande_id: input.commande_id.change("commande_id", &mut errors),
-            produit_id: input.produit_id.change("produit_id", &mut errors),
+            commande_id: input
+                .commande_id
+                .change("commande_id", &mut errors)
+                .map(OrderId),
+            produit_id: input
+                .produit_id
+                .change("produit_id", &mut errors)
+                .map(ProductId),
             quantite: input.quantite.change("quantite", &mut errors),
         };
         if let Some(q) = changes.quantite {

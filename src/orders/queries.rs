@@ -16,7 +16,7 @@ use crate::db::schema::{commandes, commandes_produits, historique_lignes, produi
 use crate::domain::limits::LINES_PER_ORDER_MAX;
 use crate::domain::transitions::{self, Effect, Refusal, Request};
 use crate::domain::Money;
-use crate::domain::{FieldError, Page};
+use crate::domain::{FieldError, LineId, OrderId, Page, ProductId, Version};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, StockMessage};
 use crate::outbox;
@@ -93,7 +93,7 @@ pub fn find_orders(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64
 }
 
 /// One order with its lines.
-pub fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
+pub fn find_order(conn: &mut PgConnection, id: OrderId) -> QueryResult<Option<Order>> {
     let Some(row) = commandes::table
         .find(id)
         .select(OrderRow::as_select())
@@ -102,13 +102,16 @@ pub fn find_order(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>
     else {
         return Ok(None);
     };
-    let lines = lines_of(conn, &[id])?;
+    let lines = lines_of(conn, &[id.get()])?;
     Ok(Some(row.with_lines(lines)))
 }
 
 /// Locks the lines of an order, by id, and bumps their version: they are
 /// about to be released.
-fn release_lines(conn: &mut PgConnection, order_id: i64) -> Result<Vec<StockMessage>, OrderError> {
+fn release_lines(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Vec<StockMessage>, OrderError> {
     Ok(bump_lines(conn, order_id)?
         .iter()
         .map(|l| l.message(Action::Deleted, None))
@@ -128,7 +131,7 @@ impl From<Refusal> for OrderError {
 pub fn update_order(
     conn: &mut PgConnection,
     request: &RequestId,
-    id: i64,
+    id: OrderId,
     statut: Option<OrderStatus>,
 ) -> Result<(Order, bool), OrderError> {
     conn.transaction(|conn| {
@@ -147,7 +150,7 @@ pub fn update_order(
                 .set(commandes::statut.eq(target))
                 .execute(conn)?;
         }
-        let order = find_order(conn, id)?.ok_or(OrderError::NotFound("order", id))?;
+        let order = find_order(conn, id)?.ok_or(OrderError::NotFound("order", id.get()))?;
         Ok((order, wrote))
     })
 }
@@ -158,7 +161,7 @@ pub fn update_order(
 pub fn delete_order(
     conn: &mut PgConnection,
     request: &RequestId,
-    id: i64,
+    id: OrderId,
 ) -> Result<bool, OrderError> {
     conn.transaction(|conn| {
         let facts = lock_order_facts(conn, id, false)?;
@@ -189,7 +192,7 @@ static OPEN_STATUSES: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLo
 /// lock on it from the line's write to the commit, and a product deleted
 /// between this read and that write is refused by the key ([`product_gone`])
 /// with the same answer as a missing product.
-fn product_price(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Money>> {
+fn product_price(conn: &mut PgConnection, id: ProductId) -> QueryResult<Option<Money>> {
     produits::table
         .find(id)
         .select(produits::prix)
@@ -199,7 +202,7 @@ fn product_price(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Money>>
 
 /// A line write refused by its product's foreign key: the product was
 /// deleted after its price was read.
-fn product_gone(produit_id: i64) -> impl FnOnce(diesel::result::Error) -> OrderError {
+fn product_gone(produit_id: ProductId) -> impl FnOnce(diesel::result::Error) -> OrderError {
     move |error| match &error {
         diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::ForeignKeyViolation,
@@ -211,7 +214,7 @@ fn product_gone(produit_id: i64) -> impl FnOnce(diesel::result::Error) -> OrderE
     }
 }
 
-fn missing_product(id: i64) -> FieldError {
+fn missing_product(id: ProductId) -> FieldError {
     FieldError::new("produit_id", format!("product {id} does not exist"))
 }
 
@@ -220,7 +223,7 @@ fn missing_product(id: i64) -> FieldError {
 #[derive(QueryableByName)]
 struct LineSlot {
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    id: LineId,
     #[diesel(sql_type = Nullable<Numeric>)]
     prix: Option<Money>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -241,8 +244,8 @@ impl LineSlot {
 /// static query id; see [`outbox::Guard`]).
 #[derive(QueryId)]
 struct ReadLineSlot {
-    order: i64,
-    product: i64,
+    order: OrderId,
+    product: ProductId,
 }
 
 impl QueryFragment<Pg> for ReadLineSlot {
@@ -346,7 +349,7 @@ pub fn create_line(
         quantite: new.quantite,
         prix_unitaire: price,
         statut_stock: StockStatus::EnAttente,
-        version: 1,
+        version: Version::FIRST,
     };
     let messages = [line.message(Action::Created, None)];
     for _ in 0..ADD_LINE_ATTEMPTS {
@@ -395,7 +398,7 @@ pub fn find_line(conn: &mut PgConnection, id: i64) -> QueryResult<Option<OrderLi
 pub fn update_line(
     conn: &mut PgConnection,
     request: &RequestId,
-    id: i64,
+    id: LineId,
     changes: LineChanges,
 ) -> Result<(OrderLine, bool), OrderError> {
     conn.transaction(|conn| {
@@ -450,12 +453,12 @@ pub fn update_line(
 pub fn delete_line(
     conn: &mut PgConnection,
     request: &RequestId,
-    id: i64,
+    id: LineId,
 ) -> Result<(), OrderError> {
     conn.transaction(|conn| {
         let mut line = lock_line(conn, id, OrderLock::Exclusive)?;
         diesel::delete(commandes_produits::table.find(id)).execute(conn)?;
-        line.version += 1;
+        line.version = line.version.next();
         outbox::enqueue_stock(conn, request, &[line.message(Action::Deleted, None)])?;
         Ok(())
     })

@@ -7,6 +7,7 @@
 pub mod relay;
 
 use crate::db::fixed::fixed_sql;
+use crate::domain::{LineId, OrderId, ProductId, Version};
 use crate::messages::{
     LineEvent, StockAlert, StockMessage, ALERTS_EXCHANGE, ORDER_EVENTS_EXCHANGE,
     ORDER_EVENTS_ROUTING_KEY, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY,
@@ -183,11 +184,11 @@ impl RunQueryDsl<PgConnection> for Queue<'_> {}
 struct StockRows<'a> {
     queue: Queue<'a>,
     history_ids: Vec<Uuid>,
-    lines: Vec<i64>,
-    orders: Vec<i64>,
-    versions: Vec<i64>,
+    lines: Vec<LineId>,
+    orders: Vec<OrderId>,
+    versions: Vec<Version>,
     actions: Vec<&'static str>,
-    products: Vec<i64>,
+    products: Vec<ProductId>,
     quantities: Vec<i32>,
 }
 

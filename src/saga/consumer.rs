@@ -18,6 +18,7 @@ use super::store::{self, Advanced, Received};
 use crate::consume::{self, Handler, Queue};
 use crate::context::Context;
 use crate::db::{self, Retention};
+use crate::domain::{OrderId, Version};
 use crate::logging;
 use crate::messages::{
     DeadLetterClass, LineEvent, Refusal, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_QUEUE,
@@ -107,7 +108,7 @@ fn parse(delivery: &Delivery, max_bytes: usize) -> Result<Received, String> {
     )?;
     let event: LineEvent =
         serde_json::from_slice(&delivery.body).map_err(|e| format!("malformed line event: {e}"))?;
-    if event.version < 1 || event.quantite < 0 {
+    if event.version < Version::FIRST || event.quantite < 0 {
         return Err(format!(
             "a line event needs a version of at least 1 and a quantite of 0 or more, got {} and {}",
             event.version, event.quantite
@@ -159,7 +160,7 @@ fn report(metrics: &Metrics, events: &[Received], advanced: &Advanced) {
 
 fn log_step(
     metrics: &crate::metrics::SagaMetrics,
-    order: i64,
+    order: OrderId,
     step: &Step,
     refusal: ValidationResult,
 ) {

@@ -22,17 +22,17 @@
 //!   saga then waits for each release and ignores anything else. A
 //!   confirmed one ignores everything.
 
-use crate::domain::{StockStatus, ValidationStatus};
+use crate::domain::{LineId, OrderId, ProductId, StockStatus, ValidationStatus, Version};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 /// One line of a validation and the outcome the database showed for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineProgress {
-    pub ligne_id: i64,
+    pub ligne_id: LineId,
     /// The version whose outcome the saga waits for.
-    pub version: i64,
-    pub produit_id: i64,
+    pub version: Version,
+    pub produit_id: ProductId,
     pub quantite: i32,
     /// `RESERVE` or `REJETE` while validating, `LIBERE` once released.
     pub resultat: Option<StockStatus>,
@@ -43,7 +43,7 @@ pub struct LineProgress {
 /// One order's validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saga {
-    pub commande_id: i64,
+    pub commande_id: OrderId,
     pub state: ValidationStatus,
     /// By line id.
     pub lines: Vec<LineProgress>,
@@ -54,8 +54,8 @@ pub struct Saga {
 /// transaction that moved the stock), and its product's stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineFact {
-    pub ligne_id: i64,
-    pub version: i64,
+    pub ligne_id: LineId,
+    pub version: Version,
     pub statut: StockStatus,
     pub disponible: i32,
 }
@@ -195,7 +195,7 @@ impl Saga {
 
     /// Records that the refused order's lines are released at `versions`
     /// (by line id): the saga now waits for those releases.
-    pub fn refused(&mut self, versions: impl IntoIterator<Item = (i64, i64)>) {
+    pub fn refused(&mut self, versions: impl IntoIterator<Item = (LineId, Version)>) {
         for (ligne_id, version) in versions {
             if let Some(line) = self.lines.iter_mut().find(|l| l.ligne_id == ligne_id) {
                 line.version = version;
@@ -250,16 +250,17 @@ impl Saga {
 mod tests {
     use super::*;
 
+    /// A saga of `lines`, each a (line id, version) pair.
     fn saga(lines: &[(i64, i64)]) -> Saga {
         Saga {
-            commande_id: 1,
+            commande_id: OrderId(1),
             state: ValidationStatus::EnCours,
             lines: lines
                 .iter()
                 .map(|&(ligne_id, version)| LineProgress {
-                    ligne_id,
-                    version,
-                    produit_id: 7,
+                    ligne_id: LineId(ligne_id),
+                    version: Version(version),
+                    produit_id: ProductId(7),
                     quantite: 3,
                     resultat: None,
                     disponible: None,
@@ -270,8 +271,8 @@ mod tests {
 
     fn fact(statut: StockStatus, ligne_id: i64, version: i64) -> LineFact {
         LineFact {
-            ligne_id,
-            version,
+            ligne_id: LineId(ligne_id),
+            version: Version(version),
             statut,
             disponible: 2,
         }
@@ -395,7 +396,7 @@ mod tests {
             s.step(Input::Facts(&[rejected(11, 1)])),
             Step::Refused(_)
         ));
-        s.refused([(10, 2), (11, 2)]);
+        s.refused([(LineId(10), Version(2)), (LineId(11), Version(2))]);
         assert_eq!(s.state, ValidationStatus::Refusee);
         // Late outcomes of the validation, old releases: nothing.
         assert_eq!(

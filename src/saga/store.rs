@@ -14,6 +14,7 @@ use crate::db::fixed::fixed_sql;
 use crate::db::processed::{self, Ledger};
 use crate::db::schema::{commandes, commandes_produits, produits, validation_lignes};
 use crate::domain::transitions::{self, Request};
+use crate::domain::{LineId, OrderId, ProductId, Version};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
 use crate::messages::{Action, LineEvent};
 use crate::orders::locks::{bump_lines, bump_lines_of, lock_order_facts};
@@ -35,7 +36,7 @@ use uuid::Uuid;
 pub fn start(
     conn: &mut PgConnection,
     request: &RequestId,
-    id: i64,
+    id: OrderId,
     timeout: Duration,
 ) -> Result<Order, OrderError> {
     conn.transaction(|conn| {
@@ -74,7 +75,7 @@ pub fn start(
             })
             .collect();
         outbox::enqueue_stock(conn, request, &messages)?;
-        find_order(conn, id)?.ok_or(OrderError::NotFound("order", id))
+        find_order(conn, id)?.ok_or(OrderError::NotFound("order", id.get()))
     })
 }
 
@@ -82,7 +83,7 @@ fixed_sql!(include_str!("start.sql"),
     /// Marks order `id` as being validated, until `timeout_secs` from now.
     struct Begin {
         timeout_secs: f64 as Double,
-        id: i64 as BigInt,
+        id: OrderId as BigInt,
     }
 );
 
@@ -90,7 +91,7 @@ fixed_sql!(include_str!("start.sql"),
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Advanced {
     /// Per input, in order: its step (`None` for an event already applied).
-    pub steps: Vec<(i64, Option<Step>)>,
+    pub steps: Vec<(OrderId, Option<Step>)>,
     /// Whether compensation messages were written (wake the relay).
     pub wrote_messages: bool,
 }
@@ -137,7 +138,7 @@ pub fn apply_events(conn: &mut PgConnection, events: &[Received]) -> QueryResult
 /// another replica is advancing are skipped); returns what it did.
 pub fn time_out(conn: &mut PgConnection, limit: usize) -> QueryResult<Advanced> {
     conn.transaction(|conn| {
-        let due: Vec<(i64, f64)> = ClaimDue {
+        let due: Vec<(OrderId, f64)> = ClaimDue {
             limit: limit as i64,
         }
         .load::<Due>(conn)?
@@ -170,7 +171,7 @@ fixed_sql!(include_str!("due.sql"),
 #[derive(QueryableByName)]
 struct Due {
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    id: OrderId,
     #[diesel(sql_type = Double)]
     after: f64,
 }
@@ -178,7 +179,7 @@ struct Due {
 /// What woke one order's saga (`None`: an event applied before), and the
 /// request its compensation messages are attributed to.
 struct Pending<'a> {
-    order: i64,
+    order: OrderId,
     input: Option<Wake>,
     request: Option<&'a RequestId>,
 }
@@ -196,7 +197,7 @@ enum Wake {
 /// Locks the sagas of `inputs`' orders, feeds each its inputs in order and
 /// writes what they decided. An input of an order with no saga is ignored.
 fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advanced> {
-    let orders: Vec<i64> = inputs
+    let orders: Vec<OrderId> = inputs
         .iter()
         .filter(|p| p.input.is_some())
         .map(|p| p.order)
@@ -208,7 +209,7 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
     let before = sagas.clone();
     let mut advanced = Advanced::default();
     // Each refused order's motif, and the request its releases are for.
-    let mut refusals: BTreeMap<i64, (String, Option<&RequestId>)> = BTreeMap::new();
+    let mut refusals: BTreeMap<OrderId, (String, Option<&RequestId>)> = BTreeMap::new();
     let mut confirmed = Vec::new();
     for pending in inputs {
         let order = pending.order;
@@ -268,13 +269,13 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
 /// each release. Returns whether messages were written.
 fn compensate(
     conn: &mut PgConnection,
-    refusals: &BTreeMap<i64, (String, Option<&RequestId>)>,
-    sagas: &mut BTreeMap<i64, Saga>,
+    refusals: &BTreeMap<OrderId, (String, Option<&RequestId>)>,
+    sagas: &mut BTreeMap<OrderId, Saga>,
 ) -> QueryResult<bool> {
     if refusals.is_empty() {
         return Ok(false);
     }
-    let orders: Vec<i64> = refusals.keys().copied().collect();
+    let orders: Vec<OrderId> = refusals.keys().copied().collect();
     let lines = bump_lines_of(conn, &orders)?;
     let mut wrote = false;
     for (order, (_, request)) in refusals {
@@ -304,14 +305,14 @@ fn now() -> diesel::expression::SqlLiteral<Nullable<diesel::sql_types::Timestamp
 }
 
 /// Locks the orders (by id) and reads their sagas.
-fn load(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<BTreeMap<i64, Saga>> {
-    let states: Vec<(i64, Option<ValidationStatus>)> = commandes::table
+fn load(conn: &mut PgConnection, orders: &[OrderId]) -> QueryResult<BTreeMap<OrderId, Saga>> {
+    let states: Vec<(OrderId, Option<ValidationStatus>)> = commandes::table
         .filter(commandes::id.eq_any(orders))
         .order(commandes::id)
         .select((commandes::id, commandes::validation))
         .for_update()
         .load(conn)?;
-    let mut sagas: BTreeMap<i64, Saga> = states
+    let mut sagas: BTreeMap<OrderId, Saga> = states
         .into_iter()
         .filter_map(|(id, state)| {
             Some((
@@ -324,7 +325,7 @@ fn load(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<BTreeMap<i64, Sa
             ))
         })
         .collect();
-    let with_saga: Vec<i64> = sagas.keys().copied().collect();
+    let with_saga: Vec<OrderId> = sagas.keys().copied().collect();
     let lines: Vec<LineRow> = validation_lignes::table
         .filter(validation_lignes::commande_id.eq_any(&with_saga))
         .order((validation_lignes::commande_id, validation_lignes::ligne_id))
@@ -351,16 +352,16 @@ fn load(conn: &mut PgConnection, orders: &[i64]) -> QueryResult<BTreeMap<i64, Sa
 /// whatever the batch.
 fn line_facts(
     conn: &mut PgConnection,
-    sagas: &BTreeMap<i64, Saga>,
-) -> QueryResult<BTreeMap<i64, Vec<LineFact>>> {
-    let lines: Vec<i64> = sagas
+    sagas: &BTreeMap<OrderId, Saga>,
+) -> QueryResult<BTreeMap<OrderId, Vec<LineFact>>> {
+    let lines: Vec<LineId> = sagas
         .values()
         .flat_map(|s| s.lines.iter().map(|l| l.ligne_id))
         .collect();
     if lines.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows: Vec<(i64, i64, i64, StockStatus, i32)> = commandes_produits::table
+    let rows: Vec<(OrderId, LineId, Version, StockStatus, i32)> = commandes_produits::table
         .inner_join(produits::table)
         .filter(commandes_produits::id.eq_any(&lines))
         .select((
@@ -371,7 +372,7 @@ fn line_facts(
             produits::quantite_en_stock,
         ))
         .load(conn)?;
-    let mut facts: BTreeMap<i64, Vec<LineFact>> = BTreeMap::new();
+    let mut facts: BTreeMap<OrderId, Vec<LineFact>> = BTreeMap::new();
     for (order, ligne_id, version, statut, disponible) in rows {
         facts.entry(order).or_default().push(LineFact {
             ligne_id,
@@ -387,10 +388,10 @@ fn line_facts(
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = validation_lignes, check_for_backend(diesel::pg::Pg))]
 struct LineRow {
-    commande_id: i64,
-    ligne_id: i64,
-    version: i64,
-    produit_id: i64,
+    commande_id: OrderId,
+    ligne_id: LineId,
+    version: Version,
+    produit_id: ProductId,
     quantite: i32,
     resultat: Option<String>,
     disponible: Option<i32>,
@@ -399,8 +400,8 @@ struct LineRow {
 /// Writes the lines whose progress changed, in one statement.
 fn write_lines(
     conn: &mut PgConnection,
-    before: &BTreeMap<i64, Saga>,
-    after: &BTreeMap<i64, Saga>,
+    before: &BTreeMap<OrderId, Saga>,
+    after: &BTreeMap<OrderId, Saga>,
 ) -> QueryResult<()> {
     let mut orders = Vec::new();
     let mut lines = Vec::new();
@@ -436,9 +437,9 @@ fn write_lines(
 fixed_sql!(include_str!("progress.sql"),
     /// The progress of validation lines, a row per element.
     struct Progress {
-        orders: Vec<i64> as Array<BigInt>,
-        lines: Vec<i64> as Array<BigInt>,
-        versions: Vec<i64> as Array<BigInt>,
+        orders: Vec<OrderId> as Array<BigInt>,
+        lines: Vec<LineId> as Array<BigInt>,
+        versions: Vec<Version> as Array<BigInt>,
         results: Vec<Option<&'static str>> as Array<Nullable<Text>>,
         available: Vec<Option<i32>> as Array<Nullable<Integer>>,
     }
@@ -459,13 +460,13 @@ mod tests {
     fn the_statements_are_numbered_as_their_fields() {
         check(&Begin {
             timeout_secs: 1.0,
-            id: 1,
+            id: OrderId(1),
         });
         check(&ClaimDue { limit: 1 });
         check(&Progress {
-            orders: vec![1],
-            lines: vec![1],
-            versions: vec![1],
+            orders: vec![OrderId(1)],
+            lines: vec![LineId(1)],
+            versions: vec![Version(1)],
             results: vec![None],
             available: vec![None],
         });

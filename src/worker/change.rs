@@ -2,6 +2,7 @@
 //! be applied (it then goes to the dead-letter queue with that reason).
 
 use crate::domain::limits::QUANTITE_MAX;
+use crate::domain::{LineId, OrderId, ProductId, Version};
 use crate::messages::{Action, StockMessage};
 use crate::request_id::RequestId;
 use chrono::{DateTime, Utc};
@@ -14,11 +15,11 @@ pub struct StockChange {
     /// seed format (applied as a delta, without de-duplication).
     pub line: Option<LineRef>,
     pub action: Action,
-    pub produit_id: i64,
+    pub produit_id: ProductId,
     pub quantite: i32,
-    pub commande_id: i64,
+    pub commande_id: OrderId,
     /// The line's product and quantity before an UPDATED.
-    pub ancien: Option<(i64, i32)>,
+    pub ancien: Option<(ProductId, i32)>,
     pub occurred_at: Option<DateTime<Utc>>,
     /// The id of the request that made the change (the message's
     /// `correlation_id`), when it has a valid one.
@@ -33,8 +34,8 @@ pub struct StockChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineRef {
     pub message_id: Uuid,
-    pub ligne_id: i64,
-    pub version: i64,
+    pub ligne_id: LineId,
+    pub version: Version,
 }
 
 impl StockChange {
@@ -103,7 +104,7 @@ impl StockChange {
             _ => None,
         };
         let line = match (m.ligne_id, m.version) {
-            (Some(_), Some(v)) if v < 1 => {
+            (Some(_), Some(v)) if v < Version::FIRST => {
                 return Err(format!("version must be at least 1, got {v}"))
             }
             (Some(ligne_id), Some(version)) => {
@@ -161,7 +162,7 @@ mod tests {
         let line = c.line.unwrap();
         assert_eq!(
             (line.ligne_id, line.version, c.ancien),
-            (17, 4, Some((5, 10)))
+            (LineId(17), Version(4), Some((ProductId(5), 10)))
         );
     }
 

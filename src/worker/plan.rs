@@ -30,6 +30,7 @@
 
 use super::change::{LineRef, StockChange};
 use crate::domain::status::StockStatus;
+use crate::domain::{LineId, OrderId, ProductId, Version};
 pub use crate::messages::Refusal;
 use crate::messages::{Action, AlertEvent, DeadLetterClass, LineEvent, LineOutcome, StockAlert};
 use crate::request_id::RequestId;
@@ -41,19 +42,19 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Reservation {
     /// `None` when the line holds nothing (released, rejected).
-    pub produit_id: Option<i64>,
+    pub produit_id: Option<ProductId>,
     pub quantite: i32,
     /// The newest version of the line applied (0: never seen).
-    pub version: i64,
+    pub version: Version,
 }
 
 /// The state a batch reads, loaded under the locks of [`super::store`].
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Stock of every product the batch may touch that exists.
-    pub stock: HashMap<i64, i32>,
+    pub stock: HashMap<ProductId, i32>,
     /// Reservations of the batch's lines that exist.
-    pub reservations: HashMap<i64, Reservation>,
+    pub reservations: HashMap<LineId, Reservation>,
     /// Message ids of the batch that were processed before it.
     pub processed: HashSet<Uuid>,
 }
@@ -98,9 +99,9 @@ impl Outcome {
 /// One stock change applied to a product (a row of `mouvements`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Movement {
-    pub produit_id: i64,
-    pub ligne_id: Option<i64>,
-    pub commande_id: i64,
+    pub produit_id: ProductId,
+    pub ligne_id: Option<LineId>,
+    pub commande_id: OrderId,
     pub message_id: Option<Uuid>,
     pub request_id: Option<RequestId>,
     pub action: Action,
@@ -117,13 +118,13 @@ pub struct Plan {
     /// One per change, in order.
     pub outcomes: Vec<Outcome>,
     /// New stock of each product the batch changed.
-    pub stock: BTreeMap<i64, i32>,
+    pub stock: BTreeMap<ProductId, i32>,
     /// New state of each line's reservation the batch changed; `true` when
     /// the line had none before (an insert).
-    pub reservations: BTreeMap<i64, (Reservation, bool)>,
+    pub reservations: BTreeMap<LineId, (Reservation, bool)>,
     pub movements: Vec<Movement>,
     /// Each changed line's new `statut_stock`, for the version it applies to.
-    pub line_statuses: BTreeMap<i64, (i64, StockStatus)>,
+    pub line_statuses: BTreeMap<LineId, (Version, StockStatus)>,
     pub alerts: Vec<StockAlert>,
     /// The outcomes of validation changes, for the orders service's saga,
     /// each with the request id of its change.
@@ -158,19 +159,19 @@ struct State<'a> {
     /// Message ids met earlier in this batch.
     seen: HashSet<Uuid>,
     /// Stock as changed so far (absent: as in the snapshot).
-    stock: HashMap<i64, i32>,
+    stock: HashMap<ProductId, i32>,
     plan: Plan,
 }
 
 impl State<'_> {
-    fn stock_of(&self, product: i64) -> Option<i32> {
+    fn stock_of(&self, product: ProductId) -> Option<i32> {
         self.stock
             .get(&product)
             .or_else(|| self.snapshot.stock.get(&product))
             .copied()
     }
 
-    fn reservation(&self, line: i64) -> Reservation {
+    fn reservation(&self, line: LineId) -> Reservation {
         self.plan
             .reservations
             .get(&line)
@@ -182,7 +183,7 @@ impl State<'_> {
     /// Why `quantite` units cannot be given back to `product`: its stock
     /// would pass what the column holds (only after inventory corrections
     /// far beyond the input bounds).
-    fn cannot_release(&self, product: i64, quantite: i32) -> Option<Refusal> {
+    fn cannot_release(&self, product: ProductId, quantite: i32) -> Option<Refusal> {
         let stock = self.stock_of(product)?;
         stock.checked_add(quantite).is_none().then(|| {
             Refusal::new(
@@ -196,7 +197,7 @@ impl State<'_> {
     }
 
     /// Moves `delta` units on `product` (which exists) and records it.
-    fn move_stock(&mut self, change: &StockChange, product: i64, delta: i32) -> (i32, i32) {
+    fn move_stock(&mut self, change: &StockChange, product: ProductId, delta: i32) -> (i32, i32) {
         let before = self.stock_of(product).expect("the product exists");
         let after = before + delta;
         self.stock.insert(product, after);
@@ -215,7 +216,7 @@ impl State<'_> {
         (before, after)
     }
 
-    fn alert_if_crossed(&mut self, product: i64, before: i32, after: i32) {
+    fn alert_if_crossed(&mut self, product: ProductId, before: i32, after: i32) {
         if let Some(event) = crossed(before, after, self.low_threshold) {
             self.plan.alerts.push(StockAlert {
                 event,
@@ -307,8 +308,8 @@ impl State<'_> {
         &mut self,
         change: &StockChange,
         old: Reservation,
-        target: Option<(i64, i32)>,
-    ) -> Option<(i64, i32)> {
+        target: Option<(ProductId, i32)>,
+    ) -> Option<(ProductId, i32)> {
         // Same product: one delta, if the stock covers the difference.
         if let (Some((product, quantite)), Some(old_product)) = (target, old.produit_id) {
             let stock = self.stock_of(product).expect("target product exists");
@@ -367,8 +368,8 @@ impl State<'_> {
 /// it does not exist.
 pub fn plan_seed(
     change: &StockChange,
-    stock: impl Fn(i64) -> Option<i32>,
-) -> Result<Vec<(i64, i32)>, Refusal> {
+    stock: impl Fn(ProductId) -> Option<i32>,
+) -> Result<Vec<(ProductId, i32)>, Refusal> {
     let available = stock(change.produit_id).ok_or_else(|| unknown(change.produit_id))?;
     if change.action == Action::Deleted {
         return Ok(if change.quantite > 0 {
@@ -401,7 +402,7 @@ pub fn plan_seed(
     Ok(deltas)
 }
 
-fn unknown(product: i64) -> Refusal {
+fn unknown(product: ProductId) -> Refusal {
     Refusal::new(
         DeadLetterClass::UnknownProduct,
         format!("unknown product {product}"),

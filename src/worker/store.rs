@@ -18,6 +18,7 @@ use super::plan::{self, Outcome, Plan, Reservation, Snapshot};
 use crate::db::fixed::fixed_sql;
 use crate::db::processed::{self, Ledger};
 use crate::db::schema::{commandes_produits, messages_traites, produits, reservations};
+use crate::domain::{LineId, OrderId, ProductId, Version};
 use crate::messages::DeadLetterClass;
 use crate::outbox;
 use chrono::{DateTime, Utc};
@@ -50,13 +51,13 @@ pub fn apply(
 /// Locks and reads what the batch touches, and records its message ids as
 /// processed (those already there were processed before).
 fn load(conn: &mut PgConnection, changes: &[StockChange]) -> QueryResult<Snapshot> {
-    let lines: BTreeSet<i64> = changes
+    let lines: BTreeSet<LineId> = changes
         .iter()
         .filter_map(|c| c.line)
         .map(|l| l.ligne_id)
         .collect();
-    let lines: Vec<i64> = lines.into_iter().collect();
-    let reservations: Vec<(i64, Option<i64>, i32, i64)> = reservations::table
+    let lines: Vec<LineId> = lines.into_iter().collect();
+    let reservations: Vec<(LineId, Option<ProductId>, i32, Version)> = reservations::table
         .filter(reservations::ligne_id.eq_any(&lines))
         .order(reservations::ligne_id)
         .select((
@@ -73,9 +74,9 @@ fn load(conn: &mut PgConnection, changes: &[StockChange]) -> QueryResult<Snapsho
         products.extend(change.ancien.map(|(p, _)| p));
     }
     products.extend(reservations.iter().filter_map(|r| r.1));
-    let products: Vec<i64> = products.into_iter().collect();
+    let products: Vec<ProductId> = products.into_iter().collect();
     // Locked products cannot be deleted before this transaction ends.
-    let stock: Vec<(i64, i32)> = produits::table
+    let stock: Vec<(ProductId, i32)> = produits::table
         .filter(produits::id.eq_any(&products))
         .order(produits::id)
         .select((produits::id, produits::quantite_en_stock))
@@ -131,7 +132,7 @@ fn write(conn: &mut PgConnection, changes: &[StockChange], plan: &Plan) -> Query
         .order(commandes_produits::id)
         .select(commandes_produits::id)
         .for_no_key_update()
-        .load::<i64>(conn)?;
+        .load::<LineId>(conn)?;
     rows.execute(conn)?;
     outbox::enqueue_alerts(conn, &plan.alerts)?;
     outbox::enqueue_events(conn, &plan.events)
@@ -146,28 +147,28 @@ fixed_sql!(include_str!("write.sql"),
     /// makes the insert fail, and this batch is rolled back and retried.
     #[derive(Default)]
     struct Write<'a> {
-        stock_ids: Vec<i64> as Array<BigInt>,
+        stock_ids: Vec<ProductId> as Array<BigInt>,
         stock: Vec<i32> as Array<Integer>,
-        reservation_lines: Vec<i64> as Array<BigInt>,
-        reservation_products: Vec<Option<i64>> as Array<Nullable<BigInt>>,
+        reservation_lines: Vec<LineId> as Array<BigInt>,
+        reservation_products: Vec<Option<ProductId>> as Array<Nullable<BigInt>>,
         reservation_quantities: Vec<i32> as Array<Integer>,
-        reservation_versions: Vec<i64> as Array<BigInt>,
+        reservation_versions: Vec<Version> as Array<BigInt>,
         reservation_new: Vec<bool> as Array<Bool>,
-        movement_products: Vec<i64> as Array<BigInt>,
-        movement_lines: Vec<Option<i64>> as Array<Nullable<BigInt>>,
-        movement_orders: Vec<i64> as Array<BigInt>,
+        movement_products: Vec<ProductId> as Array<BigInt>,
+        movement_lines: Vec<Option<LineId>> as Array<Nullable<BigInt>>,
+        movement_orders: Vec<OrderId> as Array<BigInt>,
         movement_messages: Vec<Option<Uuid>> as Array<Nullable<SqlUuid>>,
         movement_actions: Vec<&'static str> as Array<Text>,
         movement_deltas: Vec<i32> as Array<Integer>,
         movement_stock: Vec<i32> as Array<Integer>,
         movement_times: Vec<Option<DateTime<Utc>>> as Array<Nullable<Timestamptz>>,
         movement_requests: Vec<Option<&'a str>> as Array<Nullable<Text>>,
-        status_lines: Vec<i64> as Array<BigInt>,
-        status_versions: Vec<i64> as Array<BigInt>,
+        status_lines: Vec<LineId> as Array<BigInt>,
+        status_versions: Vec<Version> as Array<BigInt>,
         statuses: Vec<&'static str> as Array<Text>,
         history_messages: Vec<Uuid> as Array<SqlUuid>,
-        history_lines: Vec<i64> as Array<BigInt>,
-        history_versions: Vec<i64> as Array<BigInt>,
+        history_lines: Vec<LineId> as Array<BigInt>,
+        history_versions: Vec<Version> as Array<BigInt>,
         history_results: Vec<&'static str> as Array<Text>,
         history_reasons: Vec<Option<&'a str>> as Array<Nullable<Text>>,
     }
@@ -256,8 +257,8 @@ fixed_sql!(
         resultat: &'a str as Text,
         motif: &'a str as Text,
         message_id: Uuid as SqlUuid,
-        ligne_id: i64 as BigInt,
-        version: i64 as BigInt,
+        ligne_id: LineId as BigInt,
+        version: Version as BigInt,
     }
 );
 
@@ -282,8 +283,8 @@ mod tests {
             resultat: plan::REFUSED,
             motif: "m",
             message_id: Uuid::nil(),
-            ligne_id: 1,
-            version: 1,
+            ligne_id: LineId(1),
+            version: Version(1),
         });
     }
 }

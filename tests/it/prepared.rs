@@ -6,6 +6,7 @@
 use crate::common::TestDb;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
+use ordersys::domain::{LineId, OrderId, ProductId, Version};
 use ordersys::messages::{Action, ALERTS_EXCHANGE};
 use ordersys::worker::change::{LineRef, StockChange};
 use std::time::Duration;
@@ -38,7 +39,7 @@ fn count(conn: &mut PgConnection, sql: &str) -> i64 {
     diesel::sql_query(sql).get_result::<N>(conn).unwrap().n
 }
 
-fn change(line: i64, order: i64, product: i64, version: i64) -> StockChange {
+fn change(line: LineId, order: OrderId, product: ProductId, version: Version) -> StockChange {
     StockChange {
         line: Some(LineRef {
             message_id: Uuid::new_v4(),
@@ -63,12 +64,13 @@ fn the_fixed_statements_are_prepared_once_per_connection() {
         "INSERT INTO produits (nom, prix, quantite_en_stock) VALUES ('p', 1, 10) RETURNING id AS n",
     );
     let order = db.count("INSERT INTO commandes DEFAULT VALUES RETURNING id AS n");
-    let line = db.count(&format!(
+    let line = LineId(db.count(&format!(
         "INSERT INTO commandes_produits (commande_id, produit_id, quantite, prix_unitaire) \
          VALUES ({order}, {product}, 2, 1) RETURNING id AS n"
-    ));
+    )));
+    let (order, product) = (OrderId(order), ProductId(product));
     let mut conn = db.conn();
-    for version in [2, 3] {
+    for version in [Version(2), Version(3)] {
         // Below the threshold of 9 the first time: an alert too.
         let plan =
             ordersys::worker::store::apply(&mut conn, &[change(line, order, product, version)], 9)

@@ -7,11 +7,25 @@ use crate::worker::change::{LineRef, StockChange};
 
 const LOW: i32 = 5;
 
+// The cases below write ids as bare numbers, by position (line, version,
+// product, quantity); these name them where a typed key is looked up.
+fn pid(id: i64) -> ProductId {
+    ProductId(id)
+}
+
+fn lid(id: i64) -> LineId {
+    LineId(id)
+}
+
+fn ver(n: i64) -> Version {
+    Version(n)
+}
+
 fn line(ligne_id: i64, version: i64) -> LineRef {
     LineRef {
         message_id: Uuid::new_v4(),
-        ligne_id,
-        version,
+        ligne_id: lid(ligne_id),
+        version: ver(version),
     }
 }
 
@@ -19,9 +33,9 @@ fn change(action: Action, line: Option<LineRef>, produit_id: i64, quantite: i32)
     StockChange {
         line,
         action,
-        produit_id,
+        produit_id: pid(produit_id),
         quantite,
-        commande_id: 1,
+        commande_id: OrderId(1),
         ancien: None,
         occurred_at: None,
         request_id: None,
@@ -57,16 +71,16 @@ fn seed(action: Action, product: i64, quantite: i32) -> StockChange {
 
 fn snapshot(stock: &[(i64, i32)], reservations: &[(i64, i64, i32, i64)]) -> Snapshot {
     Snapshot {
-        stock: stock.iter().copied().collect(),
+        stock: stock.iter().map(|&(p, s)| (pid(p), s)).collect(),
         reservations: reservations
             .iter()
             .map(|&(ligne, produit, quantite, version)| {
                 let r = Reservation {
-                    produit_id: Some(produit),
+                    produit_id: Some(pid(produit)),
                     quantite,
-                    version,
+                    version: ver(version),
                 };
-                (ligne, r)
+                (lid(ligne), r)
             })
             .collect(),
         processed: HashSet::new(),
@@ -76,7 +90,7 @@ fn snapshot(stock: &[(i64, i32)], reservations: &[(i64, i64, i32, i64)]) -> Snap
 fn deltas(plan: &Plan) -> Vec<(i64, i32)> {
     plan.movements
         .iter()
-        .map(|m| (m.produit_id, m.delta))
+        .map(|m| (m.produit_id.get(), m.delta))
         .collect()
 }
 
@@ -87,12 +101,15 @@ fn a_new_line_reserves_when_the_stock_allows() {
         plan.outcomes,
         [Outcome::Applied(Some(StockStatus::Reserve))]
     );
-    assert_eq!(plan.stock[&1], 17);
+    assert_eq!(plan.stock[&pid(1)], 17);
     assert_eq!(deltas(&plan), [(1, -3)]);
-    let (reservation, is_new) = plan.reservations[&10];
+    let (reservation, is_new) = plan.reservations[&lid(10)];
     assert!(is_new);
-    assert_eq!((reservation.produit_id, reservation.quantite), (Some(1), 3));
-    assert_eq!(plan.line_statuses[&10], (1, StockStatus::Reserve));
+    assert_eq!(
+        (reservation.produit_id, reservation.quantite),
+        (Some(pid(1)), 3)
+    );
+    assert_eq!(plan.line_statuses[&lid(10)], (ver(1), StockStatus::Reserve));
 }
 
 #[test]
@@ -100,8 +117,8 @@ fn a_line_the_stock_cannot_cover_is_rejected_and_reserves_nothing() {
     let plan = plan(&[created(10, 1, 1, 5)], &snapshot(&[(1, 4)], &[]), LOW);
     assert_eq!(plan.outcomes, [Outcome::Rejected]);
     assert!(plan.stock.is_empty() && plan.movements.is_empty());
-    assert_eq!(plan.reservations[&10].0.produit_id, None);
-    assert_eq!(plan.line_statuses[&10], (1, StockStatus::Rejete));
+    assert_eq!(plan.reservations[&lid(10)].0.produit_id, None);
+    assert_eq!(plan.line_statuses[&lid(10)], (ver(1), StockStatus::Rejete));
 }
 
 fn validating(mut c: StockChange) -> StockChange {
@@ -127,7 +144,15 @@ fn validation_changes_report_their_outcome_as_line_events() {
     let events: Vec<_> = plan
         .events
         .iter()
-        .map(|(e, _)| (e.event, e.ligne_id, e.version, e.quantite, e.disponible))
+        .map(|(e, _)| {
+            (
+                e.event,
+                e.ligne_id.get(),
+                e.version.get(),
+                e.quantite,
+                e.disponible,
+            )
+        })
         .collect();
     assert_eq!(
         events,
@@ -164,7 +189,7 @@ fn growing_past_the_stock_releases_what_the_line_held() {
         LOW,
     );
     assert_eq!(plan.outcomes, [Outcome::Rejected]);
-    assert_eq!(plan.stock[&1], 4);
+    assert_eq!(plan.stock[&pid(1)], 4);
     assert_eq!(deltas(&plan), [(1, 4)]);
 }
 
@@ -175,9 +200,9 @@ fn a_quantity_change_on_the_same_product_is_one_delta() {
         &snapshot(&[(1, 15)], &[(10, 1, 5, 1)]),
         LOW,
     );
-    assert_eq!(plan.stock[&1], 12);
+    assert_eq!(plan.stock[&pid(1)], 12);
     assert_eq!(deltas(&plan), [(1, -3)]);
-    assert!(!plan.reservations[&10].1, "an update, not an insert");
+    assert!(!plan.reservations[&lid(10)].1, "an update, not an insert");
 }
 
 #[test]
@@ -187,7 +212,7 @@ fn moving_a_line_to_another_product_releases_the_old_one() {
         &snapshot(&[(1, 12), (2, 20)], &[(10, 1, 8, 1)]),
         LOW,
     );
-    assert_eq!((plan.stock[&1], plan.stock[&2]), (20, 12));
+    assert_eq!((plan.stock[&pid(1)], plan.stock[&pid(2)]), (20, 12));
     assert_eq!(deltas(&plan), [(1, 8), (2, -8)]);
 }
 
@@ -199,8 +224,8 @@ fn deleting_releases_and_marks_the_line_libere() {
         LOW,
     );
     assert_eq!(plan.outcomes, [Outcome::Applied(Some(StockStatus::Libere))]);
-    assert_eq!(plan.stock[&1], 20);
-    assert_eq!(plan.reservations[&10].0.produit_id, None);
+    assert_eq!(plan.stock[&pid(1)], 20);
+    assert_eq!(plan.reservations[&lid(10)].0.produit_id, None);
 }
 
 #[test]
@@ -215,7 +240,7 @@ fn duplicates_and_stale_versions_change_nothing() {
     assert!(plan.stock.is_empty() && plan.movements.is_empty());
     let twice = super::plan(&[again.clone(), again], &snapshot(&[(1, 20)], &[]), LOW);
     assert_eq!(twice.outcomes[1], Outcome::Duplicate);
-    assert_eq!(twice.stock[&1], 17);
+    assert_eq!(twice.stock[&pid(1)], 17);
 }
 
 #[test]
@@ -272,7 +297,7 @@ fn crossing_thresholds_raises_alerts() {
     let alerts: Vec<_> = plan
         .alerts
         .iter()
-        .map(|a| (a.event, a.produit_id, a.quantite_en_stock))
+        .map(|a| (a.event, a.produit_id.get(), a.quantite_en_stock))
         .collect();
     assert_eq!(
         alerts,
@@ -298,13 +323,13 @@ fn seed_format_messages_apply_their_delta_without_deduplication() {
         LOW,
     );
     assert_eq!(plan.outcomes, vec![Outcome::Applied(None); 3]);
-    assert_eq!(plan.stock[&1], 6);
+    assert_eq!(plan.stock[&pid(1)], 6);
     assert!(plan.line_statuses.is_empty() && plan.reservations.is_empty());
 }
 
 #[test]
 fn seed_format_rules_refuse_what_cannot_be_applied() {
-    let stock = |p: i64| (p == 1).then_some(2);
+    let stock = |p: ProductId| (p == pid(1)).then_some(2);
     let short = plan_seed(&seed(Action::Created, 1, 3), stock).unwrap_err();
     assert!(short.reason.contains("not enough stock"), "{short:?}");
     assert_eq!(short.class, DeadLetterClass::Uncoverable);
@@ -314,8 +339,11 @@ fn seed_format_rules_refuse_what_cannot_be_applied() {
         Refusal::new(DeadLetterClass::UnknownProduct, "unknown product 7")
     );
     let mut moved = seed(Action::Updated, 1, 4);
-    moved.ancien = Some((1, 3));
-    assert_eq!(plan_seed(&moved, stock).unwrap(), [(1, 3), (1, -4)]);
+    moved.ancien = Some((pid(1), 3));
+    assert_eq!(
+        plan_seed(&moved, stock).unwrap(),
+        [(pid(1), 3), (pid(1), -4)]
+    );
 }
 
 mod properties {
@@ -443,7 +471,7 @@ mod properties {
         db.snapshot
             .reservations
             .values()
-            .filter(|r| r.produit_id == Some(product))
+            .filter(|r| r.produit_id == Some(pid(product)))
             .map(|r| r.quantite)
             .sum()
     }
@@ -455,14 +483,14 @@ mod properties {
             let mut db = Db { snapshot: snapshot(&[(1, 1000), (2, 1000), (3, 1000)], &[]) };
             deliver(&mut db, &messages, &order, &sizes);
             for (i, h) in histories.iter().enumerate() {
-                let r = db.snapshot.reservations[&(100 + i as i64)];
+                let r = db.snapshot.reservations[&lid(100 + i as i64)];
                 let (product, quantite) = *h.versions.last().unwrap();
-                let expected = if h.deleted { (None, 0) } else { (Some(product), quantite) };
+                let expected = if h.deleted { (None, 0) } else { (Some(pid(product)), quantite) };
                 prop_assert_eq!((r.produit_id, r.quantite), expected);
-                prop_assert_eq!(r.version, h.versions.len() as i64 + i64::from(h.deleted));
+                prop_assert_eq!(r.version, ver(h.versions.len() as i64 + i64::from(h.deleted)));
             }
             for product in PRODUCTS {
-                prop_assert_eq!(db.snapshot.stock[&product], 1000 - reserved_on(&db, product));
+                prop_assert_eq!(db.snapshot.stock[&pid(product)], 1000 - reserved_on(&db, product));
             }
         }
 
@@ -476,15 +504,15 @@ mod properties {
             let mut db = Db { snapshot: snapshot(&stock, &[]) };
             deliver(&mut db, &messages, &order, &sizes);
             for (product, start) in &stock {
-                prop_assert!(db.snapshot.stock[product] >= 0);
-                prop_assert_eq!(db.snapshot.stock[product] + reserved_on(&db, *product), *start);
+                prop_assert!(db.snapshot.stock[&pid(*product)] >= 0);
+                prop_assert_eq!(db.snapshot.stock[&pid(*product)] + reserved_on(&db, *product), *start);
             }
             for (i, h) in histories.iter().enumerate() {
-                let r = db.snapshot.reservations[&(100 + i as i64)];
+                let r = db.snapshot.reservations[&lid(100 + i as i64)];
                 let (product, quantite) = *h.versions.last().unwrap();
-                prop_assert_eq!(r.version, h.versions.len() as i64 + i64::from(h.deleted));
+                prop_assert_eq!(r.version, ver(h.versions.len() as i64 + i64::from(h.deleted)));
                 let held = (r.produit_id, r.quantite);
-                prop_assert!(held == (None, 0) || (!h.deleted && held == (Some(product), quantite)));
+                prop_assert!(held == (None, 0) || (!h.deleted && held == (Some(pid(product)), quantite)));
             }
         }
 
@@ -511,7 +539,7 @@ mod properties {
             deliver(&mut db, &messages, &order, &sizes);
             for product in PRODUCTS {
                 let seeded = net.get(&product).copied().unwrap_or(0);
-                prop_assert_eq!(db.snapshot.stock[&product], 1000 - reserved_on(&db, product) + seeded);
+                prop_assert_eq!(db.snapshot.stock[&pid(product)], 1000 - reserved_on(&db, product) + seeded);
             }
         }
     }

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         let held = Reservation {
             produit_id: Some(change.produit_id),
             quantite: 3,
-            version: 1,
+            version: ordersys::domain::Version(1),
         };
         snapshot.reservations.insert(line.ligne_id, held);
     }
