@@ -11,7 +11,7 @@ use crate::metrics::{Metrics, Parts};
 use crate::outbox::relay::Relay;
 use crate::outbox::Waker;
 use crate::saga;
-use crate::settings::{AuthMode, Settings};
+use crate::settings::{AuthMode, DatabaseSettings, Settings};
 use crate::shutdown::Shutdown;
 use crate::worker::consumer;
 use anyhow::Context;
@@ -110,51 +110,19 @@ impl Application {
     /// Binds `bind` (port 0 picks a free port) and starts everything the
     /// mode runs; serving begins with [`run_until_stopped`](Self::run_until_stopped).
     pub fn build(mode: Mode, settings: &Settings, bind: SocketAddr) -> anyhow::Result<Self> {
-        // Only the APIs that change things; the worker's port serves probes
-        // and metrics.
-        if mode != Mode::Worker {
-            if let Some(refusal) = settings.open_bind_refusal(bind) {
-                anyhow::bail!("ordersys {}: {refusal}", mode.name());
-            }
-        }
-        let listener =
-            TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+        let listener = listen(mode, settings, bind)?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();
-        let deps = Dependencies::new(match mode {
-            Mode::Products => BrokerUse::None,
-            Mode::Orders => BrokerUse::Buffered,
-            Mode::Worker => BrokerUse::Required,
-        });
-        let metrics = Arc::new(Metrics::new(
-            mode.name(),
-            Parts {
-                relay: mode != Mode::Products,
-                consumer: mode == Mode::Worker,
-                saga: mode == Mode::Orders,
-            },
-        ));
-        let pool_settings = match mode {
-            // The worker's pool only answers /readyz; consumers hold their own connections.
-            Mode::Worker => crate::settings::DatabaseSettings {
-                pool_size: 2,
-                ..settings.database.clone()
-            },
-            _ => settings.database.clone(),
-        };
+        let deps = Dependencies::new(broker_use(mode));
+        let metrics = Arc::new(Metrics::new(mode.name(), parts(mode)));
         let application = format!("ordersys-{}", mode.name());
-        let db = Database::new(&pool_settings, &application, deps.database.clone());
+        let db = Database::new(
+            &pool_settings(mode, settings),
+            &application,
+            deps.database.clone(),
+        );
         let mut background = Background::new();
-
-        background.spawn("migrate", {
-            let (settings, db, shutdown) = (settings.clone(), db.clone(), shutdown.clone());
-            move || {
-                if migrate::prepare_with_retry(&settings, &application, db.health(), &shutdown) {
-                    db.mark_ready();
-                }
-            }
-        })?;
-
+        start_migration(settings, &application, &db, &shutdown, &mut background)?;
         // What every background thread is given.
         let context = crate::context::Context {
             settings: settings.clone(),
@@ -163,24 +131,7 @@ impl Application {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        let waker = match mode {
-            Mode::Products => None,
-            _ => Some(start_relay(mode, &context, &mut background)?),
-        };
-        if let (Mode::Worker, Some(waker)) = (mode, &waker) {
-            start_consumers(&context, waker, &mut background)?;
-        }
-        if let (Mode::Orders, Some(waker)) = (mode, &waker) {
-            background.spawn("saga-consumer", {
-                let (context, waker) = (context.clone(), waker.clone());
-                move || saga::consumer::run(context, waker)
-            })?;
-            let waker = waker.clone();
-            background.spawn("saga-sweeper", move || {
-                saga::consumer::sweep(context, waker)
-            })?;
-        }
-
+        let waker = start_pipeline(mode, &context, &mut background)?;
         let api = match mode {
             Mode::Orders => http::orders::api(&db, settings.validation.timeout()),
             Mode::Products => http::products::api(&db),
@@ -195,19 +146,7 @@ impl Application {
             waker,
         };
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
-        if let (AuthMode::Open, Some(_)) = (auth.mode(), api.scopes) {
-            log::warn!(
-                "auth.mode is open: anyone who reaches http://{addr} may {} \
-                 (set auth.mode = \"jwt\" to require bearer tokens)",
-                api.writes
-            );
-        }
-        if auth.mode() == AuthMode::Jwt && !auth.protect_reads() && api.scopes.is_some() {
-            log::warn!(
-                "auth.protect_reads is false: anyone who reaches http://{addr} may read \
-                 without a token (set it to true to require products:read / orders:read)"
-            );
-        }
+        warn_if_unprotected(&auth, &api, addr);
         let server = http::server(listener, settings, state, api, auth)?;
         log::info!("ordersys {} listening on http://{addr}", mode.name());
         Ok(Application {
@@ -261,6 +200,119 @@ impl Application {
             log::info!("ordersys {} stopped", mode.name());
         }
         Ok(())
+    }
+}
+
+/// Binds the mode's port, unless an API that changes things would be open
+/// on the network (the worker's port serves probes and metrics only).
+fn listen(mode: Mode, settings: &Settings, bind: SocketAddr) -> anyhow::Result<TcpListener> {
+    if mode != Mode::Worker {
+        if let Some(refusal) = settings.open_bind_refusal(bind) {
+            anyhow::bail!("ordersys {}: {refusal}", mode.name());
+        }
+    }
+    TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))
+}
+
+/// How much a mode needs the broker to be ready.
+fn broker_use(mode: Mode) -> BrokerUse {
+    match mode {
+        Mode::Products => BrokerUse::None,
+        Mode::Orders => BrokerUse::Buffered,
+        Mode::Worker => BrokerUse::Required,
+    }
+}
+
+/// The parts of the pipeline a mode runs, for its metrics.
+fn parts(mode: Mode) -> Parts {
+    Parts {
+        relay: mode != Mode::Products,
+        consumer: mode == Mode::Worker,
+        saga: mode == Mode::Orders,
+    }
+}
+
+/// The database pool's settings: the worker's pool only answers /readyz
+/// (its consumers hold their own connections), so two connections.
+fn pool_settings(mode: Mode, settings: &Settings) -> DatabaseSettings {
+    match mode {
+        Mode::Worker => DatabaseSettings {
+            pool_size: 2,
+            ..settings.database.clone()
+        },
+        _ => settings.database.clone(),
+    }
+}
+
+/// Prepares the database (migrations, with retries) in the background and
+/// marks it ready when done.
+fn start_migration(
+    settings: &Settings,
+    application: &str,
+    db: &Database,
+    shutdown: &Shutdown,
+    background: &mut Background,
+) -> anyhow::Result<()> {
+    let (settings, db, shutdown) = (settings.clone(), db.clone(), shutdown.clone());
+    let application = application.to_owned();
+    background.spawn("migrate", move || {
+        if migrate::prepare_with_retry(&settings, &application, db.health(), &shutdown) {
+            db.mark_ready();
+        }
+    })
+}
+
+/// Starts the mode's pipeline threads: the outbox relay (orders, worker),
+/// the stock consumers (worker), the saga's consumer and sweeper (orders).
+/// Returns the handle that wakes the relay, if any.
+fn start_pipeline(
+    mode: Mode,
+    context: &crate::context::Context,
+    background: &mut Background,
+) -> anyhow::Result<Option<Waker>> {
+    if mode == Mode::Products {
+        return Ok(None);
+    }
+    let waker = start_relay(mode, context, background)?;
+    match mode {
+        Mode::Worker => start_consumers(context, &waker, background)?,
+        Mode::Orders => start_saga(context, &waker, background)?,
+        Mode::Products => {}
+    }
+    Ok(Some(waker))
+}
+
+/// Starts the saga's consumer and its sweeper (orders).
+fn start_saga(
+    context: &crate::context::Context,
+    waker: &Waker,
+    background: &mut Background,
+) -> anyhow::Result<()> {
+    background.spawn("saga-consumer", {
+        let (context, waker) = (context.clone(), waker.clone());
+        move || saga::consumer::run(context, waker)
+    })?;
+    let (context, waker) = (context.clone(), waker.clone());
+    background.spawn("saga-sweeper", move || {
+        saga::consumer::sweep(context, waker)
+    })
+}
+
+/// Warns when anyone who reaches `addr` may change things (open mode) or
+/// read without a token (jwt mode without protected reads).
+fn warn_if_unprotected(auth: &Authenticator, api: &http::Api, addr: SocketAddr) {
+    if let (AuthMode::Open, Some(_)) = (auth.mode(), api.scopes) {
+        log::warn!(
+            "auth.mode is open: anyone who reaches http://{addr} may {} \
+             (set auth.mode = \"jwt\" to require bearer tokens)",
+            api.writes
+        );
+    }
+    if auth.mode() == AuthMode::Jwt && !auth.protect_reads() && api.scopes.is_some() {
+        log::warn!(
+            "auth.protect_reads is false: anyone who reaches http://{addr} may read \
+             without a token (set it to true to require products:read / orders:read)"
+        );
     }
 }
 

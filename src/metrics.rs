@@ -182,151 +182,24 @@ fn seconds() -> Histogram {
 }
 
 impl Metrics {
+    /// The HTTP and process metrics of every mode, and those of the `parts`
+    /// it runs, registered in this order (the order of `/metrics`).
     pub fn new(mode: &'static str, parts: Parts) -> Metrics {
         let mut registry =
             Registry::with_labels([(Cow::Borrowed("mode"), Cow::Borrowed(mode))].into_iter());
-        let http = HttpMetrics {
-            responses: Family::default(),
-            duration: Family::new_with_constructor(seconds),
-        };
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-            let _ = http.responses.get_or_create(&ClassLabel { class });
-        }
-        registry.register(
-            "ordersys_http_responses",
-            "HTTP responses by status class",
-            http.responses.clone(),
-        );
-        registry.register_with_unit(
-            "ordersys_http_request_duration",
-            "HTTP request duration by method, route template and status class",
-            Unit::Seconds,
-            http.duration.clone(),
-        );
-        let outbox = OutboxMetrics {
-            published: Counter::default(),
-            failed_batches: Counter::default(),
-            publish_duration: seconds(),
-            unsent: Gauge::default(),
-            oldest_unsent_seconds: Gauge::default(),
-        };
+        let http = HttpMetrics::new();
+        http.register(&mut registry);
+        let outbox = OutboxMetrics::new();
         if parts.relay {
-            registry.register(
-                "ordersys_outbox_published",
-                "Outbox messages confirmed by the broker",
-                outbox.published.clone(),
-            );
-            registry.register(
-                "ordersys_outbox_failed_batches",
-                "Outbox batches left unsent after a failure",
-                outbox.failed_batches.clone(),
-            );
-            registry.register_with_unit(
-                "ordersys_outbox_publish_duration",
-                "Publishing one outbox batch and waiting for its confirms",
-                Unit::Seconds,
-                outbox.publish_duration.clone(),
-            );
-            registry.register(
-                "ordersys_outbox_unsent",
-                "Outbox messages not yet confirmed by the broker",
-                outbox.unsent.clone(),
-            );
-            registry.register(
-                "ordersys_outbox_oldest_unsent_seconds",
-                "Age of the oldest unsent outbox message (0 when none)",
-                outbox.oldest_unsent_seconds.clone(),
-            );
+            outbox.register(&mut registry);
         }
-        let stock = StockMetrics {
-            messages: Family::default(),
-            dead_letters: Family::default(),
-            alerts: Family::default(),
-            queue: Family::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
-            apply_duration: seconds(),
-            change_latency: seconds(),
-        };
+        let stock = StockMetrics::new();
         if parts.consumer {
-            for outcome in OUTCOMES {
-                let _ = stock.messages.get_or_create(&OutcomeLabel { outcome });
-            }
-            for class in DeadLetterClass::ALL {
-                let reason = class.as_str();
-                let _ = stock.dead_letters.get_or_create(&ReasonLabel { reason });
-            }
-            for event in AlertEvent::ALL {
-                let kind = event.as_str();
-                let _ = stock.alerts.get_or_create(&KindLabel { kind });
-            }
-            for queue in QUEUES {
-                let _ = stock.queue.get_or_create(&QueueLabel { queue });
-            }
-            registry.register(
-                "ordersys_stock_messages",
-                "Stock messages by outcome",
-                stock.messages.clone(),
-            );
-            registry.register(
-                "ordersys_stock_dead_letters",
-                "Stock messages dead-lettered, by reason class",
-                stock.dead_letters.clone(),
-            );
-            registry.register(
-                "ordersys_stock_alerts",
-                "Stock alerts raised, by kind",
-                stock.alerts.clone(),
-            );
-            registry.register(
-                "ordersys_queue_messages",
-                "Messages ready in a queue, as this worker last saw it",
-                stock.queue.clone(),
-            );
-            registry.register(
-                "ordersys_worker_batch_size",
-                "Messages per batch taken from the queue",
-                stock.batch_size.clone(),
-            );
-            registry.register_with_unit(
-                "ordersys_worker_apply_duration",
-                "Applying one batch to the database (one transaction)",
-                Unit::Seconds,
-                stock.apply_duration.clone(),
-            );
-            registry.register_with_unit(
-                "ordersys_stock_change_latency",
-                "From a change's commit in the orders service to its application",
-                Unit::Seconds,
-                stock.change_latency.clone(),
-            );
+            stock.register(&mut registry);
         }
         let saga = SagaMetrics::default();
         if parts.saga {
-            for outcome in [
-                EventOutcome::applied,
-                EventOutcome::ignored,
-                EventOutcome::duplicate,
-                EventOutcome::dead_lettered,
-            ] {
-                let _ = saga.events.get_or_create(&EventLabel { outcome });
-            }
-            for result in [
-                ValidationResult::confirmed,
-                ValidationResult::refused,
-                ValidationResult::timed_out,
-            ] {
-                let _ = saga.validations.get_or_create(&ResultLabel { result });
-            }
-            registry.register(
-                "ordersys_saga_events",
-                "Line events of order validations, by what became of them",
-                saga.events.clone(),
-            );
-            registry.register(
-                "ordersys_validations",
-                "Order validations ended, by result",
-                saga.validations.clone(),
-            );
+            saga.register(&mut registry);
         }
         registry.register_collector(Box::new(process::Process::new()));
         Metrics {
@@ -344,6 +217,181 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl HttpMetrics {
+    /// Every status class exists from the start at 0.
+    fn new() -> Self {
+        let http = HttpMetrics {
+            responses: Family::default(),
+            duration: Family::new_with_constructor(seconds),
+        };
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = http.responses.get_or_create(&ClassLabel { class });
+        }
+        http
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ordersys_http_responses",
+            "HTTP responses by status class",
+            self.responses.clone(),
+        );
+        registry.register_with_unit(
+            "ordersys_http_request_duration",
+            "HTTP request duration by method, route template and status class",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+    }
+}
+
+impl OutboxMetrics {
+    fn new() -> Self {
+        OutboxMetrics {
+            published: Counter::default(),
+            failed_batches: Counter::default(),
+            publish_duration: seconds(),
+            unsent: Gauge::default(),
+            oldest_unsent_seconds: Gauge::default(),
+        }
+    }
+
+    /// The relay's metrics (orders and worker).
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ordersys_outbox_published",
+            "Outbox messages confirmed by the broker",
+            self.published.clone(),
+        );
+        registry.register(
+            "ordersys_outbox_failed_batches",
+            "Outbox batches left unsent after a failure",
+            self.failed_batches.clone(),
+        );
+        registry.register_with_unit(
+            "ordersys_outbox_publish_duration",
+            "Publishing one outbox batch and waiting for its confirms",
+            Unit::Seconds,
+            self.publish_duration.clone(),
+        );
+        registry.register(
+            "ordersys_outbox_unsent",
+            "Outbox messages not yet confirmed by the broker",
+            self.unsent.clone(),
+        );
+        registry.register(
+            "ordersys_outbox_oldest_unsent_seconds",
+            "Age of the oldest unsent outbox message (0 when none)",
+            self.oldest_unsent_seconds.clone(),
+        );
+    }
+}
+
+impl StockMetrics {
+    fn new() -> Self {
+        StockMetrics {
+            messages: Family::default(),
+            dead_letters: Family::default(),
+            alerts: Family::default(),
+            queue: Family::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            apply_duration: seconds(),
+            change_latency: seconds(),
+        }
+    }
+
+    /// The stock pipeline's metrics (the worker), every known label value
+    /// at 0.
+    fn register(&self, registry: &mut Registry) {
+        self.create_known_labels();
+        registry.register(
+            "ordersys_stock_messages",
+            "Stock messages by outcome",
+            self.messages.clone(),
+        );
+        registry.register(
+            "ordersys_stock_dead_letters",
+            "Stock messages dead-lettered, by reason class",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "ordersys_stock_alerts",
+            "Stock alerts raised, by kind",
+            self.alerts.clone(),
+        );
+        registry.register(
+            "ordersys_queue_messages",
+            "Messages ready in a queue, as this worker last saw it",
+            self.queue.clone(),
+        );
+        registry.register(
+            "ordersys_worker_batch_size",
+            "Messages per batch taken from the queue",
+            self.batch_size.clone(),
+        );
+        registry.register_with_unit(
+            "ordersys_worker_apply_duration",
+            "Applying one batch to the database (one transaction)",
+            Unit::Seconds,
+            self.apply_duration.clone(),
+        );
+        registry.register_with_unit(
+            "ordersys_stock_change_latency",
+            "From a change's commit in the orders service to its application",
+            Unit::Seconds,
+            self.change_latency.clone(),
+        );
+    }
+
+    fn create_known_labels(&self) {
+        for outcome in OUTCOMES {
+            let _ = self.messages.get_or_create(&OutcomeLabel { outcome });
+        }
+        for class in DeadLetterClass::ALL {
+            let reason = class.as_str();
+            let _ = self.dead_letters.get_or_create(&ReasonLabel { reason });
+        }
+        for event in AlertEvent::ALL {
+            let kind = event.as_str();
+            let _ = self.alerts.get_or_create(&KindLabel { kind });
+        }
+        for queue in QUEUES {
+            let _ = self.queue.get_or_create(&QueueLabel { queue });
+        }
+    }
+}
+
+impl SagaMetrics {
+    /// The validation saga's metrics (orders), every outcome and result at 0.
+    fn register(&self, registry: &mut Registry) {
+        for outcome in [
+            EventOutcome::applied,
+            EventOutcome::ignored,
+            EventOutcome::duplicate,
+            EventOutcome::dead_lettered,
+        ] {
+            let _ = self.events.get_or_create(&EventLabel { outcome });
+        }
+        for result in [
+            ValidationResult::confirmed,
+            ValidationResult::refused,
+            ValidationResult::timed_out,
+        ] {
+            let _ = self.validations.get_or_create(&ResultLabel { result });
+        }
+        registry.register(
+            "ordersys_saga_events",
+            "Line events of order validations, by what became of them",
+            self.events.clone(),
+        );
+        registry.register(
+            "ordersys_validations",
+            "Order validations ended, by result",
+            self.validations.clone(),
+        );
     }
 }
 

@@ -330,139 +330,28 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Rules the types alone cannot express.
+    /// Rules the types alone cannot express. Each section checks its own
+    /// keys; the first problem found is the one reported, so the order here
+    /// is the order of the checks before they were split (the URLs, the
+    /// limits section by section, then auth and the paths).
     fn validate(&self) -> Result<(), SettingsError> {
-        let url_scheme = |key: &str, url: &str, schemes: &[&str]| {
-            let parsed = url::Url::parse(url).map_err(|e| SettingsError::key(key, e))?;
-            if schemes.contains(&parsed.scheme()) {
-                Ok(())
-            } else {
-                Err(SettingsError::key(
-                    key,
-                    format!(
-                        "scheme must be one of {schemes:?}, got {:?}",
-                        parsed.scheme()
-                    ),
-                ))
-            }
-        };
         url_scheme(
             "database.url",
             &self.database.url,
             &["postgres", "postgresql"],
         )?;
         url_scheme("amqp.url", &self.amqp.url, &["amqp", "amqps"])?;
-        let at_least = |key: &str, value: u64, min: u64| {
-            if value < min {
-                Err(SettingsError::key(
-                    key,
-                    format!("must be at least {min}, got {value}"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        at_least("database.pool_size", self.database.pool_size.into(), 1)?;
-        at_least("database.pool_timeout_ms", self.database.pool_timeout_ms, 1)?;
-        at_least(
-            "database.connect_timeout_ms",
-            self.database.connect_timeout_ms,
-            1,
-        )?;
-        at_least(
-            "database.statement_timeout_ms",
-            self.database.statement_timeout_ms,
-            1,
-        )?;
+        self.database.validate_limits()?;
         at_least("amqp.prefetch", self.amqp.prefetch.into(), 1)?;
-        at_least("http.max_body_bytes", self.http.max_body_bytes as u64, 1)?;
-        at_least("http.max_connections", self.http.max_connections as u64, 1)?;
-        at_least("http.request_timeout_ms", self.http.request_timeout_ms, 1)?;
-        at_least("http.body_timeout_ms", self.http.body_timeout_ms, 1)?;
-        at_least("worker.replicas", self.worker.replicas as u64, 1)?;
-        at_least("worker.batch_size", self.worker.batch_size as u64, 1)?;
-        at_least(
-            "worker.max_message_bytes",
-            self.worker.max_message_bytes as u64,
-            1,
-        )?;
+        self.http.validate_limits()?;
+        self.worker.validate()?;
         at_least("outbox.batch_size", self.outbox.batch_size as u64, 1)?;
-        at_least("validation.timeout_ms", self.validation.timeout_ms, 1)?;
-        if self.validation.timeout_ms > VALIDATION_TIMEOUT_MAX_MS {
-            return Err(SettingsError::key(
-                "validation.timeout_ms",
-                format!(
-                    "must be at most {VALIDATION_TIMEOUT_MAX_MS} (a day), got {}",
-                    self.validation.timeout_ms
-                ),
-            ));
-        }
-        at_least(
-            "validation.sweep_interval_ms",
-            self.validation.sweep_interval_ms,
-            1,
-        )?;
-        at_least(
-            "validation.batch_size",
-            self.validation.batch_size as u64,
-            1,
-        )?;
+        self.validation.validate()?;
         at_least("outbox.poll_interval_ms", self.outbox.poll_interval_ms, 1)?;
-        at_least("retry.initial_backoff_ms", self.retry.initial_backoff_ms, 1)?;
-        at_least(
-            "retry.max_backoff_ms",
-            self.retry.max_backoff_ms,
-            self.retry.initial_backoff_ms,
-        )?;
-        if self.stock.low_threshold < 0 {
-            return Err(SettingsError::key(
-                "stock.low_threshold",
-                "must not be negative",
-            ));
-        }
-        at_least("auth.max_token_age_secs", self.auth.max_token_age_secs, 1)?;
-        if self.auth.max_token_age_secs > MAX_TOKEN_AGE_LIMIT_SECS {
-            return Err(SettingsError::key(
-                "auth.max_token_age_secs",
-                format!(
-                    "must be at most {MAX_TOKEN_AGE_LIMIT_SECS} (30 days), got {}",
-                    self.auth.max_token_age_secs
-                ),
-            ));
-        }
-        if self.auth.mode == AuthMode::Jwt {
-            let (key, file) = match self.auth.jwt_algorithm {
-                JwtAlgorithm::HS256 => ("auth.jwt_secret_file", &self.auth.jwt_secret_file),
-                _ => ("auth.jwt_public_key_file", &self.auth.jwt_public_key_file),
-            };
-            if file.is_empty() {
-                return Err(SettingsError::key(
-                    key,
-                    format!(
-                        "must name a file when auth.mode is jwt with {:?}",
-                        self.auth.jwt_algorithm
-                    ),
-                ));
-            }
-            if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
-                return Err(SettingsError::key(
-                    "auth.issuer",
-                    "auth.issuer and auth.audience must not be empty",
-                ));
-            }
-        }
-        for (key, path) in [
-            ("http.docs_path", &self.http.docs_path),
-            ("http.openapi_path", &self.http.openapi_path),
-        ] {
-            if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
-                return Err(SettingsError::key(
-                    key,
-                    format!("must start with '/' and not end with '/', got {path:?}"),
-                ));
-            }
-        }
-        Ok(())
+        self.retry.validate()?;
+        self.stock.validate()?;
+        self.auth.validate()?;
+        self.http.validate_paths()
     }
 
     pub fn grace_period(&self) -> Duration {
@@ -485,6 +374,162 @@ impl Settings {
              if an open API on the network is wanted",
             bind.port()
         ))
+    }
+}
+
+/// `url` parses, with one of `schemes`.
+fn url_scheme(key: &str, url: &str, schemes: &[&str]) -> Result<(), SettingsError> {
+    let parsed = url::Url::parse(url).map_err(|e| SettingsError::key(key, e))?;
+    if schemes.contains(&parsed.scheme()) {
+        Ok(())
+    } else {
+        Err(SettingsError::key(
+            key,
+            format!(
+                "scheme must be one of {schemes:?}, got {:?}",
+                parsed.scheme()
+            ),
+        ))
+    }
+}
+
+fn at_least(key: &str, value: u64, min: u64) -> Result<(), SettingsError> {
+    if value < min {
+        Err(SettingsError::key(
+            key,
+            format!("must be at least {min}, got {value}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+impl DatabaseSettings {
+    fn validate_limits(&self) -> Result<(), SettingsError> {
+        at_least("database.pool_size", self.pool_size.into(), 1)?;
+        at_least("database.pool_timeout_ms", self.pool_timeout_ms, 1)?;
+        at_least("database.connect_timeout_ms", self.connect_timeout_ms, 1)?;
+        at_least(
+            "database.statement_timeout_ms",
+            self.statement_timeout_ms,
+            1,
+        )
+    }
+}
+
+impl HttpSettings {
+    fn validate_limits(&self) -> Result<(), SettingsError> {
+        at_least("http.max_body_bytes", self.max_body_bytes as u64, 1)?;
+        at_least("http.max_connections", self.max_connections as u64, 1)?;
+        at_least("http.request_timeout_ms", self.request_timeout_ms, 1)?;
+        at_least("http.body_timeout_ms", self.body_timeout_ms, 1)
+    }
+
+    /// The docs and document paths: absolute, not the root, no trailing '/'.
+    fn validate_paths(&self) -> Result<(), SettingsError> {
+        for (key, path) in [
+            ("http.docs_path", &self.docs_path),
+            ("http.openapi_path", &self.openapi_path),
+        ] {
+            if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+                return Err(SettingsError::key(
+                    key,
+                    format!("must start with '/' and not end with '/', got {path:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WorkerSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        at_least("worker.replicas", self.replicas as u64, 1)?;
+        at_least("worker.batch_size", self.batch_size as u64, 1)?;
+        at_least("worker.max_message_bytes", self.max_message_bytes as u64, 1)
+    }
+}
+
+impl ValidationSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        at_least("validation.timeout_ms", self.timeout_ms, 1)?;
+        if self.timeout_ms > VALIDATION_TIMEOUT_MAX_MS {
+            return Err(SettingsError::key(
+                "validation.timeout_ms",
+                format!(
+                    "must be at most {VALIDATION_TIMEOUT_MAX_MS} (a day), got {}",
+                    self.timeout_ms
+                ),
+            ));
+        }
+        at_least("validation.sweep_interval_ms", self.sweep_interval_ms, 1)?;
+        at_least("validation.batch_size", self.batch_size as u64, 1)
+    }
+}
+
+impl RetrySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        at_least("retry.initial_backoff_ms", self.initial_backoff_ms, 1)?;
+        at_least(
+            "retry.max_backoff_ms",
+            self.max_backoff_ms,
+            self.initial_backoff_ms,
+        )
+    }
+}
+
+impl StockSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.low_threshold < 0 {
+            return Err(SettingsError::key(
+                "stock.low_threshold",
+                "must not be negative",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        at_least("auth.max_token_age_secs", self.max_token_age_secs, 1)?;
+        if self.max_token_age_secs > MAX_TOKEN_AGE_LIMIT_SECS {
+            return Err(SettingsError::key(
+                "auth.max_token_age_secs",
+                format!(
+                    "must be at most {MAX_TOKEN_AGE_LIMIT_SECS} (30 days), got {}",
+                    self.max_token_age_secs
+                ),
+            ));
+        }
+        if self.mode == AuthMode::Jwt {
+            self.validate_jwt()?;
+        }
+        Ok(())
+    }
+
+    /// In jwt mode: the key's file is named, and so are issuer and audience.
+    fn validate_jwt(&self) -> Result<(), SettingsError> {
+        let (key, file) = match self.jwt_algorithm {
+            JwtAlgorithm::HS256 => ("auth.jwt_secret_file", &self.jwt_secret_file),
+            _ => ("auth.jwt_public_key_file", &self.jwt_public_key_file),
+        };
+        if file.is_empty() {
+            return Err(SettingsError::key(
+                key,
+                format!(
+                    "must name a file when auth.mode is jwt with {:?}",
+                    self.jwt_algorithm
+                ),
+            ));
+        }
+        if self.issuer.is_empty() || self.audience.is_empty() {
+            return Err(SettingsError::key(
+                "auth.issuer",
+                "auth.issuer and auth.audience must not be empty",
+            ));
+        }
+        Ok(())
     }
 }
 

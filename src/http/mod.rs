@@ -21,9 +21,9 @@ use crate::db::Database;
 use crate::dependencies::Dependencies;
 use crate::metrics::Metrics;
 use crate::outbox::Waker;
-use crate::settings::Settings;
-use actix_web::body::EitherBody;
-use actix_web::dev::{Server, ServiceResponse};
+use crate::settings::{HttpSettings, Settings};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{HttpServer, ResponseError};
 use error::ApiError;
@@ -87,95 +87,149 @@ pub fn server(
     api: Api,
     auth: Arc<Authenticator>,
 ) -> std::io::Result<Server> {
-    let spec = spec(&api);
-    let scopes = api.scopes;
-    let open = auth::OpenPaths {
-        docs: settings.http.docs_path.clone(),
-        openapi: settings.http.openapi_path.clone(),
-    };
-    let security = openapi::Security {
-        scopes: scopes.filter(|_| auth.mode() == crate::settings::AuthMode::Jwt),
-        protect_reads: auth.protect_reads(),
-        open: open.clone(),
-    };
-    let http = settings.http.clone();
-    let limit = extract::BodyLimit {
-        max_bytes: http.max_body_bytes,
-        timeout: Duration::from_millis(http.body_timeout_ms),
-    };
-    let routes = api.routes.clone();
-    let aliases = api.aliases;
-    let data = actix_web::web::Data::new(state);
-    let mut server = HttpServer::new(move || {
-        let metrics = data.metrics.clone();
-        let (auth, open) = (auth.clone(), open.clone());
-        actix_web::App::new()
-            .app_data(data.clone())
-            .app_data(limit)
-            .app_data(actix_web::web::PathConfig::default().error_handler(extract::path_error))
-            .service(docs::guard(&http.docs_path))
-            .wrap_api_with_spec(spec.clone())
-            .configure(|cfg| routes(cfg))
-            .configure(probes::routes)
-            // Our refined document, registered first so it shadows
-            // paperclip's own (which is still needed: it tells Swagger UI
-            // where the document is).
-            .with_raw_json_spec_v3(|app, spec| {
-                let body = openapi::refine(spec, &security, aliases).to_string();
-                app.service(paperclip::actix::web::resource(&http.openapi_path).route(
-                    paperclip::actix::web::get().to(move || {
-                        let body = body.clone();
-                        async move {
-                            paperclip::actix::HttpResponseWrapper(
-                                actix_web::HttpResponse::Ok()
-                                    .content_type("application/json")
-                                    .body(body),
-                            )
-                        }
-                    }),
-                ))
-            })
-            .with_json_spec_v3_at(&http.openapi_path)
-            .with_swagger_ui_at(&http.docs_path)
-            .build()
-            .default_service(actix_web::web::to(no_route))
-            .wrap_fn(move |req, srv| {
-                let outcome = match auth::check(&auth, scopes.as_ref(), &open, &req) {
-                    Ok(()) => Ok(actix_web::dev::Service::call(srv, req)),
-                    Err(refused) => Err(req.into_response(refused.error_response())),
-                };
-                async move {
-                    match outcome {
-                        Ok(fut) => Ok(fut.await?.map_into_left_body()),
-                        Err(refused) => Ok(refused.map_into_right_body()),
-                    }
-                }
-            })
-            .wrap(ErrorHandlers::new().default_handler(as_problem))
-            // Outermost: every answer, even a refusal, has its request id.
-            .wrap_fn(move |req, srv| {
-                let metrics = metrics.clone();
-                let started = Instant::now();
-                let id = observe::begin(&req);
-                let fut = actix_web::dev::Service::call(srv, req);
-                async move {
-                    let mut res = fut.await?;
-                    observe::finish(&mut res, &id, started, &metrics.http);
-                    Ok(res)
-                }
-            })
-    })
-    .disable_signals()
-    .shutdown_timeout(settings.shutdown.grace_secs)
-    .client_request_timeout(Duration::from_millis(settings.http.request_timeout_ms));
-    let workers = match settings.http.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    server = server
+    let parts = AppParts::new(&settings.http, state, api, auth);
+    let workers = workers(&settings.http);
+    let server = HttpServer::new(move || app(&parts))
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown.grace_secs)
+        .client_request_timeout(Duration::from_millis(settings.http.request_timeout_ms))
         .workers(workers)
         .max_connections(settings.http.max_connections.div_ceil(workers));
     Ok(server.listen(listener)?.run())
+}
+
+/// `http.workers`, 0 meaning one per available core.
+fn workers(http: &HttpSettings) -> usize {
+    match http.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// What each server worker's [`app`] is made of.
+#[derive(Clone)]
+struct AppParts {
+    data: actix_web::web::Data<AppState>,
+    spec: DefaultApiRaw,
+    routes: Routes,
+    /// Paths served but left out of the document.
+    aliases: &'static [openapi::Alias],
+    scopes: Option<ApiScopes>,
+    auth: Arc<Authenticator>,
+    open: auth::OpenPaths,
+    /// What the document says about authentication.
+    security: openapi::Security,
+    limit: extract::BodyLimit,
+    http: HttpSettings,
+}
+
+impl AppParts {
+    fn new(http: &HttpSettings, state: AppState, api: Api, auth: Arc<Authenticator>) -> Self {
+        let open = auth::OpenPaths {
+            docs: http.docs_path.clone(),
+            openapi: http.openapi_path.clone(),
+        };
+        let security = openapi::Security {
+            scopes: api
+                .scopes
+                .filter(|_| auth.mode() == crate::settings::AuthMode::Jwt),
+            protect_reads: auth.protect_reads(),
+            open: open.clone(),
+        };
+        AppParts {
+            data: actix_web::web::Data::new(state),
+            spec: spec(&api),
+            routes: api.routes.clone(),
+            aliases: api.aliases,
+            scopes: api.scopes,
+            auth,
+            open,
+            security,
+            limit: extract::BodyLimit {
+                max_bytes: http.max_body_bytes,
+                timeout: Duration::from_millis(http.body_timeout_ms),
+            },
+            http: http.clone(),
+        }
+    }
+}
+
+/// One server worker's application: the API's routes, the probes, the
+/// OpenAPI document and Swagger UI, behind the middleware (innermost first:
+/// authorization, problem+json for every error, then the request id, the
+/// access line and the metrics around everything).
+fn app(
+    parts: &AppParts,
+) -> actix_web::App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let metrics = parts.data.metrics.clone();
+    let (auth, open, scopes) = (parts.auth.clone(), parts.open.clone(), parts.scopes);
+    let (http, routes) = (&parts.http, &parts.routes);
+    actix_web::App::new()
+        .app_data(parts.data.clone())
+        .app_data(parts.limit)
+        .app_data(actix_web::web::PathConfig::default().error_handler(extract::path_error))
+        .service(docs::guard(&http.docs_path))
+        .wrap_api_with_spec(parts.spec.clone())
+        .configure(|cfg| routes(cfg))
+        .configure(probes::routes)
+        // Our refined document, registered first so it shadows
+        // paperclip's own (which is still needed: it tells Swagger UI
+        // where the document is).
+        .with_raw_json_spec_v3(|app, spec| {
+            let body = openapi::refine(spec, &parts.security, parts.aliases).to_string();
+            app.service(document(&http.openapi_path, body))
+        })
+        .with_json_spec_v3_at(&http.openapi_path)
+        .with_swagger_ui_at(&http.docs_path)
+        .build()
+        .default_service(actix_web::web::to(no_route))
+        .wrap_fn(move |req, srv| {
+            let outcome = match auth::check(&auth, scopes.as_ref(), &open, &req) {
+                Ok(()) => Ok(actix_web::dev::Service::call(srv, req)),
+                Err(refused) => Err(req.into_response(refused.error_response())),
+            };
+            async move {
+                match outcome {
+                    Ok(fut) => Ok(fut.await?.map_into_left_body()),
+                    Err(refused) => Ok(refused.map_into_right_body()),
+                }
+            }
+        })
+        .wrap(ErrorHandlers::new().default_handler(as_problem))
+        // Outermost: every answer, even a refusal, has its request id.
+        .wrap_fn(move |req, srv| {
+            let metrics = metrics.clone();
+            let started = Instant::now();
+            let id = observe::begin(&req);
+            let fut = actix_web::dev::Service::call(srv, req);
+            async move {
+                let mut res = fut.await?;
+                observe::finish(&mut res, &id, started, &metrics.http);
+                Ok(res)
+            }
+        })
+}
+
+/// Serves the refined OpenAPI document (`body`) at `path`.
+fn document(path: &str, body: String) -> paperclip::actix::web::Resource {
+    paperclip::actix::web::resource(path).route(paperclip::actix::web::get().to(move || {
+        let body = body.clone();
+        async move {
+            paperclip::actix::HttpResponseWrapper(
+                actix_web::HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(body),
+            )
+        }
+    }))
 }
 
 /// The head of the API's OpenAPI document.

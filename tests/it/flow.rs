@@ -44,28 +44,33 @@ async fn wait_for_history(app: &TestApp, line: i64, changes: usize) -> Vec<Value
     .await
 }
 
-#[tokio::test]
-async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
-    // No worker yet: the message waits in product_queue to be looked at.
-    let mut app = TestApp::spawn().await;
-    let p = app.create_product("traced", 2.0, 10).await;
-    let order = app.create_order().await;
-
+/// Adds 3 of `p` to `order` under the client's request id `client_id`;
+/// the server's own id and the line.
+async fn add_line_as(app: &TestApp, order: i64, p: i64, client_id: &str) -> (String, i64) {
     let answer = app
         .orders
-        .with_header("X-Request-Id", "checkout-42")
+        .with_header("X-Request-Id", client_id)
         .post(
             "/commandes-produits",
             json!({"commande_id": order, "produit_id": p, "quantite": 3}),
         )
         .await
         .expect(201);
+    let server_id = answer.header("x-request-id").expect("an id").to_owned();
+    (server_id, id(&answer.body))
+}
+
+#[tokio::test]
+async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
+    // No worker yet: the message waits in product_queue to be looked at.
+    let mut app = TestApp::spawn().await;
+    let p = app.create_product("traced", 2.0, 10).await;
+    let order = app.create_order().await;
+    let (server_id, line) = add_line_as(&app, order, p, "checkout-42").await;
     // The server's own id, never the client's: anyone could send another
     // request's id.
-    let server_id = answer.header("x-request-id").expect("an id").to_owned();
     assert_ne!(server_id, "checkout-42");
     assert_eq!(server_id.len(), 32, "{server_id}");
-    let line = id(&answer.body);
 
     // The outbox row keeps it…
     assert_eq!(
@@ -117,7 +122,15 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         )),
         server_id
     );
+}
 
+#[tokio::test]
+async fn a_line_s_history_keeps_each_change_s_request_ids_after_the_line_is_gone() {
+    let app = TestApp::with_worker().await;
+    let p = app.create_product("traced", 2.0, 10).await;
+    let order = app.create_order().await;
+    let (server_id, line) = add_line_as(&app, order, p, "checkout-42").await;
+    app.wait_for_stock(p, 7).await;
     // A change under a W3C traceparent (no X-Request-Id) keeps its trace
     // id as the client's.
     let parent = format!("00-{TRACE}-00f067aa0ba902b7-01");
@@ -132,6 +145,9 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         .expect(200);
     let changed_id = changed.header("x-request-id").expect("an id").to_owned();
     assert_ne!(changed_id, TRACE);
+    // Applied before the deletion follows (else the worker may find it
+    // superseded already).
+    app.wait_for_stock(p, 5).await;
     // Without either, one is made up and returned.
     let deleted = app
         .orders
@@ -153,24 +169,19 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
             c["resultat"].as_str().unwrap().to_owned(),
         )
     };
+    let (checkout, reserved) = (Some("checkout-42".into()), "RESERVE".to_owned());
     assert_eq!(
         h.iter().map(fields).collect::<Vec<_>>(),
         [
-            (
-                1,
-                "CREATED".into(),
-                server_id.clone(),
-                Some("checkout-42".into()),
-                "RESERVE".into()
-            ),
+            (1, "CREATED".into(), server_id, checkout, reserved.clone()),
             (
                 2,
                 "UPDATED".into(),
-                changed_id.clone(),
+                changed_id,
                 Some(TRACE.into()),
-                "RESERVE".into()
+                reserved
             ),
-            (3, "DELETED".into(), made_up.clone(), None, "LIBERE".into()),
+            (3, "DELETED".into(), made_up, None, "LIBERE".into()),
         ]
     );
     for c in &h {
@@ -181,6 +192,11 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         assert_eq!(c["ligne_id"], line);
         assert_eq!(c["commande_id"], order);
     }
+}
+
+#[tokio::test]
+async fn the_history_of_an_unknown_or_malformed_line_is_404_or_400() {
+    let app = TestApp::spawn().await;
     app.orders
         .get("/commandes-produits/987654/historique")
         .await
@@ -298,6 +314,74 @@ async fn dead_letters_keep_the_request_id_and_the_reason_class() {
     assert_eq!(metric, 1);
 }
 
+/// Reserves 2 of a new product (5 in stock) through the processes, under
+/// the client's request id `client_id`; the line, once reserved.
+async fn reserve_as(db: &TestDb, products: &Process, orders: &Process, client_id: &str) -> i64 {
+    let p = Client::new_at(products.addr())
+        .post(
+            "/produits/",
+            json!({"nom": "logged", "prix": 1.0, "quantite_en_stock": 5}),
+        )
+        .await
+        .expect(201);
+    let p = id(&p.body);
+    let client = Client::new_at(orders.addr()).with_header("X-Request-Id", client_id);
+    let order = id(&client.post("/commandes", json!({})).await.expect(201).body);
+    let line = client
+        .post(
+            "/commandes-produits",
+            json!({"commande_id": order, "produit_id": p, "quantite": 2}),
+        )
+        .await
+        .expect(201);
+    let stock = || {
+        db.count(&format!(
+            "SELECT quantite_en_stock::bigint AS n FROM produits WHERE id = {p}"
+        ))
+    };
+    wait_for("the stock reserved", Duration::from_secs(20), || async {
+        (stock() == 3).then_some(())
+    })
+    .await;
+    id(&line.body)
+}
+
+/// The server's id of the line added under `client_id`, read from the JSON
+/// access line (the client's id beside the server's), and every JSON log
+/// line of `orders` under it once there are at least two.
+async fn json_lines_of_the_line_added_as(
+    orders: &Process,
+    client_id: &str,
+) -> (String, Vec<Value>) {
+    let parse = |l: &str| {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))
+    };
+    let access = wait_for("the access line", Duration::from_secs(10), || async {
+        orders.stderr().lines().map(parse).find(|v: &Value| {
+            v["client_request_id"] == client_id
+                && v["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("POST /commandes-produits 201"))
+        })
+    })
+    .await;
+    let server_id = access["request_id"]
+        .as_str()
+        .expect("the server's id")
+        .to_owned();
+    let json_lines = wait_for("the orders' log lines", Duration::from_secs(10), || async {
+        let lines: Vec<Value> = orders
+            .stderr()
+            .lines()
+            .map(parse)
+            .filter(|v: &Value| v["request_id"] == server_id.as_str())
+            .collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    (server_id, json_lines)
+}
+
 #[tokio::test]
 async fn the_processes_log_the_request_id_in_text_and_in_json() {
     // Processes only: an in-process relay would race theirs for the row.
@@ -314,63 +398,12 @@ async fn the_processes_log_the_request_id_in_text_and_in_json() {
     for process in [&products, &orders, &worker] {
         process.wait_ready().await;
     }
-    let p = Client::new_at(products.addr())
-        .post(
-            "/produits/",
-            json!({"nom": "logged", "prix": 1.0, "quantite_en_stock": 5}),
-        )
-        .await
-        .expect(201);
-    let p = id(&p.body);
-    let client = Client::new_at(orders.addr()).with_header("X-Request-Id", "logged-1");
-    let order = id(&client.post("/commandes", json!({})).await.expect(201).body);
-    let line = client
-        .post(
-            "/commandes-produits",
-            json!({"commande_id": order, "produit_id": p, "quantite": 2}),
-        )
-        .await
-        .expect(201);
-    let line = id(&line.body);
-    let stock = || {
-        db.count(&format!(
-            "SELECT quantite_en_stock::bigint AS n FROM produits WHERE id = {p}"
-        ))
-    };
-    wait_for("the stock reserved", Duration::from_secs(20), || async {
-        (stock() == 3).then_some(())
-    })
-    .await;
+    let line = reserve_as(&db, &products, &orders, "logged-1").await;
 
-    // orders, as JSON: the access line (the client's id beside the
-    // server's) and the relay's, each one object, under the server's id.
-    let parse = |l: &str| {
-        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))
-    };
-    let access = wait_for("the access line", Duration::from_secs(10), || async {
-        orders.stderr().lines().map(parse).find(|v: &Value| {
-            v["client_request_id"] == "logged-1"
-                && v["msg"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("POST /commandes-produits 201"))
-        })
-    })
-    .await;
-    let server_id = access["request_id"]
-        .as_str()
-        .expect("the server's id")
-        .to_owned();
+    // orders, as JSON: the access line and the relay's, each one object,
+    // under the server's id.
+    let (server_id, json_lines) = json_lines_of_the_line_added_as(&orders, "logged-1").await;
     assert_ne!(server_id, "logged-1");
-    let json_lines = wait_for("the orders' log lines", Duration::from_secs(10), || async {
-        let lines: Vec<Value> = orders
-            .stderr()
-            .lines()
-            .map(parse)
-            .filter(|v: &Value| v["request_id"] == server_id.as_str())
-            .collect();
-        (lines.len() >= 2).then_some(lines)
-    })
-    .await;
     let targets: BTreeSet<&str> = json_lines
         .iter()
         .map(|v| v["target"].as_str().unwrap())

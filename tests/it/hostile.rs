@@ -123,16 +123,35 @@ async fn an_order_holds_at_most_a_hundred_lines() {
     assert_eq!(orders[0]["lignes"].as_array().unwrap().len(), 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() {
-    use diesel::connection::SimpleConnection;
-    let app = TestApp::spawn().await;
-    let p = app.create_product("p", 1.0, 10).await;
-    let (order, other) = (app.create_order().await, app.create_order().await);
+/// The lines of `order`, counted in the lines' table.
+fn lines_of(app: &TestApp, order: i64) -> i64 {
+    app.db.count(&format!(
+        "SELECT count(*) AS n FROM commandes_produits WHERE commande_id = {order}"
+    ))
+}
+
+/// The order's own count of its lines.
+fn counted(app: &TestApp, order: i64) -> i64 {
+    app.db.count(&format!(
+        "SELECT nb_lignes::bigint AS n FROM commandes WHERE id = {order}"
+    ))
+}
+
+/// `n` lines of one `p` each added to `order`, one after the other.
+async fn add_lines(app: &TestApp, order: i64, p: i64, n: usize) -> Vec<i64> {
     let mut lines = Vec::new();
-    for _ in 0..95 {
+    for _ in 0..n {
         lines.push(id(&app.create_line(order, p, 1).await));
     }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_additions_stop_at_a_hundred_lines_each_counted_once() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    add_lines(&app, order, p, 95).await;
     let client = &app.orders;
     let line = json!({"commande_id": order, "produit_id": p, "quantite": 1});
     let answers = futures_util::future::join_all(
@@ -148,25 +167,25 @@ async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() 
     }
     // Counted where the lines are: the order's own count, and one message
     // per line created, none for a refused one.
-    let lines_of = |order: i64| {
-        app.db.count(&format!(
-            "SELECT count(*) AS n FROM commandes_produits WHERE commande_id = {order}"
-        ))
-    };
-    let counted = |order: i64| {
-        app.db.count(&format!(
-            "SELECT nb_lignes::bigint AS n FROM commandes WHERE id = {order}"
-        ))
-    };
-    assert_eq!((lines_of(order), counted(order)), (100, 100));
+    assert_eq!((lines_of(&app, order), counted(&app, order)), (100, 100));
     let created_messages = app
         .outbox()
         .iter()
         .filter(|m| m["commande_id"] == order && m["action"] == "CREATED")
         .count();
     assert_eq!(created_messages, 100);
-    // A deleted line and a line moved away each make room for one more,
-    // and so does a line written by a replica that predates the count.
+}
+
+/// A deleted line and a line moved away each make room for one more, and
+/// so does a line written by a replica that predates the count.
+#[tokio::test]
+async fn deleted_moved_and_uncounted_lines_each_make_room_for_one_more() {
+    use diesel::connection::SimpleConnection;
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let (order, other) = (app.create_order().await, app.create_order().await);
+    let lines = add_lines(&app, order, p, 100).await;
+    let line = json!({"commande_id": order, "produit_id": p, "quantite": 1});
     app.orders
         .delete(&format!("/commandes-produits/{}", lines[0]))
         .await
@@ -178,7 +197,7 @@ async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() 
         )
         .await
         .expect(200);
-    assert_eq!(counted(order), 98);
+    assert_eq!(counted(&app, order), 98);
     app.db
         .conn()
         .batch_execute(&format!(
@@ -210,8 +229,8 @@ async fn concurrent_additions_stop_at_a_hundred_lines_and_deletions_make_room() 
         .post("/commandes-produits", line.clone())
         .await
         .expect(409);
-    assert_eq!((lines_of(order), counted(order)), (100, 100));
-    assert_eq!((lines_of(other), counted(other)), (1, 1));
+    assert_eq!((lines_of(&app, order), counted(&app, order)), (100, 100));
+    assert_eq!((lines_of(&app, other), counted(&app, other)), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,14 +101,19 @@ async fn lines_capture_the_price_and_totals_are_exact_money() {
     assert_eq!(via_alias.body, created.body);
 }
 
-#[tokio::test]
-async fn every_line_change_writes_its_message_in_the_same_transaction() {
-    let app = TestApp::spawn().await;
+/// Products a (2.00) and b (3.00), and an order with a line of 4 a.
+async fn a_line_of_four_a(app: &TestApp) -> (i64, i64, i64, i64) {
     let a = app.create_product("a", 2.0, 50).await;
     let b = app.create_product("b", 3.0, 50).await;
     let order = app.create_order().await;
     let line = id(&app.create_line(order, a, 4).await);
+    (a, b, order, line)
+}
 
+#[tokio::test]
+async fn a_new_line_writes_its_created_message_in_the_same_transaction() {
+    let app = TestApp::spawn().await;
+    let (a, _, order, line) = a_line_of_four_a(&app).await;
     let messages = app.outbox();
     assert_eq!(messages.len(), 1);
     let created = &messages[0];
@@ -127,13 +132,16 @@ async fn every_line_change_writes_its_message_in_the_same_transaction() {
     );
     assert_eq!(created["message_id"].as_str().unwrap().len(), 36);
     assert!(created["occurred_at"].is_string());
+}
 
+#[tokio::test]
+async fn every_line_change_writes_its_message_in_the_same_transaction() {
+    let app = TestApp::spawn().await;
+    let (a, b, _, line) = a_line_of_four_a(&app).await;
+    let path = format!("/commandes-produits/{line}");
     let updated = app
         .orders
-        .put(
-            &format!("/commandes-produits/{line}"),
-            json!({"quantite": 6}),
-        )
+        .put(&path, json!({"quantite": 6}))
         .await
         .expect(200);
     assert_eq!(updated.body["quantite"], 6);
@@ -153,24 +161,12 @@ async fn every_line_change_writes_its_message_in_the_same_transaction() {
     );
     // Changing nothing writes nothing.
     app.orders
-        .put(
-            &format!("/commandes-produits/{line}"),
-            json!({"quantite": 6}),
-        )
+        .put(&path, json!({"quantite": 6}))
         .await
         .expect(200);
-    app.orders
-        .delete(&format!("/commandes-produits/{line}"))
-        .await
-        .expect(204);
-    app.orders
-        .get(&format!("/commandes-produits/{line}"))
-        .await
-        .expect(404);
-    app.orders
-        .delete(&format!("/commandes-produits/{line}"))
-        .await
-        .expect(404);
+    app.orders.delete(&path).await.expect(204);
+    app.orders.get(&path).await.expect(404);
+    app.orders.delete(&path).await.expect(404);
 
     let messages = app.outbox();
     let summary: Vec<(String, i64, i64, i64, Value, Value)> = messages
@@ -445,6 +441,17 @@ async fn deleting_an_order_releases_its_lines_and_a_pending_line_keeps_it_from_s
     );
 }
 
+/// Asks for `order` to be shipped.
+async fn ship(app: &TestApp, order: i64) -> crate::common::Answer {
+    let path = format!("/commandes/{order}");
+    app.orders.put(&path, json!({"statut": "EXPEDIEE"})).await
+}
+
+/// The problem's detail.
+fn detail(answer: &crate::common::Answer) -> String {
+    answer.body["detail"].as_str().unwrap().to_owned()
+}
+
 /// The attack: with an ordinary `orders:write` client, ship an
 /// order whose line the stock could not cover.
 #[tokio::test]
@@ -452,19 +459,7 @@ async fn an_order_ships_only_once_every_line_is_reserved_and_then_stays_shipped(
     let app = TestApp::with_worker().await;
     let scarce = app.create_product("scarce", 1.0, 1).await;
     let plenty = app.create_product("plenty", 1.0, 10).await;
-    let ship = |order: i64| {
-        let orders = &app.orders;
-        async move {
-            orders
-                .put(
-                    &format!("/commandes/{order}"),
-                    json!({"statut": "EXPEDIEE"}),
-                )
-                .await
-        }
-    };
-    let detail =
-        |answer: &crate::common::Answer| answer.body["detail"].as_str().unwrap().to_owned();
+    let ship = |order: i64| ship(&app, order);
 
     // Never with a rejected line…
     let rejected = app.create_order().await;

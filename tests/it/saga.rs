@@ -182,10 +182,8 @@ async fn one_line_short_refuses_names_it_and_releases_every_line() {
 }
 
 #[tokio::test]
-async fn bad_starts_and_changes_while_validating_get_clear_answers() {
-    // No worker: the validation stays EN_COURS.
+async fn bad_starts_of_a_validation_get_clear_answers() {
     let app = TestApp::spawn().await;
-    let p = app.create_product("p", 1.0, 10).await;
     let missing = app
         .orders
         .post("/commandes/999999/validation", json!({}))
@@ -216,7 +214,23 @@ async fn bad_starts_and_changes_while_validating_get_clear_answers() {
         .as_str()
         .unwrap()
         .contains("EN_ATTENTE"));
+}
 
+/// A 409 saying the order is being validated.
+fn being_validated(answer: crate::common::Answer) {
+    let answer = answer.expect(409);
+    let detail = answer.body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("being validated"), "{}", answer.body);
+}
+
+#[tokio::test]
+async fn an_order_being_validated_refuses_a_second_start_and_every_change() {
+    // No worker: the validation stays EN_COURS.
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
     let o = app.create_order().await;
     let line = id(&app.create_line(o, p, 2).await);
     validate(&app.orders, o).await;
@@ -226,50 +240,20 @@ async fn bad_starts_and_changes_while_validating_get_clear_answers() {
         .await
         .expect(409);
     assert!(again.body["detail"].as_str().unwrap().contains("EN_COURS"));
-    let being = |answer: crate::common::Answer| {
-        let detail = answer.body["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        assert!(detail.contains("being validated"), "{}", answer.body);
-    };
-    being(
-        app.orders
-            .post(
-                "/commandes-produits",
-                json!({"commande_id": o, "produit_id": p, "quantite": 1}),
-            )
-            .await
-            .expect(409),
-    );
-    being(
-        app.orders
-            .put(
-                &format!("/commandes-produits/{line}"),
-                json!({"quantite": 1}),
-            )
-            .await
-            .expect(409),
-    );
-    being(
-        app.orders
-            .delete(&format!("/commandes-produits/{line}"))
-            .await
-            .expect(409),
-    );
-    being(
-        app.orders
-            .put(&format!("/commandes/{o}"), json!({"statut": "ANNULEE"}))
-            .await
-            .expect(409),
-    );
-    being(
-        app.orders
-            .delete(&format!("/commandes/{o}"))
-            .await
-            .expect(409),
-    );
-    // Orders that never use validation behave as before.
+    let (orders, line_path) = (&app.orders, format!("/commandes-produits/{line}"));
+    let new_line = json!({"commande_id": o, "produit_id": p, "quantite": 1});
+    being_validated(orders.post("/commandes-produits", new_line).await);
+    being_validated(orders.put(&line_path, json!({"quantite": 1})).await);
+    being_validated(orders.delete(&line_path).await);
+    let order_path = format!("/commandes/{o}");
+    being_validated(orders.put(&order_path, json!({"statut": "ANNULEE"})).await);
+    being_validated(orders.delete(&order_path).await);
+}
+
+#[tokio::test]
+async fn orders_that_never_use_validation_behave_as_before() {
+    let app = TestApp::spawn().await;
+    let p = app.create_product("p", 1.0, 10).await;
     let plain = app.create_order().await;
     let l = id(&app.create_line(plain, p, 1).await);
     app.orders

@@ -4,73 +4,22 @@
 //! the token's subject; the services' own database roles and broker users,
 //! seed-format messages switched off, and TLS to PostgreSQL and RabbitMQ.
 
+use crate::common::auth::{all_scopes_but, jwt, token, JwtApp, SecretFile, ALL_SCOPES, SECRET};
+use crate::common::broker::broker_user as user;
 use crate::common::process::{binary, Process};
 use crate::common::tls::{Protocol, TestCa, TlsFront};
 use crate::common::{id, wait_for, Client, TestApp, TestBroker, TestDb};
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{Connection, PgConnection};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use ordersys::amqp::{BrokerUser, PERMISSIONS};
+use ordersys::amqp::PERMISSIONS;
 use ordersys::messages::{
     DEAD_LETTER_QUEUE, ORDER_EVENTS_EXCHANGE, ORDER_EVENTS_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE,
     PRODUCT_ROUTING_KEY,
 };
 use ordersys::settings::{AuthMode, Settings};
-use ordersys::Mode;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-const SECRET: &str = "a test secret of at least thirty-two bytes";
-
-/// A secret file that lives as long as the test.
-struct SecretFile(PathBuf);
-
-impl SecretFile {
-    fn new(content: &str) -> SecretFile {
-        let path = std::env::temp_dir().join(format!("ordersys-secret-{}", uuid::Uuid::new_v4()));
-        std::fs::write(&path, content).unwrap();
-        SecretFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for SecretFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// jwt mode with HS256 and `secret`, every other auth setting its default.
-fn jwt(settings: &mut Settings, secret: &SecretFile) {
-    settings.auth.mode = AuthMode::Jwt;
-    settings.auth.jwt_secret_file = secret.path().to_owned();
-    settings.auth.leeway_secs = 0;
-}
-
-/// A token signed with `secret`, its claims adjusted by `claims`.
-fn token(secret: &str, scope: &str, claims: impl FnOnce(&mut Value)) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut body = json!({
-        "sub": "tests", "iss": "ordersys", "aud": "ordersys",
-        "iat": now, "exp": now + 600, "scope": scope
-    });
-    claims(&mut body);
-    encode(
-        &Header::default(),
-        &body,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
-const ALL_SCOPES: &str = "products:read products:write stock:correct orders:read orders:write";
 
 /// One write route: how to call it, and the scope it needs.
 struct Route {
@@ -105,16 +54,10 @@ async fn call(client: &Client, route: &Route) -> crate::common::Answer {
         .await
 }
 
-#[tokio::test]
-async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
-    let secret = SecretFile::new(SECRET);
-    let mut app = TestApp::build(false, |s| jwt(s, &secret)).await;
-    let admin = token(SECRET, ALL_SCOPES, |_| {});
-    let (products, orders) = (app.products.clone(), app.orders.clone());
-    app.products = products.with_token(&admin);
-    app.orders = orders.with_token(&admin);
-
-    // Each route gets fresh targets, made with a token that may do everything.
+/// Every write route with fresh targets, made with `app`'s token that may
+/// do everything; and the product whose stock only `stock:correct` sets
+/// (to 7), and the one a route deletes.
+async fn write_routes(app: &TestApp) -> (Vec<Route>, i64, i64) {
     let mut routes = Vec::new();
     for base in ["/produits/", "/produits"] {
         let body = json!({"nom": "n", "prix": 1.0});
@@ -127,55 +70,55 @@ async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
         ));
     }
     // Spelled with percent-escapes: the router decodes them, so must the check.
+    let body = json!({"nom": "n", "prix": 1.0});
     routes.push(route(
         "products",
         Method::POST,
         "/%70roduits/".into(),
-        Some(json!({"nom": "n", "prix": 1.0})),
+        Some(body),
         "products:write",
     ));
-    routes.push(route(
-        "orders",
-        Method::POST,
-        "/%63ommandes".into(),
-        Some(json!({})),
-        "orders:write",
-    ));
-    routes.push(route(
-        "orders",
-        Method::POST,
-        "/api/v1/%63ommandes".into(),
-        Some(json!({})),
-        "orders:write",
-    ));
+    for path in ["/%63ommandes", "/api/v1/%63ommandes"] {
+        routes.push(route(
+            "orders",
+            Method::POST,
+            path.into(),
+            Some(json!({})),
+            "orders:write",
+        ));
+    }
     let p = app.create_product("p", 1.0, 10).await;
     let encoded_doomed = app.create_product("doomed too", 1.0, 10).await;
+    let path = format!("/%70roduits/{encoded_doomed}");
     routes.push(route(
         "products",
         Method::DELETE,
-        format!("/%70roduits/{encoded_doomed}"),
+        path,
         None,
         "products:write",
     ));
+    let body = Some(json!({"prix": 2.0}));
     routes.push(route(
         "products",
         Method::PUT,
         format!("/produits/{p}"),
-        Some(json!({"prix": 2.0})),
+        body,
         "products:write",
     ));
+    let body = Some(json!({"quantite_en_stock": 7}));
     routes.push(route(
         "products",
         Method::PUT,
         format!("/produits/{p}"),
-        Some(json!({"quantite_en_stock": 7})),
+        body,
         "stock:correct",
     ));
     let doomed = app.create_product("doomed", 1.0, 10).await;
+    let path = format!("/produits/{doomed}");
     routes.push(route(
         "products",
         Method::DELETE,
-        format!("/produits/{doomed}"),
+        path,
         None,
         "products:write",
     ));
@@ -183,73 +126,82 @@ async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
         ("/commandes", "/commandes-produits"),
         ("/api/v1/commandes", "/api/v1/commandes_produits"),
     ] {
-        routes.push(route(
-            "orders",
-            Method::POST,
-            orders_base.into(),
-            Some(json!({})),
-            "orders:write",
-        ));
-        let order = app.create_order().await;
-        routes.push(route(
-            "orders",
+        routes.extend(order_routes(app, p, orders_base, lines_base).await);
+    }
+    (routes, p, doomed)
+}
+
+/// The write routes of orders and lines under `orders_base` and
+/// `lines_base`, on fresh orders and lines of product `p`.
+async fn order_routes(app: &TestApp, p: i64, orders_base: &str, lines_base: &str) -> Vec<Route> {
+    let write = |method, path: String, body| route("orders", method, path, body, "orders:write");
+    let order = app.create_order().await;
+    let empty = app.create_order().await;
+    let open = app.create_order().await;
+    let line = id(&app.create_line(open, p, 1).await);
+    let other = id(&app.create_line(open, p, 1).await);
+    let new_line = json!({"commande_id": open, "produit_id": p, "quantite": 1});
+    vec![
+        write(Method::POST, orders_base.into(), Some(json!({}))),
+        write(
             Method::PUT,
             format!("{orders_base}/{order}"),
             Some(json!({"statut": "EN_COURS"})),
-            "orders:write",
-        ));
-        let empty = app.create_order().await;
-        routes.push(route(
-            "orders",
-            Method::DELETE,
-            format!("{orders_base}/{empty}"),
-            None,
-            "orders:write",
-        ));
-        let open = app.create_order().await;
-        routes.push(route(
-            "orders",
-            Method::POST,
-            lines_base.into(),
-            Some(json!({"commande_id": open, "produit_id": p, "quantite": 1})),
-            "orders:write",
-        ));
-        let line = id(&app.create_line(open, p, 1).await);
-        routes.push(route(
-            "orders",
+        ),
+        write(Method::DELETE, format!("{orders_base}/{empty}"), None),
+        write(Method::POST, lines_base.into(), Some(new_line)),
+        write(
             Method::PUT,
             format!("{lines_base}/{line}"),
             Some(json!({"quantite": 2})),
-            "orders:write",
-        ));
-        let other = id(&app.create_line(open, p, 1).await);
-        routes.push(route(
-            "orders",
-            Method::DELETE,
-            format!("{lines_base}/{other}"),
-            None,
-            "orders:write",
-        ));
-    }
+        ),
+        write(Method::DELETE, format!("{lines_base}/{other}"), None),
+    ]
+}
 
-    let wrong_signature = token(
-        "another secret, thirty-two bytes or more",
-        ALL_SCOPES,
-        |_| {},
-    );
-    let expired = token(SECRET, ALL_SCOPES, |c| {
-        c["exp"] = json!(c["iat"].as_u64().unwrap() - 60)
-    });
-    let wrong_audience = token(SECRET, ALL_SCOPES, |c| c["aud"] = json!("someone-else"));
-    let wrong_issuer = token(SECRET, ALL_SCOPES, |c| c["iss"] = json!("someone-else"));
-    let no_exp = token(SECRET, ALL_SCOPES, |c| {
-        c.as_object_mut().unwrap().remove("exp");
-    });
+/// The client of `route`'s service among `products` and `orders`.
+fn client_of<'a>(route: &Route, products: &'a Client, orders: &'a Client) -> &'a Client {
+    match route.service {
+        "products" => products,
+        _ => orders,
+    }
+}
+
+#[tokio::test]
+async fn every_write_route_answers_401_without_a_token_or_with_a_bad_one_and_changes_nothing() {
+    let JwtApp {
+        app,
+        products,
+        orders,
+        ..
+    } = JwtApp::start().await;
+    let (routes, p, doomed) = write_routes(&app).await;
+    let other_secret = "another secret, thirty-two bytes or more";
+    let bad_tokens = [
+        ("wrong signature", token(other_secret, ALL_SCOPES, |_| {})),
+        (
+            "expired",
+            token(SECRET, ALL_SCOPES, |c| {
+                c["exp"] = json!(c["iat"].as_u64().unwrap() - 60)
+            }),
+        ),
+        (
+            "wrong audience",
+            token(SECRET, ALL_SCOPES, |c| c["aud"] = json!("someone-else")),
+        ),
+        (
+            "wrong issuer",
+            token(SECRET, ALL_SCOPES, |c| c["iss"] = json!("someone-else")),
+        ),
+        (
+            "no exp",
+            token(SECRET, ALL_SCOPES, |c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
+    ];
     for route in &routes {
-        let client = match route.service {
-            "products" => &products,
-            _ => &orders,
-        };
+        let client = client_of(route, &products, &orders);
         let what = format!("{} {}", route.method, route.path);
         let answer = call(client, route).await.expect(401);
         assert_eq!(
@@ -257,13 +209,7 @@ async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
             Some(r#"Bearer realm="ordersys""#),
             "{what}"
         );
-        for (name, bad) in [
-            ("wrong signature", &wrong_signature),
-            ("expired", &expired),
-            ("wrong audience", &wrong_audience),
-            ("wrong issuer", &wrong_issuer),
-            ("no exp", &no_exp),
-        ] {
+        for (name, bad) in &bad_tokens {
             let answer = call(&client.with_token(bad), route).await.expect(401);
             let challenge = answer.header("www-authenticate").unwrap_or_default();
             assert!(
@@ -276,12 +222,29 @@ async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
                 "{what} {name}"
             );
         }
+    }
+    // What the refused requests would have done did not happen.
+    assert_eq!(app.stock(p), 10, "no refused request set the stock");
+    app.products
+        .get(&format!("/produits/{doomed}"))
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn every_write_route_answers_403_without_its_scope_and_succeeds_with_it() {
+    let JwtApp {
+        app,
+        products,
+        orders,
+        ..
+    } = JwtApp::start().await;
+    let (routes, p, doomed) = write_routes(&app).await;
+    for route in &routes {
+        let client = client_of(route, &products, &orders);
+        let what = format!("{} {}", route.method, route.path);
         // Every scope but the one the route needs.
-        let others: Vec<&str> = ALL_SCOPES
-            .split(' ')
-            .filter(|s| *s != route.scope)
-            .collect();
-        let lacking = token(SECRET, &others.join(" "), |_| {});
+        let lacking = token(SECRET, &all_scopes_but(route.scope), |_| {});
         let answer = call(&client.with_token(&lacking), route).await.expect(403);
         assert_eq!(
             answer.header("www-authenticate"),
@@ -311,8 +274,7 @@ async fn every_write_route_answers_401_403_or_success_as_its_token_deserves() {
         7,
         "only the request with stock:correct set the stock"
     );
-    products
-        .with_token(&admin)
+    app.products
         .get(&format!("/produits/{doomed}"))
         .await
         .expect(404);
@@ -362,51 +324,44 @@ async fn eddsa_tokens_verify_with_the_public_key_and_no_other_algorithm_is_trust
 }
 
 #[tokio::test]
-async fn reads_need_a_read_token_by_default_in_jwt_mode_and_health_stays_open() {
-    let secret = SecretFile::new(SECRET);
-    let mut app = TestApp::build(false, |s| jwt(s, &secret)).await;
-    let admin = token(SECRET, ALL_SCOPES, |_| {});
-    let (products, orders) = (app.products.clone(), app.orders.clone());
-    app.products = products.with_token(&admin);
-    app.orders = orders.with_token(&admin);
+async fn reads_need_a_read_token_by_default_in_jwt_mode() {
+    let JwtApp {
+        app,
+        products,
+        orders,
+        ..
+    } = JwtApp::start().await;
     let p = app.create_product("p", 1.0, 10).await;
     let order = app.create_order().await;
     let line = id(&app.create_line(order, p, 1).await);
 
     // What the attacker review listed (every order, line, product movement
     // and line history), and every other read.
+    let (product_read, order_read) = ("products:read", "orders:read");
     let reads = [
-        (&products, "products:read", "/produits/".to_owned()),
-        (&products, "products:read", "/produits".to_owned()),
-        (&products, "products:read", format!("/produits/{p}")),
-        (
-            &products,
-            "products:read",
-            format!("/produits/{p}/mouvements"),
-        ),
-        (&products, "products:read", "/%70roduits/".to_owned()),
-        (&orders, "orders:read", "/commandes".to_owned()),
-        (&orders, "orders:read", format!("/commandes/{order}")),
+        (&products, product_read, "/produits/".to_owned()),
+        (&products, product_read, "/produits".to_owned()),
+        (&products, product_read, format!("/produits/{p}")),
+        (&products, product_read, format!("/produits/{p}/mouvements")),
+        (&products, product_read, "/%70roduits/".to_owned()),
+        (&orders, order_read, "/commandes".to_owned()),
+        (&orders, order_read, format!("/commandes/{order}")),
         (
             &orders,
-            "orders:read",
+            order_read,
             "/commandes/statut/EN_ATTENTE".to_owned(),
         ),
-        (&orders, "orders:read", "/commandes-produits".to_owned()),
+        (&orders, order_read, "/commandes-produits".to_owned()),
+        (&orders, order_read, format!("/commandes-produits/{line}")),
         (
             &orders,
-            "orders:read",
-            format!("/commandes-produits/{line}"),
-        ),
-        (
-            &orders,
-            "orders:read",
+            order_read,
             format!("/commandes-produits/{line}/historique"),
         ),
-        (&orders, "orders:read", "/api/v1/commandes".to_owned()),
+        (&orders, order_read, "/api/v1/commandes".to_owned()),
         (
             &orders,
-            "orders:read",
+            order_read,
             format!("/api/v1/commandes_produits/{line}/historique"),
         ),
     ];
@@ -424,8 +379,7 @@ async fn reads_need_a_read_token_by_default_in_jwt_mode_and_health_stays_open() 
         let head = client.raw(Method::HEAD, path, None, None).await;
         assert_eq!(head.status, 401, "HEAD {path}");
         // Every scope but the one the read needs: writes do not imply reads.
-        let others: Vec<&str> = ALL_SCOPES.split(' ').filter(|s| s != scope).collect();
-        let lacking = token(SECRET, &others.join(" "), |_| {});
+        let lacking = token(SECRET, &all_scopes_but(scope), |_| {});
         let answer = client.with_token(&lacking).get(path).await.expect(403);
         assert_eq!(
             answer.header("www-authenticate"),
@@ -446,6 +400,17 @@ async fn reads_need_a_read_token_by_default_in_jwt_mode_and_health_stays_open() 
         .await
         .expect(200);
     assert_eq!(id(&line_read.body), line);
+}
+
+#[tokio::test]
+async fn health_metrics_and_docs_stay_open_in_jwt_mode() {
+    // The servers run as long as `_app` lives.
+    let JwtApp {
+        app: _app,
+        products,
+        orders,
+        ..
+    } = JwtApp::start().await;
     for path in [
         "/healthz",
         "/readyz",
@@ -457,9 +422,13 @@ async fn reads_need_a_read_token_by_default_in_jwt_mode_and_health_stays_open() 
         products.get(path).await.expect(200);
         orders.get(path).await.expect(200);
     }
+}
 
-    // The documented way to open reads again (behind something else that
-    // authenticates readers); writes still need their token.
+/// The documented way to open reads again (behind something else that
+/// authenticates readers); writes still need their token.
+#[tokio::test]
+async fn protect_reads_false_opens_reads_but_writes_still_need_a_token() {
+    let secret = SecretFile::new(SECRET);
     let app = TestApp::build(false, |s| {
         jwt(s, &secret);
         s.auth.protect_reads = false;
@@ -603,33 +572,95 @@ fn ed25519() -> Ed25519 {
     }
 }
 
+/// `ordersys token`, as the operator runs it: the private key and nothing of
+/// the services' settings.
+fn mint(key: &SecretFile, scope: &str, subject: &str) -> String {
+    let out = std::process::Command::new(binary())
+        .args(["token", "--private-key", key.path(), "--scope", scope])
+        .args(["--subject", subject, "--ttl", "600"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{printed}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A service running as a process, its log captured, and a client of it.
+struct Served {
+    client: Client,
+    process: Process,
+}
+
+/// products and orders as processes in jwt mode with EdDSA: they hold the
+/// public key only.
+async fn serve_eddsa(db: &TestDb, broker: &TestBroker, public: &SecretFile) -> (Served, Served) {
+    let settings = crate::common::settings(db, broker);
+    let env = [
+        ("ORDERSYS__AUTH__MODE", "jwt"),
+        ("ORDERSYS__AUTH__JWT_ALGORITHM", "EdDSA"),
+        ("ORDERSYS__AUTH__JWT_PUBLIC_KEY_FILE", public.path()),
+        ("RUST_LOG", "info"),
+    ];
+    let serve = |mode| {
+        let process = Process::serve_capturing(&settings, mode, &env);
+        let client = Client::new_at(process.addr());
+        Served { client, process }
+    };
+    let (products, orders) = (serve("products"), serve("orders"));
+    products.process.wait_ready().await;
+    orders.process.wait_ready().await;
+    (products, orders)
+}
+
+/// The access line of `process` that contains `needle`, once it is written.
+async fn access_line(process: &Process, what: &str, needle: &str) -> String {
+    wait_for(what, Duration::from_secs(10), || async {
+        process
+            .stderr()
+            .lines()
+            .find(|l| l.contains("ordersys::access") && l.contains(needle))
+            .map(str::to_owned)
+    })
+    .await
+}
+
+/// The access lines of the eddsa test's requests: each names the subject of
+/// its verified token, a refusal none.
+async fn each_access_line_names_its_subject(products: &Process, orders: &Process, p: i64) {
+    // Every authenticated request's access line names the token's subject.
+    let written = access_line(
+        orders,
+        "the write's access line",
+        "request_id=written-by-alice",
+    )
+    .await;
+    assert!(written.contains("POST /commandes 201"), "{written}");
+    assert!(written.contains("sub=alice"), "{written}");
+    let read = access_line(
+        products,
+        "the read's access line",
+        &format!("GET /produits/{p} 200"),
+    )
+    .await;
+    assert!(read.contains("sub=bob"), "{read}");
+    let created = access_line(products, "the product's access line", "POST /produits/ 201").await;
+    assert!(created.contains("sub=alice"), "{created}");
+    // A refused token names no one: its subject was never verified.
+    let refused = access_line(
+        orders,
+        "the refusal's access line",
+        "request_id=forged-by-mallory",
+    )
+    .await;
+    assert!(refused.contains("POST /commandes 401"), "{refused}");
+    assert!(!refused.contains("sub="), "{refused}");
+}
+
 #[tokio::test]
 async fn eddsa_tokens_from_ordersys_token_open_the_apis_and_each_access_line_names_the_subject() {
     let db = TestDb::migrated();
     let broker = TestBroker::create();
-    let settings = crate::common::settings(&db, &broker);
     let (issuer, stranger) = (ed25519(), ed25519());
-    // The services hold the public key only.
-    let env = [
-        ("ORDERSYS__AUTH__MODE", "jwt"),
-        ("ORDERSYS__AUTH__JWT_ALGORITHM", "EdDSA"),
-        ("ORDERSYS__AUTH__JWT_PUBLIC_KEY_FILE", issuer.public.path()),
-        ("RUST_LOG", "info"),
-    ];
-    let products = Process::serve_capturing(&settings, "products", &env);
-    let orders = Process::serve_capturing(&settings, "orders", &env);
-    // The operator's `ordersys token`: the private key and nothing of the
-    // services' settings.
-    let mint = |key: &SecretFile, scope: &str, subject: &str| {
-        let out = std::process::Command::new(binary())
-            .args(["token", "--private-key", key.path(), "--scope", scope])
-            .args(["--subject", subject, "--ttl", "600"])
-            .output()
-            .unwrap();
-        let printed = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{printed}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
     let writer = mint(
         &issuer.private,
         "products:write,orders:write,orders:read",
@@ -637,52 +668,40 @@ async fn eddsa_tokens_from_ordersys_token_open_the_apis_and_each_access_line_nam
     );
     let reader = mint(&issuer.private, "products:read", "bob");
     let forged = mint(&stranger.private, ALL_SCOPES, "mallory");
-    products.wait_ready().await;
-    orders.wait_ready().await;
-    let (products, orders) = (
-        (Client::new_at(products.addr()), products),
-        (Client::new_at(orders.addr()), orders),
+    let (products, orders) = serve_eddsa(&db, &broker, &issuer.public).await;
+    let (as_writer, as_reader) = (
+        products.client.with_token(&writer),
+        products.client.with_token(&reader),
     );
 
-    let p = products
-        .0
-        .with_token(&writer)
+    let p = as_writer
         .post("/produits/", json!({"nom": "n", "prix": 1.0}))
         .await
         .expect(201);
     let p = id(&p.body);
-    products.0.get("/produits/").await.expect(401);
+    products.client.get("/produits/").await.expect(401);
     // products:write does not read.
-    products
-        .0
-        .with_token(&writer)
-        .get("/produits/")
-        .await
-        .expect(403);
-    let listed = products
-        .0
-        .with_token(&reader)
-        .get(&format!("/produits/{p}"))
-        .await
-        .expect(200);
+    as_writer.get("/produits/").await.expect(403);
+    let listed = as_reader.get(&format!("/produits/{p}")).await.expect(200);
     assert_eq!(id(&listed.body), p);
     let order = orders
-        .0
+        .client
         .with_token(&writer)
         .with_header("X-Request-Id", "written-by-alice")
         .post("/commandes", json!({}))
         .await
         .expect(201);
     let order = id(&order.body);
+    let path = format!("/commandes/{order}");
     orders
-        .0
+        .client
         .with_token(&writer)
-        .get(&format!("/commandes/{order}"))
+        .get(&path)
         .await
         .expect(200);
     // Signed by another key: refused, and nothing is written.
     orders
-        .0
+        .client
         .with_token(&forged)
         .with_header("X-Request-Id", "forged-by-mallory")
         .post("/commandes", json!({}))
@@ -690,40 +709,7 @@ async fn eddsa_tokens_from_ordersys_token_open_the_apis_and_each_access_line_nam
         .expect(401);
     assert_eq!(db.count("SELECT count(*) AS n FROM commandes"), 1);
 
-    // Every authenticated request's access line names the token's subject.
-    let line = |process: &Process, needle: &str| {
-        process
-            .stderr()
-            .lines()
-            .find(|l| l.contains("ordersys::access") && l.contains(needle))
-            .map(str::to_owned)
-    };
-    let written = wait_for(
-        "the write's access line",
-        Duration::from_secs(10),
-        || async { line(&orders.1, "request_id=written-by-alice") },
-    )
-    .await;
-    assert!(written.contains("POST /commandes 201"), "{written}");
-    assert!(written.contains("sub=alice"), "{written}");
-    let read = wait_for(
-        "the read's access line",
-        Duration::from_secs(10),
-        || async { line(&products.1, &format!("GET /produits/{p} 200")) },
-    )
-    .await;
-    assert!(read.contains("sub=bob"), "{read}");
-    let created = line(&products.1, "POST /produits/ 201").expect("the product's access line");
-    assert!(created.contains("sub=alice"), "{created}");
-    // A refused token names no one: its subject was never verified.
-    let refused = wait_for(
-        "the refusal's access line",
-        Duration::from_secs(10),
-        || async { line(&orders.1, "request_id=forged-by-mallory") },
-    )
-    .await;
-    assert!(refused.contains("POST /commandes 401"), "{refused}");
-    assert!(!refused.contains("sub="), "{refused}");
+    each_access_line_names_its_subject(&products.process, &orders.process, p).await;
 }
 
 #[tokio::test]
@@ -753,39 +739,9 @@ async fn a_forged_seed_format_message_is_dead_lettered_where_that_format_is_off(
     assert_eq!(app.stock(p), 7);
 }
 
-/// The role each mode connects as.
-fn role(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Products => "ordersys_products",
-        Mode::Orders => "ordersys_orders",
-        Mode::Worker => "ordersys_worker",
-    }
-}
-
-/// Runs `sql` as `role` on `db`; the error text when PostgreSQL refuses.
-fn as_role(db: &TestDb, role: &str, sql: &str) -> Result<(), String> {
-    let mut conn = PgConnection::establish(&db.url_as(role)).map_err(|e| e.to_string())?;
-    diesel::sql_query(sql)
-        .execute(&mut conn)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test]
-async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
-    let app = TestApp::build_modes(
-        true,
-        |_| {},
-        |mode, s, _| {
-            s.database.migrate_on_start = false;
-            s.database.url = s
-                .database
-                .url
-                .replace("postgres@", &format!("{}@", role(mode)));
-        },
-    )
-    .await;
-    // The whole life of a line and a product, each process as its own role.
+async fn each_service_runs_the_life_of_a_line_and_a_product_as_its_own_role() {
+    let app = TestApp::as_own_roles(true).await;
     let p = app.create_product("p", 2.0, 10).await;
     let order = app.create_order().await;
     let line = id(&app.create_line(order, p, 3).await);
@@ -814,8 +770,13 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
         .await
         .expect(204);
     assert_eq!(app.db.count("SELECT count(*) AS n FROM mouvements"), 0);
-    // A validation confirmed, and one refused and compensated: the saga
-    // runs on the orders role, the line events leave through the worker's.
+}
+
+/// A validation confirmed, and one refused and compensated: the saga runs
+/// on the orders role, the line events leave through the worker's.
+#[tokio::test]
+async fn validations_confirm_and_compensate_with_each_service_as_its_own_role() {
+    let app = TestApp::as_own_roles(true).await;
     let q = app.create_product("q", 1.0, 5).await;
     let (ok, short) = (app.create_order().await, app.create_order().await);
     app.create_line(ok, q, 2).await;
@@ -845,8 +806,11 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
     assert_eq!(ended, (json!("CONFIRMEE"), json!("REFUSEE")));
     app.wait_for_line(big, "LIBERE").await;
     assert_eq!(app.stock(q), 3);
+}
 
-    let db = &app.db;
+#[test]
+fn no_service_role_may_change_the_schema_or_other_roles() {
+    let db = TestDb::migrated();
     for who in ["ordersys_products", "ordersys_orders", "ordersys_worker"] {
         for sql in [
             "DROP TABLE outbox",
@@ -856,13 +820,20 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
             "CREATE ROLE intruder",
             "DELETE FROM __diesel_schema_migrations",
         ] {
-            let refused = as_role(db, who, sql).expect_err(&format!("{who} may not: {sql}"));
+            let refused = db
+                .run_as(who, sql)
+                .expect_err(&format!("{who} may not: {sql}"));
             assert!(
                 refused.contains("permission denied") || refused.contains("must be owner"),
                 "{who}: {sql}: {refused}"
             );
         }
     }
+}
+
+#[test]
+fn each_service_role_may_not_touch_the_other_services_tables() {
+    let db = TestDb::migrated();
     for (who, sql) in [
         ("ordersys_products", "SELECT count(*) FROM outbox"),
         (
@@ -902,14 +873,21 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
             "SELECT count(*) FROM validation_lignes",
         ),
     ] {
-        let refused = as_role(db, who, sql).expect_err(&format!("{who} may not: {sql}"));
+        let refused = db
+            .run_as(who, sql)
+            .expect_err(&format!("{who} may not: {sql}"));
         assert!(
             refused.contains("permission denied"),
             "{who}: {sql}: {refused}"
         );
     }
-    // The shared outbox: each service may write only its own kind of row
-    // (the worker cannot have the orders relay publish a stock change).
+}
+
+/// The shared outbox: each service may write only its own kind of row (the
+/// worker cannot have the orders relay publish a stock change).
+#[test]
+fn each_service_role_may_write_only_its_own_kind_of_outbox_row() {
+    let db = TestDb::migrated();
     for (who, exchange) in [
         ("ordersys_worker", "product_exchange"),
         ("ordersys_orders", "stock_alerts"),
@@ -920,7 +898,9 @@ async fn each_service_works_as_its_own_role_which_may_do_nothing_else() {
              VALUES ('{}', '{exchange}', 'product.update', '{{}}')",
             uuid::Uuid::new_v4()
         );
-        let refused = as_role(db, who, &sql).expect_err(&format!("{who} may not: {sql}"));
+        let refused = db
+            .run_as(who, &sql)
+            .expect_err(&format!("{who} may not: {sql}"));
         assert!(
             refused.contains("row-level security"),
             "{who}: {sql}: {refused}"
@@ -1008,10 +988,6 @@ fn refused(result: Result<(), amiquip::Error>, what: &str) {
     }
 }
 
-fn user(name: &str) -> &'static BrokerUser {
-    PERMISSIONS.iter().find(|u| u.name == name).unwrap()
-}
-
 /// Connects as the user of `url`, runs `f` on a fresh channel.
 fn as_user(
     url: &str,
@@ -1042,34 +1018,8 @@ fn publish_confirmed(channel: &amiquip::Channel, exchange: &str) -> Result<(), a
 }
 
 #[tokio::test]
-async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
-    let app = TestApp::build_modes(
-        true,
-        |_| {},
-        |mode, s, broker| {
-            if mode == Mode::Products {
-                // What `ordersys migrate` does, as its own user, before the
-                // services (which may not declare) start.
-                let settings = ordersys::settings::AmqpSettings {
-                    url: broker.user_url(user("ordersys_migrate")),
-                    ..s.amqp.clone()
-                };
-                let mut connection = ordersys::amqp::connect(&settings, "ordersys-tests").unwrap();
-                ordersys::amqp::declare_topology(&mut connection, &settings)
-                    .expect("migrate may declare");
-                let _ = connection.close();
-            }
-            s.amqp.declare_topology = false;
-            let name = match mode {
-                Mode::Worker => "ordersys_worker",
-                _ => "ordersys_orders",
-            };
-            s.amqp.url = broker.user_url(user(name));
-        },
-    )
-    .await;
-    let migrate = app.broker.user_url(user("ordersys_migrate"));
-
+async fn the_pipeline_and_the_saga_run_on_the_services_own_broker_users() {
+    let app = TestApp::on_broker_users().await;
     let p = app.create_product("p", 1.0, 10).await;
     let order = app.create_order().await;
     let line = id(&app.create_line(order, p, 6).await);
@@ -1129,9 +1079,15 @@ async fn each_broker_user_may_only_do_its_part_and_the_pipeline_runs_on_them() {
         },
     )
     .await;
+}
 
-    let orders = app.broker.user_url(user("ordersys_orders"));
-    let worker = app.broker.user_url(user("ordersys_worker"));
+#[test]
+fn each_broker_user_may_only_do_its_part() {
+    let broker = TestBroker::create();
+    broker.declare_as_migrate(&broker.settings());
+    let migrate = broker.user_url(user("ordersys_migrate"));
+    let orders = broker.user_url(user("ordersys_orders"));
+    let worker = broker.user_url(user("ordersys_worker"));
     as_user(&orders, |c| publish_confirmed(c, PRODUCT_EXCHANGE)).expect("orders publishes changes");
     type Attempt = Box<dyn Fn(&amiquip::Channel) -> Result<(), amiquip::Error>>;
     let consume: Attempt = Box::new(|c| {
@@ -1219,50 +1175,52 @@ fn the_swarm_secrets_grant_the_broker_users_exactly_these_permissions() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqps_and_postgres_tls_carry_the_whole_pipeline() {
-    let ca = TestCa::new();
-    let db = TestDb::migrated();
-    let broker = TestBroker::create();
-    let mq_front = TlsFront::start(&ca, Protocol::Amqp, "127.0.0.1:5672".parse().unwrap()).await;
-    let pg_front =
-        TlsFront::start(&ca, Protocol::Postgres, "127.0.0.1:5432".parse().unwrap()).await;
-    let mut settings = crate::common::settings(&db, &broker);
-    let ca_file = ca.ca_file.to_str().unwrap();
-    let encoded_ca: String = url::form_urlencoded::byte_serialize(ca_file.as_bytes()).collect();
+/// A CA file's path, as a URL query value.
+fn url_encoded(path: &std::path::Path) -> String {
+    url::form_urlencoded::byte_serialize(path.to_str().unwrap().as_bytes()).collect()
+}
+
+/// Settings that reach RabbitMQ and PostgreSQL through the TLS fronts only,
+/// verifying their certificates against `ca`.
+fn tls_settings(
+    ca: &TestCa,
+    db: &TestDb,
+    broker: &TestBroker,
+    mq: &TlsFront,
+    pg: &TlsFront,
+) -> Settings {
+    let mut settings = crate::common::settings(db, broker);
+    let encoded_ca = url_encoded(&ca.ca_file);
     settings.amqp.url = format!(
         "amqps://guest:guest@localhost:{}/{}?cacertfile={encoded_ca}",
-        mq_front.addr.port(),
+        mq.addr.port(),
         broker.vhost
     );
     settings.database.url = format!(
         "postgres://postgres@localhost:{}/{}?sslmode=verify-full&sslrootcert={encoded_ca}",
-        pg_front.addr.port(),
+        pg.addr.port(),
         db.name
     );
-    // As processes: TLS stays out of the test process's own libraries.
-    let products = Process::serve(&settings, "products", &[]);
-    let orders = Process::serve(&settings, "orders", &[]);
-    let worker = Process::serve(&settings, "worker", &[("ORDERSYS__WORKER__REPLICAS", "1")]);
+    settings
+}
+
+/// Runs products, orders and a worker as processes (TLS stays out of the
+/// test process's own libraries) and has a line reserved: 4 of 10 in stock.
+async fn reserve_a_line(settings: &Settings) {
+    let products = Process::serve(settings, "products", &[]);
+    let orders = Process::serve(settings, "orders", &[]);
+    let worker = Process::serve(settings, "worker", &[("ORDERSYS__WORKER__REPLICAS", "1")]);
     for process in [&products, &orders, &worker] {
         process.wait_ready().await;
     }
     let products = Client::new_at(products.addr());
     let orders = Client::new_at(orders.addr());
-    let p = id(&products
-        .post(
-            "/produits/",
-            json!({"nom": "p", "prix": 1.0, "quantite_en_stock": 10}),
-        )
-        .await
-        .expect(201)
-        .body);
+    let product = json!({"nom": "p", "prix": 1.0, "quantite_en_stock": 10});
+    let p = id(&products.post("/produits/", product).await.expect(201).body);
     let order = id(&orders.post("/commandes", json!({})).await.expect(201).body);
+    let line = json!({"commande_id": order, "produit_id": p, "quantite": 4});
     let line = id(&orders
-        .post(
-            "/commandes-produits",
-            json!({"commande_id": order, "produit_id": p, "quantite": 4}),
-        )
+        .post("/commandes-produits", line)
         .await
         .expect(201)
         .body);
@@ -1283,32 +1241,31 @@ async fn amqps_and_postgres_tls_carry_the_whole_pipeline() {
         .expect(200)
         .body;
     assert_eq!(stock["quantite_en_stock"], 6);
-    assert!(
-        mq_front.handshakes() >= 2,
-        "relay and consumer connected over TLS"
-    );
-    assert!(
-        pg_front.handshakes() >= 3,
-        "every process connected over TLS"
-    );
+}
 
-    // The sslmode settings pass through: in the clear the front refuses,
-    // and a certificate from an unknown CA fails verification.
+/// The sslmode settings pass through: in the clear the PostgreSQL front
+/// refuses, and a certificate from an unknown CA fails verification, the
+/// database's and the broker's alike.
+fn clear_and_unverifiable_connections_are_refused(
+    ca: &TestCa,
+    db: &TestDb,
+    broker: &TestBroker,
+    mq: &TlsFront,
+    pg: &TlsFront,
+) {
     let clear = format!(
         "postgres://postgres@localhost:{}/{}?sslmode=disable",
-        pg_front.addr.port(),
+        pg.addr.port(),
         db.name
     );
     assert!(
         PgConnection::establish(&clear).is_err(),
         "a client in the clear is refused"
     );
-    let stranger: String =
-        url::form_urlencoded::byte_serialize(ca.stranger_ca_file.to_str().unwrap().as_bytes())
-            .collect();
+    let stranger = url_encoded(&ca.stranger_ca_file);
     let unverified = format!(
         "postgres://postgres@localhost:{}/{}?sslmode=verify-full&sslrootcert={stranger}",
-        pg_front.addr.port(),
+        pg.addr.port(),
         db.name
     );
     let out = std::process::Command::new(binary())
@@ -1322,7 +1279,7 @@ async fn amqps_and_postgres_tls_carry_the_whole_pipeline() {
     );
     let mq_stranger = format!(
         "amqps://guest:guest@localhost:{}/{}?cacertfile={stranger}",
-        mq_front.addr.port(),
+        mq.addr.port(),
         broker.vhost
     );
     let out = std::process::Command::new(binary())
@@ -1338,11 +1295,28 @@ async fn amqps_and_postgres_tls_carry_the_whole_pipeline() {
         "the broker's certificate is checked: {printed}"
     );
     assert!(printed.contains("cannot connect to RabbitMQ"), "{printed}");
+    assert!(printed.contains("certificate"), "{printed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_and_postgres_tls_carry_the_whole_pipeline() {
+    let ca = TestCa::new();
+    let db = TestDb::migrated();
+    let broker = TestBroker::create();
+    let mq_front = TlsFront::start(&ca, Protocol::Amqp, "127.0.0.1:5672".parse().unwrap()).await;
+    let pg_front =
+        TlsFront::start(&ca, Protocol::Postgres, "127.0.0.1:5432".parse().unwrap()).await;
+    let settings = tls_settings(&ca, &db, &broker, &mq_front, &pg_front);
+    reserve_a_line(&settings).await;
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("certificate"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        mq_front.handshakes() >= 2,
+        "relay and consumer connected over TLS"
     );
+    assert!(
+        pg_front.handshakes() >= 3,
+        "every process connected over TLS"
+    );
+    clear_and_unverifiable_connections_are_refused(&ca, &db, &broker, &mq_front, &pg_front);
 }
 
 #[test]

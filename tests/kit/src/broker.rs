@@ -302,3 +302,25 @@ impl Drop for TestBroker {
         }
     }
 }
+
+/// The broker user called `name` in ordersys's own list of them.
+pub fn broker_user(name: &str) -> &'static ordersys::amqp::BrokerUser {
+    ordersys::amqp::PERMISSIONS
+        .iter()
+        .find(|u| u.name == name)
+        .unwrap()
+}
+
+impl TestBroker {
+    /// What `ordersys migrate` does, as its own user, before the services
+    /// (which may not declare) start: declares the topology on this vhost.
+    pub fn declare_as_migrate(&self, amqp: &ordersys::settings::AmqpSettings) {
+        let settings = ordersys::settings::AmqpSettings {
+            url: self.user_url(broker_user("ordersys_migrate")),
+            ..amqp.clone()
+        };
+        let mut connection = ordersys::amqp::connect(&settings, "ordersys-tests").unwrap();
+        ordersys::amqp::declare_topology(&mut connection, &settings).expect("migrate may declare");
+        let _ = connection.close();
+    }
+}

@@ -169,6 +169,15 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
             .n
     }
+
+    /// Runs `sql` as `role`; the error text when PostgreSQL refuses.
+    pub fn run_as(&self, role: &str, sql: &str) -> Result<(), String> {
+        let mut conn = PgConnection::establish(&self.url_as(role)).map_err(|e| e.to_string())?;
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Drop for TestDb {
@@ -177,5 +186,14 @@ impl Drop for TestDb {
         if let Err(e) = diesel::sql_query(drop).execute(&mut admin()) {
             eprintln!("could not drop test database {}: {e}", self.name);
         }
+    }
+}
+
+/// The database role each mode connects as.
+pub fn role(mode: ordersys::Mode) -> &'static str {
+    match mode {
+        ordersys::Mode::Products => "ordersys_products",
+        ordersys::Mode::Orders => "ordersys_orders",
+        ordersys::Mode::Worker => "ordersys_worker",
     }
 }

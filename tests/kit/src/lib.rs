@@ -5,6 +5,7 @@
 //! client, one `wait_for`, load generators and fault injection, with
 //! helpers that read like the user's story (`app.create_product(...)`).
 
+pub mod auth;
 pub mod broker;
 pub mod browser;
 pub mod db;
@@ -391,6 +392,46 @@ impl TestApp {
             broker,
             db,
         }
+    }
+
+    /// Like [`build`](Self::build), each mode connected as its own database
+    /// role (which may not migrate: the template is migrated already).
+    pub async fn as_own_roles(worker: bool) -> TestApp {
+        Self::build_modes(
+            worker,
+            |_| {},
+            |mode, s, _| {
+                s.database.migrate_on_start = false;
+                s.database.url = s
+                    .database
+                    .url
+                    .replace("postgres@", &format!("{}@", db::role(mode)));
+            },
+        )
+        .await
+    }
+
+    /// Like [`with_worker`](Self::with_worker), each service connected to
+    /// the broker as its own user (the worker's, or the orders' for products
+    /// and orders), the topology declared beforehand as `ordersys migrate`'s
+    /// user (the services' may not declare).
+    pub async fn on_broker_users() -> TestApp {
+        Self::build_modes(
+            true,
+            |_| {},
+            |mode, s, broker| {
+                if mode == Mode::Products {
+                    broker.declare_as_migrate(&s.amqp);
+                }
+                s.amqp.declare_topology = false;
+                let name = match mode {
+                    Mode::Worker => "ordersys_worker",
+                    _ => "ordersys_orders",
+                };
+                s.amqp.url = broker.user_url(broker::broker_user(name));
+            },
+        )
+        .await
     }
 
     pub async fn create_product(&self, nom: &str, prix: f64, stock: i32) -> i64 {
