@@ -11,12 +11,12 @@ use crate::consume::{self, Handler, Queue};
 use crate::context::Context;
 use crate::db::Retention;
 use crate::logging;
-use crate::messages::{DeadLetterClass, DEAD_LETTER_EXCHANGE, ERROR_HEADER, PRODUCT_QUEUE};
+use crate::messages::{DeadLetterClass, DEAD_LETTER_EXCHANGE, PRODUCT_QUEUE};
 use crate::metrics::{self, Metrics};
 use crate::outbox::Waker;
 use crate::request_id::RequestId;
 use crate::settings::Settings;
-use amiquip::{AmqpValue, Delivery, FieldTable};
+use amiquip::Delivery;
 use diesel::PgConnection;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,13 +184,5 @@ fn log_outcome(change: &StockChange, outcome: &Outcome) {
             change.produit_id,
             change.commande_id
         ),
-    }
-}
-
-/// Builds the dead-letter headers of a rejected delivery (for tests).
-pub fn error_header(headers: &Option<FieldTable>) -> Option<String> {
-    match headers.as_ref()?.get(ERROR_HEADER)? {
-        AmqpValue::LongString(reason) => Some(reason.clone()),
-        _ => None,
     }
 }

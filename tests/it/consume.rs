@@ -6,6 +6,7 @@
 //! table whose primary key is the record of what was applied); the loop is
 //! the one the worker and the saga run.
 
+use crate::common::broker::error_header;
 use crate::common::{wait_for, TestBroker, TestDb};
 use amiquip::{AmqpValue, Delivery};
 use diesel::connection::SimpleConnection;
@@ -22,7 +23,6 @@ use ordersys::messages::{
 use ordersys::metrics::{Metrics, Parts};
 use ordersys::settings::Settings;
 use ordersys::shutdown::Shutdown;
-use ordersys::worker::consumer::error_header;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

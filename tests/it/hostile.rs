@@ -2,11 +2,11 @@
 //! clear 4xx naming the problem or a dead letter with its reason, never a
 //! 500, a leak of the database's words, a stall or unbounded growth.
 
+use crate::common::broker::error_header;
 use crate::common::{id, wait_for, Client, TestApp, TestBroker, TestDb};
 use ordersys::messages::{
     DEAD_LETTER_QUEUE, ORDER_EVENTS_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE, PRODUCT_ROUTING_KEY,
 };
-use ordersys::worker::consumer::error_header;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

@@ -291,8 +291,8 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_worker_goes
                     String::from_utf8_lossy(sent)
                 )
             });
-        let reason = ordersys::worker::consumer::error_header(properties.headers())
-            .expect("x-ordersys-error");
+        let reason =
+            crate::common::broker::error_header(properties.headers()).expect("x-ordersys-error");
         assert!(reason.contains(why), "{reason:?} should mention {why:?}");
     }
     assert_eq!(
@@ -356,7 +356,7 @@ async fn seed_format_messages_are_applied_as_deltas() {
         eprintln!(
             "DEAD {} {:?}",
             String::from_utf8_lossy(b),
-            ordersys::worker::consumer::error_header(p.headers())
+            crate::common::broker::error_header(p.headers())
         );
     }
     assert_eq!(dead.len(), 1);

@@ -403,9 +403,7 @@ async fn an_unreadable_event_is_dead_lettered_with_its_reason() {
     let dead = app.broker.drain(dlq);
     let reasons: Vec<String> = dead
         .iter()
-        .map(|(_, props)| {
-            ordersys::worker::consumer::error_header(props.headers()).expect("a reason")
-        })
+        .map(|(_, props)| crate::common::broker::error_header(props.headers()).expect("a reason"))
         .collect();
     assert!(reasons[0].contains("not a UUID"), "{reasons:?}");
     assert!(reasons[1].contains("unknown variant"), "{reasons:?}");

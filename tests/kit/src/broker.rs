@@ -324,3 +324,11 @@ impl TestBroker {
         let _ = connection.close();
     }
 }
+
+/// The reason a dead letter carries (its `x-ordersys-error` header).
+pub fn error_header(headers: &Option<amiquip::FieldTable>) -> Option<String> {
+    match headers.as_ref()?.get(ordersys::messages::ERROR_HEADER)? {
+        amiquip::AmqpValue::LongString(reason) => Some(reason.clone()),
+        _ => None,
+    }
+}
