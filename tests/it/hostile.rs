@@ -346,12 +346,7 @@ async fn oversized_or_out_of_bounds_messages_are_dead_lettered_with_their_reason
         (n >= 2).then_some(())
     });
     dead.await;
-    let reasons: Vec<String> = app
-        .broker
-        .drain(DEAD_LETTER_QUEUE)
-        .iter()
-        .map(|(_, properties)| error_header(properties.headers()).unwrap())
-        .collect();
+    let reasons = app.broker.dead_letter_reasons(DEAD_LETTER_QUEUE);
     assert!(
         reasons.iter().any(|r| r.contains("max_message_bytes")),
         "{reasons:?}"
@@ -827,12 +822,7 @@ async fn a_line_history_stores_a_fixed_reason_never_the_database_s_words() {
     })
     .await;
     // Operators keep the detail, in the dead letter.
-    let reasons: Vec<String> = app
-        .broker
-        .drain(DEAD_LETTER_QUEUE)
-        .iter()
-        .map(|(_, properties)| error_header(properties.headers()).unwrap())
-        .collect();
+    let reasons = app.broker.dead_letter_reasons(DEAD_LETTER_QUEUE);
     assert!(
         reasons.iter().any(|r| r.contains("secret table layout")),
         "{reasons:?}"

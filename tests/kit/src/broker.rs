@@ -200,6 +200,15 @@ impl TestBroker {
         })
     }
 
+    /// Takes every ready message of dead-letter `queue`; returns the
+    /// reason each carries, in order.
+    pub fn dead_letter_reasons(&self, queue: &str) -> Vec<String> {
+        self.drain(queue)
+            .iter()
+            .map(|(_, properties)| error_header(properties.headers()).expect("a reason"))
+            .collect()
+    }
+
     /// Takes every ready message of `queue` (acknowledging them).
     pub fn drain(&self, queue: &str) -> Vec<(Vec<u8>, AmqpProperties)> {
         self.with_channel(|channel| {
