@@ -326,8 +326,12 @@ impl Authenticator {
 
     /// Who sent a request with this `Authorization` header value.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, AuthFailure> {
-        let Some(verifier) = self.verify.as_ref().filter(|_| self.mode == AuthMode::Jwt) else {
+        if self.mode != AuthMode::Jwt {
             return Ok(Caller::Anyone);
+        }
+        // Fail closed: jwt mode without a verifier lets nobody in.
+        let Some(verifier) = self.verify.as_ref() else {
+            return Err(AuthFailure::Invalid);
         };
         let token = authorization
             .and_then(|value| std::str::from_utf8(value).ok())
@@ -864,6 +868,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not an Ed25519 private key"), "{err}");
+    }
+
+    #[test]
+    fn jwt_mode_without_a_verifier_lets_nobody_in() {
+        let auth = Authenticator {
+            mode: AuthMode::Jwt,
+            protect_reads: true,
+            verify: None,
+        };
+        assert_eq!(auth.authenticate(None), Err(AuthFailure::Invalid));
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer a.b.c")),
+            Err(AuthFailure::Invalid)
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@
 use super::machine::{Input, LineFact, LineProgress, Saga, Step};
 use crate::db::fixed::fixed_sql;
 use crate::db::processed::{self, Ledger};
-use crate::db::schema::{commandes, commandes_produits, produits, validation_lignes};
+use crate::db::schema::{
+    commandes, commandes_produits, historique_lignes, produits, validation_lignes,
+};
 use crate::domain::transitions::{self, Request};
 use crate::domain::{LineId, OrderId, ProductId, Version};
 use crate::domain::{OrderStatus, StockStatus, ValidationStatus};
@@ -119,14 +121,13 @@ pub fn apply_events(conn: &mut PgConnection, events: &[Received]) -> QueryResult
         // until this one commits, then sees it as applied.
         let fresh = processed::record(conn, Ledger::LineEvents, &ids)?;
         let mut seen = HashSet::new();
-        let inputs: Vec<Pending<'_>> = events
+        let inputs: Vec<Pending> = events
             .iter()
             .map(|e| {
                 let new = fresh.contains(&e.message_id) && seen.insert(e.message_id);
                 Pending {
                     order: e.event.commande_id,
                     input: new.then_some(Wake::Event),
-                    request: e.request_id.as_ref(),
                 }
             })
             .collect();
@@ -145,14 +146,13 @@ pub fn time_out(conn: &mut PgConnection, limit: usize) -> QueryResult<Advanced> 
         .into_iter()
         .map(|d| (d.id, d.after))
         .collect();
-        let inputs: Vec<Pending<'_>> = due
+        let inputs: Vec<Pending> = due
             .iter()
             .map(|&(order, after)| {
                 let after = Duration::from_secs_f64(after.max(0.0));
                 Pending {
                     order,
                     input: Some(Wake::Deadline { after }),
-                    request: None,
                 }
             })
             .collect();
@@ -176,12 +176,10 @@ struct Due {
     after: f64,
 }
 
-/// What woke one order's saga (`None`: an event applied before), and the
-/// request its compensation messages are attributed to.
-struct Pending<'a> {
+/// What woke one order's saga (`None`: an event applied before).
+struct Pending {
     order: OrderId,
     input: Option<Wake>,
-    request: Option<&'a RequestId>,
 }
 
 /// Why a saga is looked at.
@@ -196,7 +194,7 @@ enum Wake {
 
 /// Locks the sagas of `inputs`' orders, feeds each its inputs in order and
 /// writes what they decided. An input of an order with no saga is ignored.
-fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advanced> {
+fn advance(conn: &mut PgConnection, inputs: &[Pending]) -> QueryResult<Advanced> {
     let orders: Vec<OrderId> = inputs
         .iter()
         .filter(|p| p.input.is_some())
@@ -208,8 +206,8 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
     let facts = line_facts(conn, &sagas)?;
     let before = sagas.clone();
     let mut advanced = Advanced::default();
-    // Each refused order's motif, and the request its releases are for.
-    let mut refusals: BTreeMap<OrderId, (String, Option<&RequestId>)> = BTreeMap::new();
+    // Each refused order's motif.
+    let mut refusals: BTreeMap<OrderId, String> = BTreeMap::new();
     let mut confirmed = Vec::new();
     for pending in inputs {
         let order = pending.order;
@@ -220,17 +218,21 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
         let step = match sagas.get_mut(&order) {
             None => Step::Ignored("the order has no validation"),
             Some(saga) => {
-                let input = match input {
-                    Wake::Event => {
-                        Input::Facts(facts.get(&order).map(Vec::as_slice).unwrap_or_default())
-                    }
-                    Wake::Deadline { after } => Input::Timeout { after },
+                let seen = Input::Facts(facts.get(&order).map(Vec::as_slice).unwrap_or_default());
+                let step = match input {
+                    Wake::Event => saga.step(seen),
+                    // What the worker wrote decides first: a late wake-up
+                    // (the broker down, a backlog of events) does not turn
+                    // an outcome already in the database into a timeout.
+                    Wake::Deadline { after } => match saga.step(seen) {
+                        decided @ (Step::Confirmed | Step::Refused(_)) => decided,
+                        _ => saga.step(Input::Timeout { after }),
+                    },
                 };
-                let step = saga.step(input);
                 match &step {
                     Step::Confirmed => confirmed.push(order),
                     Step::Refused(motif) => {
-                        refusals.insert(order, (motif.clone(), pending.request));
+                        refusals.insert(order, motif.clone());
                     }
                     _ => {}
                 }
@@ -250,7 +252,7 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
             ))
             .execute(conn)?;
     }
-    for (order, (motif, _)) in &refusals {
+    for (order, motif) in &refusals {
         diesel::update(commandes::table.find(order))
             .set((
                 commandes::validation.eq(ValidationStatus::Refusee),
@@ -269,7 +271,7 @@ fn advance(conn: &mut PgConnection, inputs: &[Pending<'_>]) -> QueryResult<Advan
 /// each release. Returns whether messages were written.
 fn compensate(
     conn: &mut PgConnection,
-    refusals: &BTreeMap<OrderId, (String, Option<&RequestId>)>,
+    refusals: &BTreeMap<OrderId, String>,
     sagas: &mut BTreeMap<OrderId, Saga>,
 ) -> QueryResult<bool> {
     if refusals.is_empty() {
@@ -278,9 +280,13 @@ fn compensate(
     let orders: Vec<OrderId> = refusals.keys().copied().collect();
     let lines = bump_lines_of(conn, &orders)?;
     let mut wrote = false;
-    for (order, (_, request)) in refusals {
+    for order in refusals.keys() {
         let mine: Vec<_> = lines.iter().filter(|l| l.commande_id == *order).collect();
+        // The releases are the validation request's doing, as the server
+        // recorded it: never an id a line event carried.
+        let mut request = None;
         if let Some(saga) = sagas.get_mut(order) {
+            request = validation_request(conn, saga)?;
             saga.refused(mine.iter().map(|l| (l.id, l.version)));
         }
         let messages: Vec<_> = mine
@@ -291,11 +297,26 @@ fn compensate(
                 m
             })
             .collect();
-        let request = request.cloned().unwrap_or_else(RequestId::generate);
+        let request = request.unwrap_or_else(RequestId::generate);
         outbox::enqueue_stock(conn, &request, &messages)?;
         wrote |= !messages.is_empty();
     }
     Ok(wrote)
+}
+
+/// The server's id of the request that started `saga` (still at the
+/// versions it validates): recorded in the history of its lines' change.
+fn validation_request(conn: &mut PgConnection, saga: &Saga) -> QueryResult<Option<RequestId>> {
+    let Some(line) = saga.lines.first() else {
+        return Ok(None);
+    };
+    let recorded: Option<Option<String>> = historique_lignes::table
+        .filter(historique_lignes::ligne_id.eq(line.ligne_id))
+        .filter(historique_lignes::version.eq(line.version))
+        .select(historique_lignes::request_id)
+        .first(conn)
+        .optional()?;
+    Ok(recorded.flatten().and_then(|id| RequestId::parse(&id)))
 }
 
 /// The time of the decision (not the transaction's start: a batch may

@@ -710,3 +710,41 @@ async fn forged_line_events_neither_confirm_nor_refuse_an_order() {
     );
     worker.stop().await;
 }
+
+/// The worker applied every line (its outcomes are in the database) but
+/// no line event reached the orders service before the deadline (the
+/// broker down, a backlog): the deadline reads the database first.
+#[tokio::test]
+async fn a_deadline_reads_the_outcomes_already_written_before_refusing() {
+    use diesel::RunQueryDsl;
+    let app = TestApp::build(false, |s| {
+        s.validation.timeout_ms = 1500;
+        s.validation.sweep_interval_ms = 100;
+    })
+    .await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let (applied, silent) = (app.create_order().await, app.create_order().await);
+    app.create_line(applied, p, 2).await;
+    let silent_line = id(&app.create_line(silent, p, 3).await);
+    validate(&app.orders, applied).await;
+    validate(&app.orders, silent).await;
+    // As the worker writes an outcome (for the version the validation
+    // sent), with no event published.
+    diesel::sql_query(format!(
+        "UPDATE commandes_produits SET statut_stock = 'RESERVE' WHERE commande_id = {applied}"
+    ))
+    .execute(&mut app.db.conn())
+    .unwrap();
+    let done = finished(&app.orders, applied).await;
+    assert_eq!(
+        (&done["validation"], &done["statut"]),
+        (&json!("CONFIRMEE"), &json!("EN_COURS")),
+        "{done}"
+    );
+    // The one the database says nothing of is refused by its deadline.
+    let refused = finished(&app.orders, silent).await;
+    assert_eq!(
+        refused["motif"],
+        format!("timeout: no outcome within 1.5 s for line(s) {silent_line}")
+    );
+}
