@@ -590,13 +590,15 @@ async fn broker_connections_dropped_mid_saga_with_two_orders_replicas() {
     second.stop().await;
 }
 
+/// Validations refused 1.5 s after their start, looked for every 100 ms.
+fn short_deadline(s: &mut ordersys::settings::Settings) {
+    s.validation.timeout_ms = 1500;
+    s.validation.sweep_interval_ms = 100;
+}
+
 #[tokio::test]
 async fn a_worker_down_past_the_deadline_refuses_by_timeout_and_compensates() {
-    let app = TestApp::build(false, |s| {
-        s.validation.timeout_ms = 1500;
-        s.validation.sweep_interval_ms = 100;
-    })
-    .await;
+    let app = TestApp::build(false, short_deadline).await;
     let p = app.create_product("p", 1.0, 10).await;
     let o = app.create_order().await;
     let l = id(&app.create_line(o, p, 4).await);
@@ -643,6 +645,22 @@ fn forge(app: &TestApp, event: &str, order: i64, line: i64, product: i64, quanti
     );
 }
 
+/// Runs `publish` (two forged events) and waits until the orders service
+/// has handled both as ignored.
+async fn forged_and_ignored(app: &TestApp, publish: impl FnOnce()) {
+    let series = r#"ordersys_saga_events_total{mode="orders",outcome="ignored"}"#;
+    let ignored = || async {
+        let text = app.orders.get("/metrics").await.expect(200).body;
+        metric(text.as_str().unwrap(), series)
+    };
+    let before = ignored().await;
+    publish();
+    wait_for("both forged events to be handled", SETTLE, || async {
+        (ignored().await - before == 2).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn forged_line_events_neither_confirm_nor_refuse_an_order() {
     // No worker yet: nothing the worker wrote can explain a move.
@@ -654,19 +672,16 @@ async fn forged_line_events_neither_confirm_nor_refuse_an_order() {
     let fine_line = id(&app.create_line(fine, plenty, 2).await);
     validate(&app.orders, short).await;
     validate(&app.orders, fine).await;
-    let text = app.orders.get("/metrics").await.expect(200).body;
-    let series = r#"ordersys_saga_events_total{mode="orders",outcome="ignored"}"#;
-    let ignored_before = metric(text.as_str().unwrap(), series);
-
     // The attack: "reserved" for the line the stock cannot cover, and
     // "rejected" for the one it can.
-    forge(&app, "LIGNE_RESERVEE", short, short_line, scarce, 5);
-    forge(&app, "LIGNE_REJETEE", fine, fine_line, plenty, 2);
-    wait_for("both forged events to be handled", SETTLE, || async {
-        let text = app.orders.get("/metrics").await.expect(200).body;
-        (metric(text.as_str()?, series) - ignored_before == 2).then_some(())
-    })
-    .await;
+    let forge_both = || async {
+        forged_and_ignored(&app, || {
+            forge(&app, "LIGNE_RESERVEE", short, short_line, scarce, 5);
+            forge(&app, "LIGNE_REJETEE", fine, fine_line, plenty, 2);
+        })
+        .await
+    };
+    forge_both().await;
     for o in [short, fine] {
         let now = order(&app.orders, o).await;
         assert_eq!(
@@ -693,15 +708,7 @@ async fn forged_line_events_neither_confirm_nor_refuse_an_order() {
         order(&app.orders, short).await,
         order(&app.orders, fine).await,
     );
-    let text = app.orders.get("/metrics").await.expect(200).body;
-    let ignored_before = metric(text.as_str().unwrap(), series);
-    forge(&app, "LIGNE_RESERVEE", short, short_line, scarce, 5);
-    forge(&app, "LIGNE_REJETEE", fine, fine_line, plenty, 2);
-    wait_for("the second forgeries to be handled", SETTLE, || async {
-        let text = app.orders.get("/metrics").await.expect(200).body;
-        (metric(text.as_str()?, series) - ignored_before == 2).then_some(())
-    })
-    .await;
+    forge_both().await;
     assert_eq!(order(&app.orders, short).await, decided.0);
     assert_eq!(order(&app.orders, fine).await, decided.1);
     assert_eq!(
@@ -717,11 +724,7 @@ async fn forged_line_events_neither_confirm_nor_refuse_an_order() {
 #[tokio::test]
 async fn a_deadline_reads_the_outcomes_already_written_before_refusing() {
     use diesel::RunQueryDsl;
-    let app = TestApp::build(false, |s| {
-        s.validation.timeout_ms = 1500;
-        s.validation.sweep_interval_ms = 100;
-    })
-    .await;
+    let app = TestApp::build(false, short_deadline).await;
     let p = app.create_product("p", 1.0, 10).await;
     let (applied, silent) = (app.create_order().await, app.create_order().await);
     app.create_line(applied, p, 2).await;
