@@ -73,15 +73,7 @@ fn sigterm_stops_a_service_cleanly() {
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start ordersys products");
-    let ready = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while ordersys::probe::get_status(&ready) != Ok(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "products never became ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    answers_200(&mut child, &format!("http://127.0.0.1:{port}/readyz"));
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -200,18 +192,23 @@ fn an_open_api_refuses_a_network_address_unless_told_it_is_wanted() {
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start ordersys products");
-    let health = format!("http://127.0.0.1:{port}/healthz");
+    answers_200(&mut child, &format!("http://127.0.0.1:{port}/healthz"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Polls `url` until it answers 200 (30 s at most); fails if `child`
+/// exits first.
+fn answers_200(child: &mut std::process::Child, url: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while ordersys::probe::get_status(&health) != Ok(200) {
+    while ordersys::probe::get_status(url) != Ok(200) {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("products exited with {status}");
+            panic!("the process exited with {status} before {url} answered");
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "products never answered"
+            "{url} never answered 200"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
