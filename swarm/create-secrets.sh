@@ -28,6 +28,16 @@
 #                           tokens is kept, on this machine only (default
 #                           ${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/jwt-ed25519.pem)
 #   GRAFANA_ADMIN_PASSWORD  Grafana's `admin` (the dashboards, through Traefik at /grafana/)
+#   TLS_CERT_FILE, TLS_KEY_FILE  the edge's certificate (PEM, with its chain) and
+#                           private key, for HTTPS on 443 (ordersys_tls_cert,
+#                           ordersys_tls_key). Without them a self-signed
+#                           certificate is made for TLS_HOSTNAMES (default
+#                           localhost; comma-separated names or IP addresses;
+#                           127.0.0.1 is always included), valid 397 days, and
+#                           written (the certificate only: clients trust it
+#                           with curl --cacert, ordersys load --ca-file) to
+#                           TLS_CERT_OUT (default ${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/edge-cert.pem).
+#                           Its private key goes into the secret only.
 #   DATABASE_URL_PARAMS     optional query string for every PostgreSQL URL, e.g. sslmode=require
 #   AMQP_SCHEME             amqp (default) or amqps (TLS; port 5671 unless AMQP_PORT is set)
 #
@@ -76,6 +86,8 @@ secrets=(
   ordersys_rabbitmq_conf
   ordersys_rabbitmq_definitions
   ordersys_grafana_admin_password
+  ordersys_tls_cert
+  ordersys_tls_key
 )
 
 # Made by earlier versions, removed with the others: the stack's former
@@ -233,12 +245,18 @@ case ${AMQP_SCHEME:=amqp} in
   *) echo "create-secrets: AMQP_SCHEME must be amqp or amqps" >&2; exit 1 ;;
 esac
 
+# Work files (the edge's key before it goes into its secret; a new token
+# key before it is moved into place) in a directory of our own, mode 0700
+# (umask 077), removed at exit.
+tls_dir=$(mktemp -d)
+new_key=
+trap 'rm -rf "$tls_dir"; rm -f "${new_key:-}"' EXIT
+
 # The tokens' key pair: the private key kept (or made, 0600) in
 # JWT_PRIVATE_KEY_FILE on this machine, its public key for the secret. A
 # new key is written beside the file and moved into place only once every
 # secret is created.
 key_file=${JWT_PRIVATE_KEY_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/jwt-ed25519.pem}
-new_key=
 if [ -e "$key_file" ]; then
   [[ $(openssl pkey -in "$key_file" -noout -text 2>/dev/null) == "ED25519 Private-Key"* ]] || {
     echo "create-secrets: $key_file (JWT_PRIVATE_KEY_FILE) is not an Ed25519 private key" >&2
@@ -248,13 +266,42 @@ if [ -e "$key_file" ]; then
 else
   mkdir -p "$(dirname "$key_file")"
   new_key="$key_file.new.$$"
-  trap 'rm -f "$new_key"' EXIT
   openssl genpkey -algorithm ed25519 -out "$new_key" 2>/dev/null || {
     echo "create-secrets: openssl cannot make an Ed25519 key (OpenSSL 1.1.1 or later is needed)" >&2
     exit 1
   }
   chmod 0600 "$new_key"
   jwt_public_key=$(openssl pkey -in "$new_key" -pubout)
+fi
+
+# The edge's certificate: given (the key must match it), or self-signed
+# for TLS_HOSTNAMES, in the work directory.
+tls_cert_out=
+if [ -n "${TLS_CERT_FILE:-}${TLS_KEY_FILE:-}" ]; then
+  [ -r "${TLS_CERT_FILE:-}" ] && [ -r "${TLS_KEY_FILE:-}" ] || {
+    echo "create-secrets: TLS_CERT_FILE and TLS_KEY_FILE must both name readable PEM files" >&2
+    exit 1
+  }
+  [ "$(openssl x509 -in "$TLS_CERT_FILE" -noout -pubkey 2>/dev/null)" = \
+    "$(openssl pkey -in "$TLS_KEY_FILE" -pubout 2>/dev/null)" ] || {
+    echo "create-secrets: TLS_KEY_FILE is not the private key of TLS_CERT_FILE's certificate" >&2
+    exit 1
+  }
+  cp "$TLS_CERT_FILE" "$tls_dir/cert.pem"
+  cp "$TLS_KEY_FILE" "$tls_dir/key.pem"
+else
+  san="IP:127.0.0.1"
+  IFS=, read -r -a tls_names <<<"${TLS_HOSTNAMES:-localhost}"
+  for name in "${tls_names[@]}"; do
+    if [[ $name =~ ^[0-9.]+$|: ]]; then san+=",IP:$name"; else san+=",DNS:$name"; fi
+  done
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 397 \
+    -subj "/CN=${tls_names[0]}" -addext "subjectAltName=$san" \
+    -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null || {
+    echo "create-secrets: openssl could not make the edge's self-signed certificate" >&2
+    exit 1
+  }
+  tls_cert_out=${TLS_CERT_OUT:-${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/edge-cert.pem}
 fi
 
 # Every value is valid: only now is anything removed or created.
@@ -294,6 +341,13 @@ loopback_users.guest = true
 
 create ordersys_rabbitmq_definitions "$definitions"
 create ordersys_grafana_admin_password "$grafana_admin"
+create ordersys_tls_cert "$(cat "$tls_dir/cert.pem")"
+create ordersys_tls_key "$(cat "$tls_dir/key.pem")"
+if [ -n "$tls_cert_out" ]; then
+  mkdir -p "$(dirname "$tls_cert_out")"
+  install -m 0644 "$tls_dir/cert.pem" "$tls_cert_out"
+  echo "wrote the edge's self-signed certificate to $tls_cert_out (trust it: curl --cacert, ordersys load --ca-file)"
+fi
 
 if [ -n "$new_key" ]; then
   mv "$new_key" "$key_file"

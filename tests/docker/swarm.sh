@@ -1,7 +1,9 @@
 # The Swarm scenario of tests/docker/run: swarm/stack.yml deployed on a
 # single-node swarm as docs/deployment.md says, with tests/docker/swarm-test.yml on
 # top (DNS round-robin instead of virtual IPs: this kernel has no IPVS).
-# Requests come from a client container on the stack's overlay network.
+# Every API request goes through Traefik, HTTPS on this machine's 443 with
+# the certificate create-secrets made, carrying a token; a client container
+# on the stack's networks reads Prometheus and tries the socket proxy.
 
 stack=ordersys
 network=${stack}_ordersys
@@ -34,7 +36,7 @@ swarm_queue() { swarm_exec rabbitmq rabbitmqctl -q list_queues name "$1" |
 # every running task of each mode, up.
 swarm_targets() {
   local service out=
-  for service in orders products worker; do
+  for service in orders products traefik worker; do
     out+="${out:+, }$service up $(running_tasks "$service" | wc -l)"
   done
   echo "$out"
@@ -69,7 +71,7 @@ scenario_swarm() {
     WORKER_DB_PASSWORD="worker-$run" \
     RABBITMQ_MIGRATE_PASSWORD="migrate-$run" RABBITMQ_ORDERS_PASSWORD="orders-$run/@:%" \
     RABBITMQ_WORKER_PASSWORD="worker-$run?#" JWT_PRIVATE_KEY_FILE="$jwt/ed25519.pem" \
-    swarm/create-secrets.sh --replace >/dev/null
+    TLS_CERT_OUT="$jwt/edge-cert.pem" swarm/create-secrets.sh --replace >/dev/null
   docker node update --label-add ordersys.data=true "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
   [ "$(stat -c %a "$jwt/ed25519.pem")" = 600 ] ||
     fail "create-secrets wrote the private key with mode $(stat -c %a "$jwt/ed25519.pem"), not 0600"
@@ -94,7 +96,7 @@ scenario_swarm() {
   # config file for traffic.sh in the client container).
   local TOKEN=$token
   mkdir -p "$jwt/curl"
-  printf 'header = "Authorization: Bearer %s"\n' "$token" >"$jwt/curl/.curlrc"
+  printf 'header = "Authorization: Bearer %s"\ncacert = "%s"\n' "$token" "$jwt/edge-cert.pem" >"$jwt/curl/.curlrc"
 
   log "swarm: docker stack deploy"
   t=$SECONDS
@@ -107,48 +109,60 @@ scenario_swarm() {
   wait_until "migrate to complete" 300 migrate_completed
   summary "migrate completed in $((SECONDS - t)) s (after $(migrate_tasks Failed) failed attempts while the database or broker was starting)"
   wait_until "every service with an image to run n/n" 300 \
-    all_running postgres rabbitmq products orders worker prometheus
-  summary "stack deploy (no option ignored): postgres, rabbitmq, products 2/2, orders 2/2, worker 2/2, prometheus running in $((SECONDS - t)) s"
-  summary "not run here: traefik, visualizer and grafana (no image can be had; deployed with 0 replicas)"
+    all_running postgres rabbitmq products orders worker traefik socket-proxy prometheus
+  summary "stack deploy (no option ignored): postgres, rabbitmq, products 2/2, orders 2/2, worker 2/2, traefik, socket-proxy, prometheus running in $((SECONDS - t)) s"
+  summary "not run here: visualizer and grafana (no image can be had; deployed with 0 replicas)"
 
   docker rm -f "$client" >/dev/null 2>&1 || true
   local state
   state=$(mktemp -d)
   at_exit "rm -rf $state"
-  docker run -d --name "$client" --network "$network" -v "$root/tests/docker:/t:ro" \
-    -v "$state:/state" -v "$jwt/curl:/auth:ro" ordersys-test/client:1 sleep infinity >/dev/null
+  docker run -d --name "$client" --network "$network" ordersys-test/client:1 sleep infinity >/dev/null
   at_exit "docker rm -f $client"
-  CURL=(docker exec "$client" curl)
+  docker network connect "${stack}_socket-proxy" "$client"
+  # The client of every API request: curl on this machine, through
+  # Traefik's HTTPS, trusting the certificate create-secrets made.
+  edge=https://localhost
+  CURL=(curl --cacert "$jwt/edge-cert.pem")
+  PROM=(docker exec "$client" curl)
   PSQL=(swarm_exec postgres psql -U ordersys -d ordersys)
   queue_depth() { swarm_queue messages; }
-  wait_until "products and orders to be ready" 120 eval \
-    'http GET http://products:8000/readyz && http GET http://orders:8081/readyz'
+  wait_until "products and orders to be ready through Traefik" 120 eval \
+    'http GET $edge/produits/ && http GET $edge/commandes'
 
   log "swarm: Prometheus scrapes every task of every mode"
   t=$SECONDS
   local targets
   targets=$(swarm_targets)
-  [ "$targets" = "orders up 2, products up 2, worker up 2" ] || fail "running tasks: $targets"
+  [ "$targets" = "orders up 2, products up 2, traefik up 1, worker up 2" ] || fail "running tasks: $targets"
   wait_for_targets http://prometheus:9090 90 "$targets"
   summary "Prometheus (tasks.<service> discovery): every target up ($targets) in $((SECONDS - t)) s"
 
   swarm_who_may_do_what
 
-  log "swarm: the walkthrough from a container on the overlay network"
-  walkthrough http://products:8000 http://orders:8081
-  validation_walkthrough http://products:8000 http://orders:8081
+  swarm_front_door
 
-  log "swarm: ordersys load from a container on the overlay network, with a token"
+  log "swarm: the walkthroughs through Traefik (HTTPS, with a token)"
+  walkthrough "$edge" "$edge"
+  validation_walkthrough "$edge" "$edge"
+  edge_trace "$edge" docker service logs --raw "${stack}_traefik"
+
+  log "swarm: ordersys load through Traefik (HTTPS, the certificate verified), with a token"
   local load_token load_out
-  # --stock 100: the scenario's invariant checks take every product to start at 100.
   load_token=$(mint products:read,products:write,orders:read,orders:write swarm-load) || fail "ordersys token failed"
-  load_out=$(docker run --rm --network "$network" --read-only --cap-drop ALL \
-    -e ORDERSYS_LOAD_TOKEN="$load_token" ordersys:ci-1 load \
-    --products-url http://products:8000 --orders-url http://orders:8081 \
-    --rate 100 --duration 5 --report-every 1 --stock 100 --verify 2>&1) || fail "ordersys load failed: $load_out"
+  # load ARGS...: ordersys load on this machine's network, through Traefik.
+  # --stock 100: the scenario's invariant checks take every product to start at 100.
+  swarm_load() {
+    docker run --rm --network host --read-only --cap-drop ALL \
+      -v "$jwt/edge-cert.pem:/run/edge-cert.pem:ro" -e ORDERSYS_LOAD_TOKEN="$load_token" ordersys:ci-1 load \
+      --products-url "$edge" --orders-url "$edge" --ca-file /run/edge-cert.pem --stock 100 "$@"
+  }
+  load_out=$(swarm_load --rate 50 --duration 5 --report-every 1 --verify 2>&1) || fail "ordersys load failed: $load_out"
   grep -q '^all ' <<<"$load_out" || fail "no summary from ordersys load: $load_out"
   grep -q 'the stock invariant holds' <<<"$load_out" || fail "ordersys load --verify: $load_out"
-  summary "load: $(grep '^achieved' <<<"$load_out"); $(grep '^verify' <<<"$load_out")"
+  summary "load through Traefik: $(grep '^achieved' <<<"$load_out"); $(grep '^verify' <<<"$load_out")"
+
+  swarm_balance
 
   log "swarm: docker service scale ${stack}_worker=6"
   docker service scale "${stack}_worker=6" >/dev/null
@@ -160,10 +174,11 @@ scenario_swarm() {
   summary "scale worker=6: 6 tasks running, 12 consumers on product_queue, Prometheus targets: $targets"
 
   log "swarm: kill a worker task's container under load"
-  local ids victim answers
-  ids=$(create_products http://products:8000 8 100)
-  docker exec -d -e CURL_HOME=/auth "$client" bash /t/traffic.sh changes http://orders:8081 "$ids" 4 /state
-  at_exit "touch $state/stop"
+  local ids victim answers traffic
+  ids=$(create_products "$edge" 8 100)
+  CURL_HOME=$jwt/curl bash tests/docker/traffic.sh changes "$edge" "$ids" 2 "$state" &
+  traffic=$!
+  at_exit "touch $state/stop; kill $traffic"
   wait_until "traffic to flow" 60 answered_at_least "$state" 200
   victim=$(running_tasks worker | sed -n 1p)
   docker kill "$victim" >/dev/null
@@ -172,35 +187,16 @@ scenario_swarm() {
     '[ "$(running_tasks worker | grep -vc '"$victim"')" = 6 ]'
   wait_until "more traffic" 60 answered_at_least "$state" 600
   touch "$state/stop"
-  wait_until "the traffic loops to stop" 60 eval '! docker exec '"$client"' pgrep -f traffic.sh'
+  wait "$traffic"
   answers=$(count_answers "$state")
   check_answers "$answers" "while a worker task was killed"
   t=$SECONDS
   wait_until "the pipeline to settle" 240 settled
-  summary "load ($answers) with a worker task killed: Swarm replaced it; settled $((SECONDS - t)) s after the load"
+  summary "load through Traefik ($answers) with a worker task killed: Swarm replaced it; settled $((SECONDS - t)) s after the load"
   check_invariant 100 "swarm after the kill"
 
-  log "swarm: rolling update of orders to a new image tag under steady requests"
-  printf 'FROM ordersys:ci-1\nLABEL org.ordersys.test.revision=2\n' |
-    DOCKER_BUILDKIT=0 docker build -q -t ordersys:ci-2 - >/dev/null 2>&1
-  rm -f "$state"/answers.* "$state/stop"
-  local product=${ids%%,*}
-  docker exec -d -e CURL_HOME=/auth "$client" bash /t/traffic.sh steady http://orders:8081 "$product" 2 /state
-  wait_until "steady traffic to flow" 60 answered_at_least "$state" 100
-  t=$SECONDS
-  docker service update --detach --quiet --image ordersys:ci-2 "${stack}_orders" >/dev/null
-  wait_until "the rolling update of orders to end" 300 update_ended
-  [ "$(update_state)" = completed ] || fail "the rolling update of orders ended $(update_state)"
-  wait_until "more traffic after the update" 60 answered_at_least "$state" \
-    "$(($(cat "$state"/answers.* | wc -l) + 100))"
-  touch "$state/stop"
-  wait_until "the traffic loops to stop" 60 eval '! docker exec '"$client"' pgrep -f traffic.sh'
-  answers=$(count_answers "$state")
-  local images
-  images=$(docker service ps "${stack}_orders" --filter desired-state=running --format '{{.Image}}' | sort -u)
-  [ "$images" = ordersys:ci-2 ] || fail "orders tasks run $images after the update"
-  check_answers "$answers" "during the rolling update (start-first; the goal is zero)"
-  summary "rolling update of orders (start-first) in $((SECONDS - t)) s, requests through DNS round-robin (not Traefik): $answers"
+  swarm_rolling
+  swarm_rate_limit
 
   log "swarm: docker stack rm"
   docker rm -f "$client" >/dev/null
@@ -215,9 +211,9 @@ swarm_who_may_do_what() {
 
   # The APIs: reads and writes need a token with the route's scope, signed
   # by the private key no service holds.
-  product=$(value POST http://products:8000/produits/ '{"nom":"Gomme","prix":0.80,"quantite_en_stock":100}' id)
-  for request in "POST http://products:8000/produits/" "DELETE http://products:8000/produits/$product" \
-    "POST http://orders:8081/commandes"; do
+  product=$(value POST $edge/produits/ '{"nom":"Gomme","prix":0.80,"quantite_en_stock":100}' id)
+  for request in "POST $edge/produits/" "DELETE $edge/produits/$product" \
+    "POST $edge/commandes"; do
     # shellcheck disable=SC2086 # METHOD URL
     status=$(TOKEN='' http_status $request '{"nom":"X","prix":1,"quantite_en_stock":100}')
     [ "$status" = 401 ] || fail "$request without a token answered $status, not 401"
@@ -229,20 +225,20 @@ swarm_who_may_do_what() {
   # need not exist (no line is made here: the stock must stay 100).
   local narrow url
   narrow=$(mint products:write) || fail "ordersys token failed"
-  for url in http://products:8000/produits/ "http://products:8000/produits/$product" \
-    "http://products:8000/produits/$product/mouvements" http://orders:8081/commandes \
-    http://orders:8081/commandes/1 http://orders:8081/commandes-produits \
-    http://orders:8081/commandes-produits/1/historique; do
+  for url in $edge/produits/ "$edge/produits/$product" \
+    "$edge/produits/$product/mouvements" $edge/commandes \
+    $edge/commandes/1 $edge/commandes-produits \
+    $edge/commandes-produits/1/historique; do
     status=$(TOKEN='' http_status GET "$url")
     [ "$status" = 401 ] || fail "GET $url without a token answered $status, not 401"
     status=$(TOKEN=$narrow http_status GET "$url")
     [ "$status" = 403 ] || fail "GET $url with only products:write answered $status, not 403"
   done
-  status=$(TOKEN=$narrow http_status POST http://orders:8081/commandes '{}')
+  status=$(TOKEN=$narrow http_status POST $edge/commandes '{}')
   [ "$status" = 403 ] || fail "POST /commandes with only products:write answered $status, not 403"
-  status=$(TOKEN=$narrow http_status PUT "http://products:8000/produits/$product" '{"quantite_en_stock":5}')
+  status=$(TOKEN=$narrow http_status PUT "$edge/produits/$product" '{"quantite_en_stock":5}')
   [ "$status" = 403 ] || fail "a stock correction without stock:correct answered $status, not 403"
-  [ "$(value GET "http://products:8000/produits/$product" "" quantite_en_stock)" = 100 ] ||
+  [ "$(value GET "$edge/produits/$product" "" quantite_en_stock)" = 100 ] ||
     fail "a refused stock correction changed the stock"
   # The private key is in no secret a service mounts: products and orders
   # hold the public key only, and every access line names the token's sub.
@@ -293,24 +289,24 @@ CHECKS
     fail "connected to RabbitMQ as: $connections (expected ordersys_orders and ordersys_worker)"
   summary "RabbitMQ: users ordersys_migrate, ordersys_orders, ordersys_worker without tags (no guest, no administrator); orders and worker connect as their own"
 
-  # Published ports: Traefik's 81 and the visualizer's 8085, nothing else
+  # Published ports: Traefik's 81 and 443 and the visualizer's 8085, nothing else
   # (neither the management UI nor a dashboard).
   local published
   published=$(docker service ls -q --filter "label=com.docker.stack.namespace=$stack" |
     xargs -r docker service inspect --format \
       '{{$name := .Spec.Name}}{{with .Spec.EndpointSpec}}{{range .Ports}}{{$name}}:{{.PublishedPort}} {{end}}{{end}}' |
     tr ' ' '\n' | sed '/^$/d' | sort | paste -sd, -)
-  [ "$published" = "${stack}_traefik:81,${stack}_visualizer:8085" ] || fail "published ports: $published"
+  [ "$published" = "${stack}_traefik:443,${stack}_traefik:81,${stack}_visualizer:8085" ] || fail "published ports: $published"
   [ -z "$(docker port "$(running_tasks rabbitmq | sed -n 1p)")" ] || fail "rabbitmq's container publishes a port"
   summary "published: ${published//,/, } only (no RabbitMQ management UI, no Traefik dashboard)"
 
   # Containers: read-only, no capability; healthy.
-  for service in products orders worker prometheus; do
+  for service in products orders worker traefik socket-proxy prometheus; do
     for container in $(running_tasks "$service"); do
       h=$(hardening "$container")
       [[ $h == "true drop=ALL add= "* ]] || fail "$service task ${container:0:12} is not hardened: $h"
     done
-    wait_until "the $service tasks to be healthy" 60 tasks_healthy "$service"
+    [ "$service" = socket-proxy ] || wait_until "the $service tasks to be healthy" 60 tasks_healthy "$service"
   done
   [ "$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.ReadOnly}} {{join .Spec.TaskTemplate.ContainerSpec.CapabilityDrop ","}}' "${stack}_migrate")" = "true ALL" ] ||
     fail "the migrate service is not read-only without capabilities"
@@ -318,7 +314,7 @@ CHECKS
     h=$(hardening "$container")
     [[ $h == "true drop=ALL add= "* ]] || fail "migrate task ${container:0:12} is not hardened: $h"
   done
-  summary "migrate, products, orders, worker, prometheus: read-only root filesystem, CapDrop ALL; products, orders, worker, prometheus healthy"
+  summary "migrate, products, orders, worker, traefik, socket-proxy, prometheus: read-only root filesystem, CapDrop ALL; products, orders, worker, traefik, prometheus healthy"
 }
 
 # The roles PostgreSQL's client connections logged in as, but this one.
@@ -341,10 +337,12 @@ migrate_tasks() {
 }
 migrate_completed() { [ "$(migrate_tasks Complete)" -ge 1 ]; }
 
-update_state() { docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${stack}_orders"; }
-# The update has started (a state is set) and ended, well or not.
-update_ended() {
-  case "$(update_state)" in
+update_state() { # update_state SERVICE
+  docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${stack}_$1"
+}
+# The update of SERVICE has started (a state is set) and ended, well or not.
+update_ended() { # update_ended SERVICE
+  case "$(update_state "$1")" in
     completed | paused | rollback_completed | rollback_paused) true ;;
     *) false ;;
   esac
@@ -355,4 +353,119 @@ swarm_remove_stack() {
   wait_until "the stack's containers to go" 120 eval \
     '[ -z "$(docker ps -aq --filter label=com.docker.stack.namespace='"$stack"')" ]'
   wait_until "the stack's network to go" 60 eval '! docker network inspect '"$network"
+}
+
+# The edge: HTTPS with the certificate create-secrets made, plain HTTP
+# redirected, HSTS, Traefik without the Docker socket, and a socket proxy
+# that refuses what Traefik does not need.
+swarm_front_door() {
+  log "swarm: the front door (Traefik: HTTPS on 443, HTTP on 81 redirected)"
+  local answer headers container
+  answer=$(curl -s -o /dev/null -m 10 -w '%{http_code} %{redirect_url}' http://localhost:81/produits/?skip=0)
+  [ "$answer" = "301 https://localhost/produits/?skip=0" ] || fail "http://localhost:81/produits/ answered $answer"
+  answer=$(curl -s -o /dev/null -m 10 -X POST -w '%{http_code} %{redirect_url}' http://localhost:81/commandes)
+  [ "$answer" = "308 https://localhost/commandes" ] || fail "POST http://localhost:81/commandes answered $answer"
+  # Without the certificate a client refuses the edge (self-signed).
+  curl -s -o /dev/null -m 10 https://localhost/produits/ && fail "curl trusted the edge without its certificate"
+  headers=$("${CURL[@]}" -s -D - -o /dev/null -m 10 -H "Authorization: Bearer $TOKEN" "$edge/produits/")
+  grep -qi '^strict-transport-security: max-age=31536000; includeSubDomains' <<<"$headers" ||
+    fail "no HSTS header on an HTTPS answer: $headers"
+  [ "$(openssl x509 -in "$jwt/edge-cert.pem" -noout -ext subjectAltName | tail -1 | tr -d ' ')" = \
+    "IPAddress:127.0.0.1,DNS:localhost" ] || fail "the edge certificate's names: $(openssl x509 -in "$jwt/edge-cert.pem" -noout -ext subjectAltName)"
+  summary "edge: HTTPS on 443 with create-secrets' self-signed certificate (verified; refused without it), HTTP on 81 redirected (GET 301, POST 308), HSTS one year"
+
+  container=$(running_tasks traefik | sed -n 1p)
+  [ "$(docker inspect --format '{{.Config.User}}' "$container")" = 65534:65534 ] || fail "traefik does not run as nobody"
+  ! docker inspect --format '{{range .Mounts}}{{.Source}} {{end}}' "$container" | grep -q docker.sock ||
+    fail "traefik mounts the Docker socket"
+  socket_proxy_checks http://socket-proxy:2375 docker exec "$client" curl
+  summary "socket proxy: Traefik runs as nobody without the Docker socket; the proxy (manager, internal network) answers GET /version and refuses (403) container create, delete, archive, logs, service create, secrets, swarm"
+}
+
+# Load balancing you can watch: products and orders scaled to 3, a run of
+# ordersys load through Traefik, each task's share from Prometheus; then
+# back to 2.
+swarm_balance() {
+  log "swarm: products and orders scaled to 3, ordersys load through Traefik"
+  docker service scale --detach "${stack}_products=3" "${stack}_orders=3" >/dev/null
+  wait_until "3 products and 3 orders tasks running" 120 eval \
+    '[ "$(running_tasks products | wc -l)" = 3 ] && [ "$(running_tasks orders | wc -l)" = 3 ] && all_running products orders'
+  wait_for_targets http://prometheus:9090 90 "$(swarm_targets)"
+  # Traefik lists the tasks every 5 s: wait until it routes to all three.
+  wait_until "Traefik to route to 3 products and 3 orders tasks" 60 eval \
+    '[ "$(traefik_servers products)" = 3 ] && [ "$(traefik_servers orders)" = 3 ]'
+  local before_p before_o out end=$(date +%s) p o
+  wait_until "Prometheus to scrape products and orders once more" 30 eval \
+    'scraped_since http://prometheus:9090 products '"$end"' && scraped_since http://prometheus:9090 orders '"$end"
+  before_p=$(served_by_instance http://prometheus:9090 products)
+  before_o=$(served_by_instance http://prometheus:9090 orders)
+  out=$(swarm_load --rate 50 --duration 10 --report-every 5 2>&1) || fail "ordersys load through Traefik failed: $out"
+  end=$(date +%s)
+  wait_until "Prometheus to scrape every task after the load" 60 eval \
+    'scraped_since http://prometheus:9090 products '"$end"' && scraped_since http://prometheus:9090 orders '"$end"
+  p=$(shares "$before_p" "$(served_by_instance http://prometheus:9090 products)" 3) ||
+    fail "products: not every one of 3 tasks served 20% of the load: $p"
+  o=$(shares "$before_o" "$(served_by_instance http://prometheus:9090 orders)" 3) ||
+    fail "orders: not every one of 3 tasks served 20% of the load: $o"
+  summary "load balancing in Swarm (ordersys load through Traefik, Prometheus per task): products $p; orders $o"
+  docker service scale --detach "${stack}_products=2" "${stack}_orders=2" >/dev/null
+  wait_until "2 products and 2 orders tasks again" 120 eval \
+    '[ "$(running_tasks products | wc -l)" = 2 ] && [ "$(running_tasks orders | wc -l)" = 2 ]'
+}
+
+# traefik_servers SERVICE: how many servers Traefik's metrics show up for
+# SERVICE (traefik_service_server_up, from its health checks).
+traefik_servers() {
+  docker exec "$client" curl -sf -m 5 http://tasks.traefik:8082/metrics |
+    grep -c "^traefik_service_server_up{service=\"$1@swarm\",url=.*} 1$" || true
+}
+
+# Zero failed requests while products and orders roll to a new image,
+# start-first: ordersys load through Traefik the whole time, every answer
+# 2xx.
+swarm_rolling() {
+  log "swarm: rolling update of products and orders under ordersys load through Traefik"
+  printf 'FROM ordersys:ci-1\nLABEL org.ordersys.test.revision=2\n' |
+    DOCKER_BUILDKIT=0 docker build -q -t ordersys:ci-2 - >/dev/null 2>&1
+  local state load t out service images
+  state=$(mktemp -d)
+  at_exit "rm -rf $state"
+  swarm_load --rate 50 --duration 150 --report-every 5 --max-error-rate 0 >"$state/load" 2>&1 &
+  load=$!
+  wait_until "the load to run" 60 grep -q '^t=' "$state/load"
+  t=$SECONDS
+  for service in products orders; do
+    docker service update --detach --quiet --image ordersys:ci-2 "${stack}_$service" >/dev/null
+  done
+  wait_until "the rolling updates to end" 300 eval 'update_ended products && update_ended orders'
+  for service in products orders; do
+    [ "$(update_state "$service")" = completed ] || fail "the rolling update of $service ended $(update_state "$service")"
+    images=$(docker service ps "${stack}_$service" --filter desired-state=running --format '{{.Image}}' | sort -u)
+    [ "$images" = ordersys:ci-2 ] || fail "$service tasks run $images after the update"
+  done
+  kill -0 "$load" 2>/dev/null || fail "the load ended before the updates did: $(tail -5 "$state/load")"
+  summary "rolling update of products and orders (start-first, 2 tasks each) in $((SECONDS - t)) s, under load"
+  wait "$load" || fail "requests failed during the rolling update: $(tail -20 "$state/load")"
+  out=$(cat "$state/load")
+  summary "rolling update under load through Traefik: $(grep '^all ' <<<"$out" | head -1) (non-2xx allowed: 0)"
+}
+
+# The edge's limits: a burst beyond them from one client gets 429 from
+# Traefik, the services stay healthy, and the client is served again once
+# it slows down.
+swarm_rate_limit() {
+  log "swarm: a burst beyond the edge's rate limit"
+  local product answers
+  product=$(value POST "$edge/produits/" '{"nom":"Burst","prix":1,"quantite_en_stock":100}' id)
+  answers=$(burst "$edge/produits/$product" 1500 40)
+  info "answers: $(tr '\n' ' ' <<<"$answers")"
+  grep -q '^429 ' <<<"$answers" || fail "no 429 in a burst of 1500 requests: $answers"
+  [ -z "$(grep -v '^200 \|^429 ' <<<"$answers")" ] || fail "answers other than 200 and 429 in the burst: $answers"
+  local container
+  for container in $(running_tasks products); do
+    [ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" = healthy ] ||
+      fail "a products task is not healthy after the burst"
+  done
+  wait_until "the client to be served again" 30 eval '[ "$(http_status GET "$edge/produits/'"$product"'")" = 200 ]'
+  summary "edge rate limit (100/s, burst 200, 50 in flight per client): a burst of 1500 requests, 40 at a time: $(tr '\n' ' ' <<<"$answers" | sed 's/ $//;s/\([0-9]*\) \([0-9]*\)/\1: \2/g'); services healthy, served again after"
 }
