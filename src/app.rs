@@ -2,6 +2,13 @@
 //! read the port back), start the background threads, serve, and on
 //! shutdown stop in order — HTTP requests first, then the relay's batch and
 //! the consumers' messages in hand — within the grace period.
+//!
+//! Two latches: `stopping`, which SIGTERM (or [`Application::shutdown_handle`])
+//! sets, and `shutdown`, which the background threads watch. Between them
+//! lies the drain (`http.shutdown_drain_secs`, 0 by default): the process
+//! still does everything — serves, relays, consumes — while its HTTP port
+//! says it is going (`crate::http` answers `/readyz` with 503 and closes
+//! every connection after its answer), so a load balancer moves away first.
 
 use crate::auth::Authenticator;
 use crate::db::{migrate, Database};
@@ -42,8 +49,12 @@ pub struct Application {
     mode: Mode,
     addr: SocketAddr,
     server: actix_web::dev::Server,
+    /// Set by SIGTERM or a test: the drain begins.
+    stopping: Shutdown,
+    /// Set after the drain: the background threads finish and return.
     shutdown: Shutdown,
     background: Background,
+    drain: Duration,
     grace: Duration,
 }
 
@@ -112,7 +123,7 @@ impl Application {
     pub fn build(mode: Mode, settings: &Settings, bind: SocketAddr) -> anyhow::Result<Self> {
         let listener = listen(mode, settings, bind)?;
         let addr = listener.local_addr()?;
-        let shutdown = Shutdown::new();
+        let (stopping, shutdown) = (Shutdown::new(), Shutdown::new());
         let deps = Dependencies::new(broker_use(mode));
         let metrics = Arc::new(Metrics::new(mode.name(), parts(mode)));
         let application = format!("ordersys-{}", mode.name());
@@ -144,6 +155,7 @@ impl Application {
             deps,
             metrics,
             waker,
+            stopping: stopping.clone(),
         };
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
         warn_if_unprotected(&auth, &api, addr);
@@ -153,8 +165,10 @@ impl Application {
             mode,
             addr,
             server,
+            stopping,
             shutdown,
             background,
+            drain: settings.http.shutdown_drain(),
             grace: settings.grace_period(),
         })
     }
@@ -163,30 +177,35 @@ impl Application {
         self.addr
     }
 
-    /// Triggers this application's shutdown (SIGTERM does the same in `main`).
+    /// Triggers this application's shutdown — the drain, then the graceful
+    /// stop (SIGTERM does the same in `main`).
     pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
+        self.stopping.clone()
     }
 
-    /// Serves until the shutdown is triggered, then stops gracefully.
+    /// Serves until the shutdown is triggered, drains, then stops gracefully.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Application {
             mode,
             server,
+            stopping,
             shutdown,
             background,
+            drain,
             grace,
             ..
         } = self;
         let handle = server.handle();
         let mut serving = tokio::spawn(server);
         tokio::select! {
-            _ = shutdown.wait() => {}
+            _ = stopping.wait() => drain_for(mode, drain).await,
             ended = &mut serving => {
+                stopping.trigger();
                 shutdown.trigger();
                 ended.context("HTTP server task failed")?.context("HTTP server failed")?;
             }
         }
+        shutdown.trigger();
         let deadline = Instant::now() + grace;
         log::info!(
             "ordersys {} stopping: finishing in-flight work (up to {grace:?})",
@@ -201,6 +220,20 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The drain: `drain` more of serving as usual while `/readyz` says the
+/// process is going (no drain when 0).
+async fn drain_for(mode: Mode, drain: Duration) {
+    if drain.is_zero() {
+        return;
+    }
+    log::info!(
+        "ordersys {} draining for {drain:?} before stopping: /readyz answers 503, \
+         every answer closes its connection",
+        mode.name()
+    );
+    tokio::time::sleep(drain).await;
 }
 
 /// Binds the mode's port, unless an API that changes things would be open

@@ -129,6 +129,12 @@ pub struct LoadArgs {
     )]
     pub token: Option<String>,
 
+    /// A PEM file of CA certificates to trust besides the system's, for https://
+    /// URLs behind an edge with its own (e.g. self-signed) certificate;
+    /// certificates are always verified
+    #[arg(long, value_name = "PATH", env = "ORDERSYS_LOAD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Seconds between two lines of the plain view (when not on a terminal)
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
     pub report_every: f64,
@@ -166,6 +172,7 @@ impl std::fmt::Debug for LoadArgs {
             .field("duration", &self.duration)
             .field("concurrency", &self.concurrency)
             .field("verify", &self.verify)
+            .field("ca_file", &self.ca_file)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
@@ -192,6 +199,7 @@ impl LoadArgs {
                     .map_or(1, |d| d.as_nanos() as u64)
             }),
             token: self.token.clone(),
+            ca_file: self.ca_file.clone(),
             report_every: std::time::Duration::from_secs_f64(self.report_every),
         }
     }

@@ -116,7 +116,13 @@ pub struct HttpSettings {
     pub openapi_path: String,
     /// Serve an open API (`auth.mode = "open"`) on a non-loopback address.
     pub allow_open_on_network: bool,
+    /// After SIGTERM, how long to keep serving with `/readyz` at 503 and
+    /// every answer closing its connection, before the graceful stop.
+    pub shutdown_drain_secs: u64,
 }
+
+/// The longest `http.shutdown_drain_secs`: a minute.
+pub const SHUTDOWN_DRAIN_MAX_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -422,7 +428,22 @@ impl HttpSettings {
         at_least("http.max_body_bytes", self.max_body_bytes as u64, 1)?;
         at_least("http.max_connections", self.max_connections as u64, 1)?;
         at_least("http.request_timeout_ms", self.request_timeout_ms, 1)?;
-        at_least("http.body_timeout_ms", self.body_timeout_ms, 1)
+        at_least("http.body_timeout_ms", self.body_timeout_ms, 1)?;
+        if self.shutdown_drain_secs > SHUTDOWN_DRAIN_MAX_SECS {
+            return Err(SettingsError::key(
+                "http.shutdown_drain_secs",
+                format!(
+                    "must be at most {SHUTDOWN_DRAIN_MAX_SECS} (a minute), got {}",
+                    self.shutdown_drain_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long the drain before the graceful stop lasts (0: none).
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_secs)
     }
 
     /// The docs and document paths: absolute, not the root, no trailing '/'.
@@ -639,5 +660,19 @@ mod tests {
         }
         let s = load(&[("ORDERSYS__AUTH__MAX_TOKEN_AGE_SECS", "2592000")]).unwrap();
         assert_eq!(s.auth.max_token_age_secs, 2_592_000);
+    }
+
+    #[test]
+    fn the_shutdown_drain_is_off_by_default_and_at_most_a_minute() {
+        assert_eq!(load(&[]).unwrap().http.shutdown_drain(), Duration::ZERO);
+        let key = "ORDERSYS__HTTP__SHUTDOWN_DRAIN_SECS";
+        for (secs, drain) in [("0", 0), ("15", 15), ("60", 60)] {
+            let s = load(&[(key, secs)]).unwrap();
+            assert_eq!(s.http.shutdown_drain(), Duration::from_secs(drain));
+        }
+        for bad in ["61", "-1", "soon"] {
+            let err = load(&[(key, bad)]).unwrap_err().to_string();
+            assert!(err.contains("shutdown_drain_secs"), "{bad}: {err}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod docs;
+mod drain;
 pub mod error;
 pub mod extract;
 mod observe;
@@ -45,6 +46,9 @@ pub struct AppState {
     /// The exchanges of the outbox rows this process's relay publishes
     /// (empty: no relay), for the backlog gauges.
     pub relay_exchanges: &'static [&'static str],
+    /// Set when the stop is requested: the process drains until it stops
+    /// (see [`drain`]).
+    pub stopping: crate::shutdown::Shutdown,
 }
 
 /// Registers an API's routes (and any data only they use).
@@ -169,7 +173,7 @@ fn app(
         InitError = (),
     >,
 > {
-    let metrics = parts.data.metrics.clone();
+    let (metrics, stopping) = (parts.data.metrics.clone(), parts.data.stopping.clone());
     let (auth, open, scopes) = (parts.auth.clone(), parts.open.clone(), parts.scopes);
     let (http, routes) = (&parts.http, &parts.routes);
     actix_web::App::new()
@@ -204,15 +208,17 @@ fn app(
             }
         })
         .wrap(ErrorHandlers::new().default_handler(as_problem))
-        // Outermost: every answer, even a refusal, has its request id.
+        // Outermost: every answer, even a refusal, has its request id (and,
+        // while draining, closes its connection).
         .wrap_fn(move |req, srv| {
-            let metrics = metrics.clone();
+            let (metrics, stopping) = (metrics.clone(), stopping.clone());
             let started = Instant::now();
             let id = observe::begin(&req);
             let fut = actix_web::dev::Service::call(srv, req);
             async move {
                 let mut res = fut.await?;
                 observe::finish(&mut res, &id, started, &metrics.http);
+                drain::close_if_draining(&mut res, &stopping);
                 Ok(res)
             }
         })

@@ -33,9 +33,11 @@ async fn healthz() -> Result<web::Json<Status>, ApiError> {
 /// 200 when PostgreSQL answers and migrations are applied, and for `worker`
 /// when RabbitMQ answers too; otherwise 503 naming what is down. `orders`
 /// reports RabbitMQ's state in `checks` but stays ready without it: its
-/// writes wait in the outbox.
+/// writes wait in the outbox. 503 too while the process drains before
+/// stopping (`http.shutdown_drain_secs`), saying so.
 #[api_v2_operation(tags(Health))]
 async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiError> {
+    super::drain::readiness(&state.stopping)?;
     let mut checks = std::collections::BTreeMap::new();
     let mut down = Vec::new();
     let database = if !state.db.is_ready() {

@@ -12,7 +12,13 @@
 //! - **`--verify`.** Afterwards it waits until none of its lines is
 //!   `EN_ATTENTE`, then checks the stock invariant for its products:
 //!   stock = initial − Σ quantite of their `RESERVE` lines.
+//! - **HTTPS.** `https://` URLs are verified against the system's roots and
+//!   `--ca-file`'s certificates (an edge proxy's own CA). A request that gets
+//!   no answer (refused, reset, a certificate refused) counts as status 0;
+//!   the first one's cause is printed once, so that a run of `no-answer`s
+//!   says why.
 
+mod ca;
 pub mod http;
 pub mod mix;
 mod pool;
@@ -27,7 +33,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use stats::Stats;
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 pub use verify::Verified;
@@ -56,6 +64,8 @@ pub struct Options {
     pub seed: u64,
     /// Sent as `Authorization: Bearer …` (deployments with `auth.mode = jwt`).
     pub token: Option<String>,
+    /// A PEM file of CA certificates trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// How often the plain (non-terminal) view prints a line.
     pub report_every: Duration,
 }
@@ -72,6 +82,8 @@ pub struct Report {
     /// What the server holds of this run: orders and lines created.
     pub orders_created: Vec<i64>,
     pub lines_created: usize,
+    /// Why the first request without an answer got none (its cause chain).
+    pub no_answer: Option<String>,
 }
 
 impl Report {
@@ -89,24 +101,36 @@ pub(crate) struct Api {
     products: String,
     orders: String,
     token: Option<String>,
+    /// The cause of the first request that got no answer.
+    no_answer: Arc<OnceLock<String>>,
 }
 
 impl Api {
     fn new(options: &Options) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(options.concurrency)
             // Below the servers' keep-alive (actix: 5 s), so that no request
             // goes out on a connection the server is closing.
             .pool_idle_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .build()?;
+            .timeout(Duration::from_secs(30));
+        if let Some(path) = &options.ca_file {
+            for certificate in ca::read(path)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
         Ok(Api {
-            http,
+            http: builder.build()?,
             products: options.products_url.trim_end_matches('/').to_owned(),
             orders: options.orders_url.trim_end_matches('/').to_owned(),
             token: options.token.clone(),
+            no_answer: Arc::default(),
         })
+    }
+
+    /// Why the first request without an answer got none, if one did.
+    pub(crate) fn no_answer(&self) -> Option<&str> {
+        self.no_answer.get().map(String::as_str)
     }
 
     /// Sends one request: the status (0 when no answer came) and the body.
@@ -116,6 +140,7 @@ impl Api {
         url: String,
         body: Option<Value>,
     ) -> (u16, Value) {
+        let what = format!("{method} {url}");
         let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -128,7 +153,10 @@ impl Api {
                 let status = answer.status().as_u16();
                 (status, answer.json().await.unwrap_or(Value::Null))
             }
-            Err(_) => (0, Value::Null),
+            Err(e) => {
+                let _ = self.no_answer.set(format!("{what}: {}", causes(e)));
+                (0, Value::Null)
+            }
         }
     }
 
@@ -139,6 +167,24 @@ impl Api {
     pub(crate) fn order(&self, path: &str) -> String {
         format!("{}{path}", self.orders)
     }
+}
+
+/// Why a request got no answer: reqwest's words say only "error sending
+/// request"; the cause (refused, reset, certificate verify failed) is
+/// further down the chain. A cause already said (native-tls repeats
+/// OpenSSL's) is left out.
+fn causes(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut said = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(e) = cause {
+        let words = e.to_string();
+        if !said.contains(&words) {
+            said = format!("{said}: {words}");
+        }
+        cause = e.source();
+    }
+    said
 }
 
 /// Runs the load; the live view goes to standard error.
@@ -157,7 +203,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let pool = Arc::new(Mutex::new(Pool::new(products.keys().copied().collect())));
     let stats = Arc::new(Mutex::new(Stats::default()));
     let window = Arc::new(Mutex::new(Stats::default()));
-    let view = View::new(options);
+    let view = View::new(options, &api);
     let mut rng = Rng::new(options.seed);
     let mut next_report = view.every;
     let ran = schedule::open_loop(
@@ -216,6 +262,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         verified,
         orders_created,
         lines_created,
+        no_answer: api.no_answer().map(str::to_owned),
     })
 }
 
@@ -236,10 +283,9 @@ async fn setup(
                 status == 201,
                 "cannot create a product at {}: {}",
                 api.product("/produits/"),
-                if status == 0 {
-                    "no answer".to_owned()
-                } else {
-                    format!("{status} {answer}")
+                match (status, api.no_answer()) {
+                    (0, Some(why)) => format!("no answer: {why}"),
+                    _ => format!("{status} {answer}"),
                 }
             );
             let id = answer["id"]
@@ -252,7 +298,14 @@ async fn setup(
             let (status, answer) = api
                 .send(Method::GET, api.product(&format!("/produits/{id}")), None)
                 .await;
-            anyhow::ensure!(status == 200, "product {id}: {status} {answer}");
+            anyhow::ensure!(
+                status == 200,
+                "product {id}: {}",
+                match (status, api.no_answer()) {
+                    (0, Some(why)) => format!("no answer: {why}"),
+                    _ => format!("{status} {answer}"),
+                }
+            );
             let stock = answer["quantite_en_stock"]
                 .as_i64()
                 .context("a product has its stock")?;
@@ -307,15 +360,18 @@ async fn send(api: &Api, prepared: &Prepared) -> (u16, Value) {
 }
 
 /// The live view: a progress bar on a terminal, else one plain line every
-/// `report_every`.
+/// `report_every`; and, once, why requests get no answer.
 struct View {
     bar: Option<indicatif::ProgressBar>,
     /// How often it shows: every second on a terminal, else `report_every`.
     every: Duration,
+    no_answer: Arc<OnceLock<String>>,
+    /// Whether the first no-answer's cause was shown.
+    told: AtomicBool,
 }
 
 impl View {
-    fn new(options: &Options) -> View {
+    fn new(options: &Options, api: &Api) -> View {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(options.duration.as_secs().max(1));
             bar.set_style(
@@ -328,10 +384,16 @@ impl View {
             Some(_) => Duration::from_secs(1),
             None => options.report_every,
         };
-        View { bar, every }
+        View {
+            bar,
+            every,
+            no_answer: api.no_answer.clone(),
+            told: AtomicBool::new(false),
+        }
     }
 
     fn tick(&self, elapsed: Duration, so_far: &schedule::Ran, total: &Stats, window: &Stats) {
+        self.tell_no_answer();
         let line = stats::progress_line(elapsed, so_far.sent, so_far.over_cap, total, window);
         match &self.bar {
             Some(bar) => {
@@ -342,7 +404,23 @@ impl View {
         }
     }
 
+    /// Prints the first no-answer's cause, once.
+    fn tell_no_answer(&self) {
+        let Some(why) = self.no_answer.get() else {
+            return;
+        };
+        if self.told.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let line = format!("load: no answer (counted as status 0): {why}");
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn finish(&self) {
+        self.tell_no_answer();
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -1,9 +1,11 @@
 //! `ordersys load` against services on the real PostgreSQL and RabbitMQ:
 //! what it counts as done is on the server, `--verify` finds the invariant
-//! holding, a service stopped mid-run shows as errors by status, and the
-//! plain output parses.
+//! holding, a service stopped mid-run shows as errors by status (and why),
+//! the plain output parses, and behind a TLS edge it trusts `--ca-file`
+//! and nothing else.
 
 use crate::common::process::{binary, Process};
+use crate::common::tls::{Protocol, TestCa, TlsFront};
 use crate::common::TestApp;
 use ordersys::load::mix::{Mix, Op, DEFAULT_MIX};
 use ordersys::load::{self, Options};
@@ -25,6 +27,7 @@ fn options_for(app_products: &str, app_orders: &str) -> Options {
         settle_timeout: Duration::from_secs(60),
         seed: 42,
         token: None,
+        ca_file: None,
         report_every: Duration::from_secs(1),
     }
 }
@@ -110,6 +113,11 @@ async fn a_service_stopped_mid_run_shows_as_errors_by_status() {
     let report = run.await.unwrap().expect("the load runs to its end");
     let by = report.stats.errors_by_status();
     assert!(by.contains("no-answer×"), "{by}");
+    let why = report
+        .no_answer
+        .as_deref()
+        .expect("the first no-answer's cause");
+    assert!(why.contains("/commande"), "{why}");
     assert!(
         ok(&report, Op::ReadProduct) > 0,
         "the products API still answered"
@@ -181,4 +189,104 @@ async fn the_command_prints_plain_progress_lines_and_a_summary_that_parse() {
         stdout.contains("the stock invariant holds for 20 products"),
         "{stdout}"
     );
+}
+
+/// products and orders behind TLS, as behind an edge proxy terminating it
+/// with a certificate of the test's own CA (for 127.0.0.1).
+struct Edge {
+    ca: TestCa,
+    products: TlsFront,
+    orders: TlsFront,
+}
+
+impl Edge {
+    async fn in_front_of(app: &TestApp) -> Edge {
+        let ca = TestCa::new();
+        let products = TlsFront::start(&ca, Protocol::Direct, app.products_server.addr).await;
+        let orders = TlsFront::start(&ca, Protocol::Direct, app.orders_server.addr).await;
+        Edge {
+            ca,
+            products,
+            orders,
+        }
+    }
+
+    fn urls(&self) -> (String, String) {
+        let url = |front: &TlsFront| format!("https://127.0.0.1:{}", front.addr.port());
+        (url(&self.products), url(&self.orders))
+    }
+}
+
+#[tokio::test]
+async fn over_https_the_load_trusts_its_ca_file_and_refuses_an_unknown_certificate() {
+    let app = TestApp::with_worker().await;
+    let edge = Edge::in_front_of(&app).await;
+    let (products, orders) = edge.urls();
+    let mut options = options_for(&products, &orders);
+    options.ca_file = Some(edge.ca.ca_file.clone());
+    options.duration = Duration::from_secs(2);
+    let report = load::run(&options).await.expect("the load runs over https");
+    assert_eq!(
+        report.stats.errors(),
+        0,
+        "{}",
+        report.stats.errors_by_status()
+    );
+    assert_eq!(report.no_answer, None);
+    let verified = report.verified.expect("verified");
+    assert!(verified.holds(), "{}", verified.describe());
+    assert!(edge.products.handshakes() > 0 && edge.orders.handshakes() > 0);
+    // Without the edge's CA, or with another one: no request is answered,
+    // and the run stops at its first, saying why.
+    for ca_file in [None, Some(edge.ca.stranger_ca_file.clone())] {
+        let refused = Options {
+            ca_file,
+            ..options.clone()
+        };
+        let err = format!("{:#}", load::run(&refused).await.unwrap_err());
+        assert!(err.contains("certificate verify failed"), "{err}");
+        assert!(err.contains(&products), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_command_names_a_bad_ca_file_and_a_refused_certificate_before_any_load() {
+    let app = TestApp::with_worker().await;
+    let edge = Edge::in_front_of(&app).await;
+    let (products, orders) = edge.urls();
+    let not_pem = edge.ca.ca_file.with_file_name("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let load = |env: Vec<(&'static str, String)>| {
+        let (products, orders) = (products.clone(), orders.clone());
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(binary())
+                .args(["load", "--products-url", &products, "--orders-url", &orders])
+                .args(["--products", "2", "--rate", "20", "--duration", "1"])
+                .env_remove("ORDERSYS_LOAD_CA_FILE")
+                .envs(env)
+                .output()
+                .expect("ordersys load runs");
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            (output.status.code(), stderr)
+        })
+    };
+    let ca = |path: &std::path::Path| vec![("ORDERSYS_LOAD_CA_FILE", path.display().to_string())];
+    let missing = edge.ca.ca_file.with_file_name("missing.pem");
+    for (env, words) in [
+        (ca(&missing), vec![missing.display().to_string()]),
+        (ca(&not_pem), vec![not_pem.display().to_string()]),
+        (
+            Vec::new(),
+            vec!["certificate verify failed".to_owned(), products.clone()],
+        ),
+    ] {
+        let (code, stderr) = load(env).await.unwrap();
+        assert_eq!(code, Some(2), "{stderr}");
+        for word in words {
+            assert!(stderr.contains(&word), "{word}: {stderr}");
+        }
+    }
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM produits"), 0);
+    let (code, stderr) = load(ca(&edge.ca.ca_file)).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod consume;
+mod drain;
 use ordersys_testkit as common;
 mod faults;
 mod flow;

@@ -1303,7 +1303,7 @@ async fn amqps_and_postgres_tls_carry_the_whole_pipeline() {
     let ca = TestCa::new();
     let db = TestDb::migrated();
     let broker = TestBroker::create();
-    let mq_front = TlsFront::start(&ca, Protocol::Amqp, "127.0.0.1:5672".parse().unwrap()).await;
+    let mq_front = TlsFront::start(&ca, Protocol::Direct, "127.0.0.1:5672".parse().unwrap()).await;
     let pg_front =
         TlsFront::start(&ca, Protocol::Postgres, "127.0.0.1:5432".parse().unwrap()).await;
     let settings = tls_settings(&ca, &db, &broker, &mq_front, &pg_front);

@@ -152,11 +152,21 @@ impl Process {
 
     /// SIGTERM, then the exit status (waits at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        self.exit_status(timeout)
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("kill -TERM");
         assert!(sent.success());
+    }
+
+    /// The exit status, once it exits (waits at most `timeout`).
+    pub fn exit_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

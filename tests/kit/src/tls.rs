@@ -1,7 +1,9 @@
-//! TLS in front of the local PostgreSQL and RabbitMQ, with a certificate
-//! authority made for the test, so that `amqps://` URLs and PostgreSQL's
-//! `sslmode` settings are tested against real handshakes: the front
-//! terminates TLS and forwards the plain bytes to the server.
+//! TLS in front of the local PostgreSQL and RabbitMQ (and of a test's
+//! HTTP services), with a certificate authority made for the test, so that
+//! `amqps://` URLs, PostgreSQL's `sslmode` settings and `ordersys load`'s
+//! `https://` URLs are tested against real handshakes: the front
+//! terminates TLS and forwards the plain bytes to the server, as an edge
+//! proxy does.
 //!
 //! PostgreSQL negotiates TLS inside its own protocol (an `SSLRequest`
 //! answered with `S`, then the handshake); the front refuses a client that
@@ -83,8 +85,8 @@ impl Drop for TestCa {
 /// What the front speaks to its clients before TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// TLS from the first byte (`amqps://`).
-    Amqp,
+    /// TLS from the first byte (`amqps://`, `https://`).
+    Direct,
     /// PostgreSQL's `SSLRequest`, then TLS.
     Postgres,
 }
