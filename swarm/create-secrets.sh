@@ -31,7 +31,8 @@
 #   TLS_CERT_FILE, TLS_KEY_FILE  the edge's certificate (PEM, with its chain) and
 #                           private key, for HTTPS on 443 (ordersys_tls_cert,
 #                           ordersys_tls_key). Without them a self-signed
-#                           certificate is made for TLS_HOSTNAMES (default
+#                           server certificate (not a CA: it can vouch for
+#                           nothing else) is made for TLS_HOSTNAMES (default
 #                           localhost; comma-separated names or IP addresses;
 #                           127.0.0.1 is always included), valid 397 days, and
 #                           written (the certificate only: clients trust it
@@ -288,7 +289,11 @@ if [ -n "${TLS_CERT_FILE:-}${TLS_KEY_FILE:-}" ]; then
     exit 1
   }
   cp "$TLS_CERT_FILE" "$tls_dir/cert.pem"
-  cp "$TLS_KEY_FILE" "$tls_dir/key.pem"
+  # Unencrypted, as Traefik reads it (a passphrase-protected key fails here).
+  openssl pkey -passin pass: -in "$TLS_KEY_FILE" -out "$tls_dir/key.pem" 2>/dev/null || {
+    echo "create-secrets: TLS_KEY_FILE cannot be read without a passphrase; give it unencrypted" >&2
+    exit 1
+  }
 else
   san="IP:127.0.0.1"
   IFS=, read -r -a tls_names <<<"${TLS_HOSTNAMES:-localhost}"
@@ -297,6 +302,8 @@ else
   done
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 397 \
     -subj "/CN=${tls_names[0]}" -addext "subjectAltName=$san" \
+    -addext "basicConstraints=critical,CA:FALSE" -addext "keyUsage=critical,digitalSignature" \
+    -addext "extendedKeyUsage=serverAuth" \
     -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null || {
     echo "create-secrets: openssl could not make the edge's self-signed certificate" >&2
     exit 1

@@ -186,8 +186,8 @@ compose_front_door() {
   summary "through Traefik: every route prefix and /api/v1 alias; both Swagger UIs render their operations in headless Chromium (scripts, styles and OpenAPI documents through :81)"
 
   local network=ordersys-ci_socket-proxy
-  socket_proxy_checks http://socket-proxy:2375 docker run --rm --network "$network" ordersys-test/client:1 curl
-  summary "socket proxy: Traefik runs as nobody without the Docker socket; the proxy answers GET /version and refuses (403) container create, delete, archive, logs, service create, secrets, swarm"
+  socket_proxy_checks http://socket-proxy:2375 docker docker run --rm --network "$network" ordersys-test/client:1 curl
+  summary "socket proxy: Traefik runs as nobody without the Docker socket; the proxy answers the docker provider's reads (version, containers) and refuses (403) the swarm provider's, container create, delete, archive, logs, service create, secrets, swarm, a path with .."
 }
 
 # Load balancing you can watch: products and orders scaled to 3, a run of
@@ -226,10 +226,11 @@ compose_balance() {
 # then each old one stopped (it drains: /readyz 503, still serving, then
 # stops) and removed.
 compose_roll() {
-  local old n
+  local old n container out
   old=$("${compose[@]}" ps -q "$1")
   n=$(wc -l <<<"$old")
-  "${compose[@]}" up -d --wait --no-recreate --no-deps --scale "$1=$((2 * n))" "$1" >/dev/null 2>&1
+  out=$("${compose[@]}" up -d --wait --no-recreate --no-deps --scale "$1=$((2 * n))" "$1" 2>&1) ||
+    fail "$1: the new containers did not become healthy: $out"
   for container in $old; do
     docker stop -t 30 "$container" >/dev/null
     docker rm "$container" >/dev/null
@@ -247,7 +248,7 @@ compose_rolling() {
   "${compose[@]}" --profile load run --rm --no-deps load --rate 50 --duration 90 \
     --report-every 5 --stock 100 --max-error-rate 0 >"$state/load" 2>&1 &
   load=$!
-  wait_until "the load to run" 60 grep -q '^t=' "$state/load"
+  wait_until "the load to run" 60 grep -q '^load: t=' "$state/load"
   t=$SECONDS
   compose_roll products
   compose_roll orders

@@ -56,9 +56,9 @@ CURL=(curl)
 TOKEN=
 http() {
   local method=$1 url=$2 body=${3:-} out status
-  out=$("${CURL[@]}" -s -m 15 -X "$method" -H 'content-type: application/json' \
+  out=$("${CURL[@]}" -sS -m 15 -X "$method" -H 'content-type: application/json' \
     ${TOKEN:+-H "Authorization: Bearer $TOKEN"} \
-    ${body:+-d "$body"} -w '\n%{http_code}' "$url") || fail "$method $url: no answer"
+    ${body:+-d "$body"} -w '\n%{http_code}' "$url" 2>&1) || fail "$method $url: no answer: ${out//$'\n'/ }"
   status=${out##*$'\n'}
   [ "${status:0:1}" = 2 ] || fail "$method $url answered $status: ${out%$'\n'*}"
   printf '%s' "${out%$'\n'*}"
@@ -268,8 +268,9 @@ swagger_renders() {
 burst() { # burst URL REQUESTS PARALLEL
   local i args=()
   for ((i = 0; i < $2; i++)); do args+=(-o /dev/null -w '%{http_code}\n' "$1"); done
-  "${CURL[@]}" -s -m 30 --parallel --parallel-immediate --parallel-max "$3" \
-    ${TOKEN:+-H "Authorization: Bearer $TOKEN"} "${args[@]}" | sort | uniq -c | awk '{print $2, $1}'
+  # (A transfer that fails prints 000 and makes curl exit non-zero: counted.)
+  { "${CURL[@]}" -s -m 30 --parallel --parallel-immediate --parallel-max "$3" \
+    ${TOKEN:+-H "Authorization: Bearer $TOKEN"} "${args[@]}" || true; } | sort | uniq -c | awk '{print $2, $1}'
 }
 
 # served_by_instance PROMETHEUS_URL JOB: "INSTANCE REQUESTS" per replica of
@@ -314,20 +315,25 @@ edge_log_line() { # edge_log_line ID LOGS...
   "$@" 2>&1 | grep -F "\"downstream_X-Request-Id\":\"$id\"" | sed -n 1p
 }
 
-# socket_proxy_checks URL CURL...: the socket proxy at URL answers the read
-# calls Traefik makes and refuses (403) every write and every other read;
-# CURL is how to run curl where the proxy is reachable.
+# socket_proxy_checks URL PROVIDER CURL...: the socket proxy at URL answers
+# the read calls Traefik's PROVIDER (docker or swarm) makes, refuses (403)
+# the other provider's, and every write and every other read; CURL is how
+# to run curl where the proxy is reachable.
 socket_proxy_checks() {
-  local base=$1 call status via=("${@:2}")
+  local base=$1 provider=$2 call status via=("${@:3}") docker=200 swarm=403
+  [ "$provider" = docker ] || { docker=403 swarm=200; }
   while read -r call; do
     # shellcheck disable=SC2086 # METHOD PATH EXPECTED
     set -- $call
     status=$("${via[@]}" -s --path-as-is -o /dev/null -m 10 -X "$1" -w '%{http_code}' "$base$2") || status=000
-    [ "$status" = "$3" ] || fail "socket proxy: $1 $2 answered $status, not $3"
+    [ "$status" = "$(eval echo "$3")" ] || fail "socket proxy ($provider): $1 $2 answered $status, not $(eval echo "$3")"
   done <<'CALLS'
 GET /version 200
 GET /_ping 200
 GET /v1.41/version 200
+GET /v1.41/containers/json $docker
+GET /v1.41/services $swarm
+GET /v1.41/tasks $swarm
 POST /containers/create 403
 POST /v1.41/containers/create 403
 DELETE /v1.41/containers/anything 403

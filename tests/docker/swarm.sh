@@ -378,8 +378,8 @@ swarm_front_door() {
   [ "$(docker inspect --format '{{.Config.User}}' "$container")" = 65534:65534 ] || fail "traefik does not run as nobody"
   ! docker inspect --format '{{range .Mounts}}{{.Source}} {{end}}' "$container" | grep -q docker.sock ||
     fail "traefik mounts the Docker socket"
-  socket_proxy_checks http://socket-proxy:2375 docker exec "$client" curl
-  summary "socket proxy: Traefik runs as nobody without the Docker socket; the proxy (manager, internal network) answers GET /version and refuses (403) container create, delete, archive, logs, service create, secrets, swarm"
+  socket_proxy_checks http://socket-proxy:2375 swarm docker exec "$client" curl
+  summary "socket proxy: Traefik runs as nobody without the Docker socket; the proxy (manager, internal network) answers the swarm provider's reads (version, services, tasks) and refuses (403) containers, container create, delete, archive, logs, service create, secrets, swarm, a path with .."
 }
 
 # Load balancing you can watch: products and orders scaled to 3, a run of
@@ -430,9 +430,9 @@ swarm_rolling() {
   local state load t out service images
   state=$(mktemp -d)
   at_exit "rm -rf $state"
-  swarm_load --rate 50 --duration 150 --report-every 5 --max-error-rate 0 >"$state/load" 2>&1 &
+  swarm_load --rate 50 --duration 100 --report-every 5 --max-error-rate 0 >"$state/load" 2>&1 &
   load=$!
-  wait_until "the load to run" 60 grep -q '^t=' "$state/load"
+  wait_until "the load to run" 60 grep -q '^load: t=' "$state/load"
   t=$SECONDS
   for service in products orders; do
     docker service update --detach --quiet --image ordersys:ci-2 "${stack}_$service" >/dev/null
@@ -467,5 +467,5 @@ swarm_rate_limit() {
       fail "a products task is not healthy after the burst"
   done
   wait_until "the client to be served again" 30 eval '[ "$(http_status GET "$edge/produits/'"$product"'")" = 200 ]'
-  summary "edge rate limit (100/s, burst 200, 50 in flight per client): a burst of 1500 requests, 40 at a time: $(tr '\n' ' ' <<<"$answers" | sed 's/ $//;s/\([0-9]*\) \([0-9]*\)/\1: \2/g'); services healthy, served again after"
+  summary "edge rate limit (100/s, burst 200 per client): a burst of 1500 requests, 40 at a time, answered $(awk '{printf "%s%s x%s", sep, $1, $2; sep = ", "}' <<<"$answers"); services healthy, served again after (the in-flight limit, 50, is configured but not exercised: no request here stays in flight long enough)"
 }
