@@ -450,13 +450,21 @@ swarm_rolling() {
   summary "rolling update under load through Traefik: $(grep '^all ' <<<"$out" | head -1) (non-2xx allowed: 0)"
 }
 
-# The edge's limits: a burst beyond them from one client gets 429 from
-# Traefik, the services stay healthy, and the client is served again once
-# it slows down.
+# The edge's limits: requests in flight beyond the limit, and a burst
+# beyond the rate, from one client, get 429 from Traefik; the services stay
+# healthy, and the client is served again once it slows down.
 swarm_rate_limit() {
-  log "swarm: a burst beyond the edge's rate limit"
-  local product answers
+  log "swarm: more requests in flight than the edge allows, then a burst beyond its rate limit"
+  local product answers held
   product=$(value POST "$edge/produits/" '{"nom":"Burst","prix":1,"quantite_en_stock":100}' id)
+  # 60 requests at once, each sending its body slowly (3 kB at 300 B/s:
+  # about 10 s in flight), well within the rate limit's burst: 50 are let
+  # through, the others get 429 at once.
+  held=$(slow_requests "$edge/produits/" 60 | sort | uniq -c | awk '{print $2, $1}')
+  info "answers: $(tr '\n' ' ' <<<"$held")"
+  [ "$(awk '$1 == 429 {print $2}' <<<"$held")" = 10 ] || fail "60 requests held in flight: not 10 answered 429: $held"
+  [ "$(awk '$1 == 201 {print $2}' <<<"$held")" = 50 ] || fail "60 requests held in flight: not 50 answered 201: $held"
+  summary "edge in-flight limit (50 per client): 60 slow requests at once, answered $(awk '{printf "%s%s x%s", sep, $1, $2; sep = ", "}' <<<"$held")"
   answers=$(burst "$edge/produits/$product" 1500 40)
   info "answers: $(tr '\n' ' ' <<<"$answers")"
   grep -q '^429 ' <<<"$answers" || fail "no 429 in a burst of 1500 requests: $answers"
@@ -467,5 +475,22 @@ swarm_rate_limit() {
       fail "a products task is not healthy after the burst"
   done
   wait_until "the client to be served again" 30 eval '[ "$(http_status GET "$edge/produits/'"$product"'")" = 200 ]'
-  summary "edge rate limit (100/s, burst 200 per client): a burst of 1500 requests, 40 at a time, answered $(awk '{printf "%s%s x%s", sep, $1, $2; sep = ", "}' <<<"$answers"); services healthy, served again after (the in-flight limit, 50, is configured but not exercised: no request here stays in flight long enough)"
+  summary "edge rate limit (100/s, burst 200 per client): a burst of 1500 requests, 40 at a time, answered $(awk '{printf "%s%s x%s", sep, $1, $2; sep = ", "}' <<<"$answers"); services healthy, served again after"
+}
+
+# slow_requests URL N: N product creations at once, each body (3 kB of
+# JSON, mostly spaces) sent at 300 bytes a second; prints each one's HTTP
+# status (CURL and TOKEN as for http).
+slow_requests() {
+  local body i pids=()
+  body=$(mktemp)
+  { printf '{"nom":"Slow","prix":1,"quantite_en_stock":100'; printf '%3000s' ''; printf '}'; } >"$body"
+  for ((i = 0; i < $2; i++)); do
+    "${CURL[@]}" -s -o /dev/null -m 60 -w '%{http_code}\n' --limit-rate 300 \
+      -H 'content-type: application/json' -H "Authorization: Bearer $TOKEN" \
+      --data-binary "@$body" "$1" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  rm -f "$body"
 }
