@@ -25,6 +25,13 @@ use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kernel's bound on a silent broker, under the heartbeat's (which
+/// gives up after two heartbeats without a byte, 20 s at the default 10 s,
+/// with a clearer error): sent data unacknowledged this long, or a quiet
+/// connection whose keepalive probes (after 10 s, every 5 s) go unanswered,
+/// ends the connection. It matters when heartbeats are off (0), or when
+/// they are longer than this.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a publisher (the relay, a consumer's dead letters) waits for
 /// the broker's confirms of one window before it counts it as not sent.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,6 +55,8 @@ pub enum AmqpError {
     Returned { count: usize, reason: String },
     #[error("the connection to RabbitMQ was closed")]
     Closed,
+    #[error("no broker of amqp.url could be reached: {0}")]
+    NoBroker(String),
 }
 
 /// Where and how to connect, parsed from `amqp.url`: `amqp://` in the
@@ -155,8 +164,37 @@ impl Target {
 }
 
 /// Opens a connection with TCP_NODELAY; `name` shows in the management UI.
+/// With several brokers (a cluster), tries each in turn, starting one
+/// further at every call, so that connections spread over the nodes and a
+/// reconnection after a node is lost goes to the next live one; the error
+/// names every broker's failure. Each process starts at a random node:
+/// replicas do not all begin with the first.
 pub fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
-    let target = Target::parse(&settings.url)?;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: std::sync::LazyLock<AtomicUsize> =
+        std::sync::LazyLock::new(|| AtomicUsize::new(uuid::Uuid::new_v4().as_u128() as usize));
+    let targets = settings
+        .urls()
+        .iter()
+        .map(|url| Target::parse(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = NEXT.fetch_add(1, Ordering::Relaxed) % targets.len();
+    let mut failures = Vec::new();
+    for i in 0..targets.len() {
+        match connect_to(&targets[(start + i) % targets.len()], settings, name) {
+            Ok(connection) => return Ok(connection),
+            Err(e) if targets.len() == 1 => return Err(e),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(AmqpError::NoBroker(failures.join("; ")))
+}
+
+fn connect_to(
+    target: &Target,
+    settings: &AmqpSettings,
+    name: &str,
+) -> Result<Connection, AmqpError> {
     let tls = target.tls_connector()?;
     let addr_text = format!("{}:{}", target.host, target.port);
     let io = |source| AmqpError::Connect {
@@ -168,6 +206,7 @@ pub fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpEr
         match std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(stream) => {
                 stream.set_nodelay(true).map_err(io)?;
+                bound_silence(&stream).map_err(io)?;
                 let stream = mio::net::TcpStream::from_stream(stream).map_err(io)?;
                 let options = ConnectionOptions::<Auth>::default()
                     .auth(Auth::Plain {
@@ -192,6 +231,20 @@ pub fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpEr
     Err(io(
         last.unwrap_or_else(|| std::io::Error::other("no address"))
     ))
+}
+
+/// TCP keepalives and `TCP_USER_TIMEOUT` on the broker's socket.
+fn bound_silence(stream: &std::net::TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(10))
+            .with_interval(Duration::from_secs(5))
+            .with_retries(3),
+    )?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
+    Ok(())
 }
 
 fn durable_exchange() -> ExchangeDeclareOptions {
@@ -226,6 +279,21 @@ fn long_arg(arguments: &mut FieldTable, name: &str, value: i64) {
     arguments.insert(name.into(), AmqpValue::LongLongInt(value));
 }
 
+/// Arguments that make a queue a quorum queue, replicated on every node of
+/// a cluster (up to three; a message confirmed to a publisher is on a
+/// majority of them), when `delivery_limit` is set; none else (a classic
+/// queue, as older versions declared every queue).
+fn replicated(settings: &AmqpSettings) -> FieldTable {
+    let mut arguments = FieldTable::new();
+    if settings.delivery_limit > 0 {
+        arguments.insert(
+            "x-queue-type".into(),
+            AmqpValue::LongString("quorum".into()),
+        );
+    }
+    arguments
+}
+
 /// A work queue's arguments: its dead-letter exchange, its length bound
 /// ([`WORK_QUEUE_MAX_LENGTH`], refusing publishes beyond) and, when
 /// `delivery_limit` is set, a quorum queue that dead-letters a message
@@ -233,7 +301,7 @@ fn long_arg(arguments: &mut FieldTable, name: &str, value: i64) {
 /// took it) instead of looping forever. `product_queue` and `order_events`
 /// are declared alike; their dead-letter queues alike too (`dead()`).
 fn work_queue(settings: &AmqpSettings, dead_letter_exchange: &str) -> FieldTable {
-    let mut work = FieldTable::new();
+    let mut work = replicated(settings);
     work.insert(
         "x-dead-letter-exchange".into(),
         AmqpValue::LongString(dead_letter_exchange.into()),
@@ -244,10 +312,6 @@ fn work_queue(settings: &AmqpSettings, dead_letter_exchange: &str) -> FieldTable
         AmqpValue::LongString("reject-publish".into()),
     );
     if settings.delivery_limit > 0 {
-        work.insert(
-            "x-queue-type".into(),
-            AmqpValue::LongString("quorum".into()),
-        );
         long_arg(
             &mut work,
             "x-delivery-limit",
@@ -259,12 +323,14 @@ fn work_queue(settings: &AmqpSettings, dead_letter_exchange: &str) -> FieldTable
 
 /// Each queue with the arguments this version declares it with.
 fn queues(settings: &AmqpSettings) -> [(&'static str, FieldTable); 5] {
+    // Replicated like the work queues: a dead letter or an alert survives
+    // the loss of a broker node too.
     let dead = || {
-        let mut dead = FieldTable::new();
+        let mut dead = replicated(settings);
         long_arg(&mut dead, "x-max-length", DEAD_LETTER_MAX_LENGTH);
         dead
     };
-    let mut alerts = FieldTable::new();
+    let mut alerts = replicated(settings);
     long_arg(&mut alerts, "x-max-length", ALERTS_MAX_LENGTH);
     long_arg(&mut alerts, "x-message-ttl", ALERTS_TTL_MS);
     [

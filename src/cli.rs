@@ -45,10 +45,15 @@ pub enum Command {
     /// Put a steady open-loop load on a running ordersys (its own products,
     /// orders and lines), with a live view and a closing summary
     Load(LoadArgs),
+    /// Check a history that `ordersys load --history FILE` recorded against
+    /// the system's state now: nothing acknowledged lost, nothing applied
+    /// twice, nothing refused applied, every validation decided
+    CheckHistory(CheckHistoryArgs),
 }
 
+/// Where the APIs are and how to reach them (`load`, `check-history`).
 #[derive(Args)]
-pub struct LoadArgs {
+pub struct ApiArgs {
     /// Base URL of the products API
     #[arg(
         long,
@@ -67,6 +72,28 @@ pub struct LoadArgs {
     )]
     pub orders_url: String,
 
+    /// Bearer token for deployments with auth.mode = jwt (products:read,
+    /// products:write, orders:read, orders:write)
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "ORDERSYS_LOAD_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// A PEM file of CA certificates to trust besides the system's, for https://
+    /// URLs behind an edge with its own (e.g. self-signed) certificate;
+    /// certificates are always verified
+    #[arg(long, value_name = "PATH", env = "ORDERSYS_LOAD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+
     /// Requests per second, sent on schedule whether or not earlier ones answered
     #[arg(long, value_name = "N", default_value_t = 200.0, value_parser = rate)]
     pub rate: f64,
@@ -81,7 +108,8 @@ pub struct LoadArgs {
     pub concurrency: u32,
 
     /// The operation mix, name=weight,… (read_product, read_order, create_order,
-    /// create_line, change_quantity, change_product, delete_line, cancel_order)
+    /// create_line, change_quantity, change_product, delete_line, cancel_order,
+    /// validate_order)
     #[arg(long, value_name = "MIX", default_value = crate::load::mix::DEFAULT_MIX,
           value_parser = crate::load::mix::Mix::parse)]
     pub mix: crate::load::mix::Mix,
@@ -119,25 +147,42 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
-    /// Bearer token for deployments with auth.mode = jwt (products:read,
-    /// products:write, orders:read, orders:write)
-    #[arg(
-        long,
-        value_name = "JWT",
-        env = "ORDERSYS_LOAD_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-
-    /// A PEM file of CA certificates to trust besides the system's, for https://
-    /// URLs behind an edge with its own (e.g. self-signed) certificate;
-    /// certificates are always verified
-    #[arg(long, value_name = "PATH", env = "ORDERSYS_LOAD_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-
     /// Seconds between two lines of the plain view (when not on a terminal)
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
     pub report_every: f64,
+
+    /// Record every change request (its X-Request-Id, times, status and
+    /// outcome: ok, failed or unknown) in FILE, one JSON object per line;
+    /// with --verify, check that history against the final state
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+}
+
+impl CheckHistoryArgs {
+    pub fn options(&self) -> crate::load::CheckOptions {
+        crate::load::CheckOptions {
+            products_url: self.api.products_url.clone(),
+            orders_url: self.api.orders_url.clone(),
+            token: self.api.token.clone(),
+            ca_file: self.api.ca_file.clone(),
+            settle_timeout: std::time::Duration::from_secs_f64(self.settle_timeout),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckHistoryArgs {
+    /// The history file `ordersys load --history` wrote
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// How long to wait for the pipeline to settle (no line EN_ATTENTE, no
+    /// validation EN_COURS, every change applied), in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = seconds)]
+    pub settle_timeout: f64,
 }
 
 fn number_in(text: &str, min: f64, max: f64) -> Result<f64, String> {
@@ -163,17 +208,26 @@ fn share(text: &str) -> Result<f64, String> {
 }
 
 /// The token stays out of debug output.
+impl std::fmt::Debug for ApiArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiArgs")
+            .field("products_url", &self.products_url)
+            .field("orders_url", &self.orders_url)
+            .field("ca_file", &self.ca_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for LoadArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadArgs")
-            .field("products_url", &self.products_url)
-            .field("orders_url", &self.orders_url)
+            .field("api", &self.api)
             .field("rate", &self.rate)
             .field("duration", &self.duration)
             .field("concurrency", &self.concurrency)
             .field("verify", &self.verify)
-            .field("ca_file", &self.ca_file)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("history", &self.history)
             .finish_non_exhaustive()
     }
 }
@@ -181,8 +235,8 @@ impl std::fmt::Debug for LoadArgs {
 impl LoadArgs {
     pub fn options(&self) -> crate::load::Options {
         crate::load::Options {
-            products_url: self.products_url.clone(),
-            orders_url: self.orders_url.clone(),
+            products_url: self.api.products_url.clone(),
+            orders_url: self.api.orders_url.clone(),
             rate: self.rate,
             duration: std::time::Duration::from_secs_f64(self.duration),
             concurrency: self.concurrency as usize,
@@ -198,9 +252,10 @@ impl LoadArgs {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             }),
-            token: self.token.clone(),
-            ca_file: self.ca_file.clone(),
+            token: self.api.token.clone(),
+            ca_file: self.api.ca_file.clone(),
             report_every: std::time::Duration::from_secs_f64(self.report_every),
+            history: self.history.clone(),
         }
     }
 }

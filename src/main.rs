@@ -19,6 +19,10 @@ fn main() -> ExitCode {
         logging::init(LogFormat::Text);
         return load(args);
     }
+    if let Command::CheckHistory(args) = &cli.command {
+        logging::init(LogFormat::Text);
+        return check_history(args);
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -39,7 +43,7 @@ fn main() -> ExitCode {
 fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
     let modes = match command {
         Command::Migrate => return migrate(&settings),
-        Command::Probe(_) | Command::Load(_) => {
+        Command::Probe(_) | Command::Load(_) | Command::CheckHistory(_) => {
             unreachable!("handled before settings are loaded")
         }
         Command::Token(args) => return token(&settings, &args),
@@ -102,19 +106,47 @@ fn probe(url: Option<&str>) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A runtime for the client commands (`load`, `check-history`).
+fn client_runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("ordersys {command}: {e}");
+            ExitCode::from(2)
+        })
+}
+
+/// `ordersys check-history`: the findings on standard output; exit 1 when
+/// the history does not hold, 2 when it cannot be read.
+fn check_history(args: &ordersys::cli::CheckHistoryArgs) -> ExitCode {
+    let runtime = match client_runtime("check-history") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(ordersys::load::check_recorded(&args.options(), &args.file)) {
+        Ok(checked) => {
+            println!("{}", checked.describe());
+            if checked.holds() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ordersys check-history: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `ordersys load`: the live view on standard error, the summary on
 /// standard output; exit 1 when the run fails its thresholds.
 fn load(args: &ordersys::cli::LoadArgs) -> ExitCode {
     let options = args.options();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match client_runtime("load") {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("ordersys load: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(ordersys::load::run(&options)) {
         Ok(report) => {
@@ -130,11 +162,14 @@ fn load(args: &ordersys::cli::LoadArgs) -> ExitCode {
             if let Some(v) = &report.verified {
                 println!("{}", v.describe());
             }
+            if let Some(checked) = &report.checked {
+                println!("{}", checked.describe());
+            }
             if report.passed(&options) {
                 ExitCode::SUCCESS
             } else {
                 eprintln!(
-                    "ordersys load: failed (error rate {:.3}% > {:.3}%, or the stock check failed)",
+                    "ordersys load: failed (error rate {:.3}% > {:.3}%, or the stock or history check failed)",
                     report.stats.error_rate() * 100.0,
                     options.max_error_rate * 100.0
                 );

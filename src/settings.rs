@@ -39,6 +39,8 @@ pub struct DatabaseSettings {
     pub pool_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
+    pub tcp_user_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
     pub migrate_on_start: bool,
 }
 
@@ -52,6 +54,34 @@ pub struct AmqpSettings {
     pub declare_topology: bool,
 }
 
+impl AmqpSettings {
+    /// The brokers `url` names: one URL, or a cluster's nodes, each a whole
+    /// URL, comma-separated. A comma that does not start another URL
+    /// (`scheme://`) belongs to the one before (a password may hold one).
+    pub fn urls(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for part in self.url.split(',') {
+            let starts_url = part
+                .trim_start()
+                .split_once("://")
+                .is_some_and(|(scheme, _)| {
+                    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                        && scheme
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+                });
+            match out.last_mut() {
+                Some(last) if !starts_url => {
+                    last.push(',');
+                    last.push_str(part);
+                }
+                _ => out.push(part.to_owned()),
+            }
+        }
+        out.iter().map(|url| url.trim().to_owned()).collect()
+    }
+}
+
 // Debug without the passwords the URLs carry.
 impl std::fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +91,11 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("pool_timeout_ms", &self.pool_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("tcp_user_timeout_ms", &self.tcp_user_timeout_ms)
+            .field(
+                "idle_in_transaction_timeout_ms",
+                &self.idle_in_transaction_timeout_ms,
+            )
             .field("migrate_on_start", &self.migrate_on_start)
             .finish()
     }
@@ -69,7 +104,15 @@ impl std::fmt::Debug for DatabaseSettings {
 impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSettings")
-            .field("url", &redacted(&self.url))
+            .field(
+                "url",
+                &self
+                    .urls()
+                    .iter()
+                    .map(|url| redacted(url))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .field("prefetch", &self.prefetch)
             .field("heartbeat_secs", &self.heartbeat_secs)
             .field("delivery_limit", &self.delivery_limit)
@@ -346,7 +389,9 @@ impl Settings {
             &self.database.url,
             &["postgres", "postgresql"],
         )?;
-        url_scheme("amqp.url", &self.amqp.url, &["amqp", "amqps"])?;
+        for url in self.amqp.urls() {
+            url_scheme("amqp.url", &url, &["amqp", "amqps"])?;
+        }
         self.database.validate_limits()?;
         at_least("amqp.prefetch", self.amqp.prefetch.into(), 1)?;
         self.http.validate_limits()?;
@@ -419,6 +464,19 @@ impl DatabaseSettings {
             "database.statement_timeout_ms",
             self.statement_timeout_ms,
             1,
+        )?;
+        // Keepalive probes every third of it, in whole seconds.
+        at_least(
+            "database.tcp_user_timeout_ms",
+            self.tcp_user_timeout_ms,
+            3000,
+        )?;
+        // The outbox relay holds its transaction while the broker confirms
+        // (up to 30 s): a shorter limit would end it for nothing.
+        at_least(
+            "database.idle_in_transaction_timeout_ms",
+            self.idle_in_transaction_timeout_ms,
+            35_000,
         )
     }
 }
@@ -599,6 +657,31 @@ mod tests {
         .unwrap();
         assert_eq!(s.database.url, "postgres://b@h/two");
         assert_eq!(s.amqp.url, "amqp://u:p@h:5672/v");
+    }
+
+    #[test]
+    fn a_broker_cluster_is_a_comma_separated_list_of_whole_urls() {
+        let s = load(&[(
+            "AMQP_URL",
+            "amqp://u:p1@r1:5672/%2f, amqp://u:a,b@r2/%2f,amqps://u:p3@r3/v",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.amqp.urls(),
+            [
+                "amqp://u:p1@r1:5672/%2f",
+                "amqp://u:a,b@r2/%2f",
+                "amqps://u:p3@r3/v"
+            ]
+        );
+        let debug = format!("{:?}", s.amqp);
+        assert!(
+            ["p1", "a,b", "p3"].iter().all(|p| !debug.contains(p)),
+            "{debug}"
+        );
+        assert!(debug.contains("r3"), "{debug}");
+        let err = load(&[("AMQP_URL", "amqp://h1,http://h2")]).unwrap_err();
+        assert!(err.to_string().contains("amqp.url"), "{err}");
     }
 
     #[test]

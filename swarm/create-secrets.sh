@@ -24,6 +24,9 @@
 #   RABBITMQ_MIGRATE_PASSWORD  broker user ordersys_migrate (declares the topology)
 #   RABBITMQ_ORDERS_PASSWORD   broker user ordersys_orders (publishes to product_exchange, consumes order_events)
 #   RABBITMQ_WORKER_PASSWORD   broker user ordersys_worker (consumes product_queue)
+#   RABBITMQ_ERLANG_COOKIE     the shared secret of the broker cluster's nodes (and
+#                              of rabbitmqctl inside their tasks): 20 to 255 letters
+#                              and digits
 #   JWT_PRIVATE_KEY_FILE    where the Ed25519 private key that signs the APIs' bearer
 #                           tokens is kept, on this machine only (default
 #                           ${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/jwt-ed25519.pem)
@@ -66,7 +69,7 @@
 #
 # RabbitMQ gets no default user and no administrator: when definitions are
 # imported at boot it creates neither `guest` nor RABBITMQ_DEFAULT_USER.
-# For an operator's session, `docker exec` into the rabbitmq task and use
+# For an operator's session, `docker exec` into a broker node's task and use
 # rabbitmqctl (it authenticates with the Erlang cookie, not a user).
 set -euo pipefail
 umask 077
@@ -86,6 +89,7 @@ secrets=(
   ordersys_jwt_public_key
   ordersys_rabbitmq_conf
   ordersys_rabbitmq_definitions
+  ordersys_rabbitmq_cookie
   ordersys_grafana_admin_password
   ordersys_tls_cert
   ordersys_tls_key
@@ -209,6 +213,12 @@ worker_db=$(value WORKER_DB_PASSWORD)
 mq_migrate=$(value RABBITMQ_MIGRATE_PASSWORD)
 mq_orders=$(value RABBITMQ_ORDERS_PASSWORD)
 mq_worker=$(value RABBITMQ_WORKER_PASSWORD)
+erlang_cookie=$(value RABBITMQ_ERLANG_COOKIE)
+# Erlang refuses a cookie of other characters, and the nodes would not boot.
+[[ $erlang_cookie =~ ^[[:alnum:]]{20,255}$ ]] || {
+  echo "create-secrets: RABBITMQ_ERLANG_COOKIE must be 20 to 255 letters and digits" >&2
+  exit 1
+}
 grafana_admin=$(value GRAFANA_ADMIN_PASSWORD)
 
 user_json() { # user_json NAME PASSWORD
@@ -323,7 +333,15 @@ for name in "${secrets[@]}"; do
 done
 
 pg_url() { printf 'postgres://%s:%s@postgres:5432/ordersys%s' "$1" "$(urlencode "$2")" "$params"; }
-amqp_url() { printf '%s://%s:%s@rabbitmq:%s/%%2f' "$AMQP_SCHEME" "$1" "$(urlencode "$2")" "$amqp_port"; }
+# Every node of the broker cluster, comma-separated: a service connects to
+# the first it reaches (each process starts at a random one, each further connection at the next).
+amqp_url() {
+  local node sep=
+  for node in rabbitmq1 rabbitmq2 rabbitmq3; do
+    printf '%s%s://%s:%s@%s:%s/%%2f' "$sep" "$AMQP_SCHEME" "$1" "$(urlencode "$2")" "$node" "$amqp_port"
+    sep=,
+  done
+}
 
 create ordersys_postgres_password "$postgres_password"
 create ordersys_migrate_database_url "$(pg_url ordersys "$postgres_password")"
@@ -344,7 +362,24 @@ create ordersys_rabbitmq_conf "# Written by swarm/create-secrets.sh.
 load_definitions = /run/secrets/ordersys_rabbitmq_definitions
 # No guest (it is not created anyway); no login from elsewhere if it ever is.
 loopback_users.guest = true
+# The cluster: three nodes that find each other by name.
+cluster_formation.peer_discovery_backend = classic_config
+cluster_formation.classic_config.nodes.1 = rabbit@rabbitmq1
+cluster_formation.classic_config.nodes.2 = rabbit@rabbitmq2
+cluster_formation.classic_config.nodes.3 = rabbit@rabbitmq3
+# A node that cannot see a majority pauses (closes its clients' connections,
+# which go on with the others) until it sees one again: never two sides
+# taking writes.
+cluster_partition_handling = pause_minority
+# A silent peer is declared down after 15 s (+/- 25%), not 60.
+net_ticktime = 15
+# Every quorum queue is brought back to a member on each of the three
+# nodes (one declared while a node was away, a node replaced), every minute.
+quorum_queue.continuous_membership_reconciliation.enabled = true
+quorum_queue.continuous_membership_reconciliation.target_group_size = 3
+quorum_queue.continuous_membership_reconciliation.interval = 60000
 "
+create ordersys_rabbitmq_cookie "$erlang_cookie"
 
 create ordersys_rabbitmq_definitions "$definitions"
 create ordersys_grafana_admin_password "$grafana_admin"

@@ -41,44 +41,84 @@ pub fn connect(
     PgConnection::establish(&connection_url(settings, application))
 }
 
-/// Adds `connect_timeout`, `application_name` and the statement timeout
-/// (`options=-c statement_timeout=…`) unless the URL sets them. Values are
-/// percent-encoded as libpq reads them (`%20`, never `+`).
+/// Adds what bounds a connection's waits unless the URL sets it:
+/// `connect_timeout`; `application_name`; libpq's TCP keepalives and
+/// `tcp_user_timeout`, so that a query waiting on a silently partitioned
+/// server fails within `tcp_user_timeout_ms` instead of the kernel's
+/// minutes or hours; and, for the server's side (`options=-c …`), the
+/// statement timeout, the same TCP settings (a backend whose client
+/// vanished ends, releasing its locks) and the idle-in-transaction timeout
+/// (a client frozen in a transaction). Values are percent-encoded as libpq
+/// reads them (`%20`, never `+`).
+///
+/// A URL that is not a URL (a `key=value` string, or several `host:port`s,
+/// which the `url` crate cannot parse) is used as given: write those
+/// settings into it (libpq's `host=a,b&port=5432,5433` form parses).
 fn connection_url(settings: &DatabaseSettings, application: &str) -> String {
     let Ok(mut url) = url::Url::parse(&settings.url) else {
         return settings.url.clone();
     };
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     let given = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    // libpq counts whole seconds and treats values below 2 as 2.
-    let connect_secs = settings
-        .connect_timeout_ms
-        .div_ceil(1000)
-        .max(2)
-        .to_string();
-    // Options the URL gives are kept; a statement timeout it sets wins.
-    let timeout = format!("-c statement_timeout={}", settings.statement_timeout_ms);
-    let options = match given("options") {
-        Some(options) if options.contains("statement_timeout") => options,
-        Some(options) => format!("{options} {timeout}"),
-        None => timeout,
-    };
     let mut query: Vec<String> = pairs
         .iter()
         .filter(|(k, _)| k != "options")
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
-    for (key, value) in [
-        ("connect_timeout", connect_secs.as_str()),
-        ("application_name", application),
-    ] {
+    for (key, value) in client_parameters(settings, application) {
         if given(key).is_none() {
-            query.push(format!("{key}={}", encode(value)));
+            query.push(format!("{key}={}", encode(&value)));
         }
     }
-    query.push(format!("options={}", encode(&options)));
+    // Options the URL gives are kept, and win over ours.
+    let mut options = given("options").unwrap_or_default();
+    for (key, value) in server_parameters(settings) {
+        if !options.contains(key) {
+            options = format!("{options} -c {key}={value}");
+        }
+    }
+    query.push(format!("options={}", encode(options.trim_start())));
     url.set_query(Some(&query.join("&")));
     url.to_string()
+}
+
+/// libpq's own parameters: the connect timeout (whole seconds, at least 2,
+/// as libpq counts them), the name, and keepalives that probe an idle
+/// connection after a third of `tcp_user_timeout_ms`, which caps the whole.
+fn client_parameters(
+    settings: &DatabaseSettings,
+    application: &str,
+) -> Vec<(&'static str, String)> {
+    let connect_secs = settings.connect_timeout_ms.div_ceil(1000).max(2);
+    let probe_secs = (settings.tcp_user_timeout_ms / 3000).max(1);
+    vec![
+        ("connect_timeout", connect_secs.to_string()),
+        ("application_name", application.to_owned()),
+        ("keepalives", "1".to_owned()),
+        ("keepalives_idle", probe_secs.to_string()),
+        ("keepalives_interval", probe_secs.to_string()),
+        ("keepalives_count", "3".to_owned()),
+        ("tcp_user_timeout", settings.tcp_user_timeout_ms.to_string()),
+    ]
+}
+
+/// The server's settings for this session (`-c key=value`).
+fn server_parameters(settings: &DatabaseSettings) -> Vec<(&'static str, String)> {
+    let probe_secs = (settings.tcp_user_timeout_ms / 3000).max(1);
+    vec![
+        (
+            "statement_timeout",
+            settings.statement_timeout_ms.to_string(),
+        ),
+        (
+            "idle_in_transaction_session_timeout",
+            settings.idle_in_transaction_timeout_ms.to_string(),
+        ),
+        ("tcp_keepalives_idle", probe_secs.to_string()),
+        ("tcp_keepalives_interval", probe_secs.to_string()),
+        ("tcp_keepalives_count", "3".to_owned()),
+        ("tcp_user_timeout", settings.tcp_user_timeout_ms.to_string()),
+    ]
 }
 
 /// Percent-encodes a query value as libpq reads it (`%20`, never `+`).
@@ -97,33 +137,105 @@ mod tests {
             pool_timeout_ms: 1,
             connect_timeout_ms: 5000,
             statement_timeout_ms: 250,
+            tcp_user_timeout_ms: 15000,
+            idle_in_transaction_timeout_ms: 60000,
             migrate_on_start: true,
         }
     }
 
+    /// The query's parameters, decoded.
+    fn parameters(url: &str) -> Vec<(String, String)> {
+        url::Url::parse(url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect()
+    }
+
+    fn parameter(url: &str, key: &str) -> Option<String> {
+        parameters(url)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
     #[test]
-    fn the_statement_timeout_joins_the_options_the_url_gives() {
+    fn the_servers_settings_join_the_options_the_url_gives() {
         let url = connection_url(&settings("postgres://u@h/db?sslmode=disable"), "app");
-        assert!(url.contains("sslmode=disable"), "{url}");
+        assert_eq!(parameter(&url, "sslmode").as_deref(), Some("disable"));
+        assert_eq!(
+            parameter(&url, "options").as_deref(),
+            Some(
+                "-c statement_timeout=250 -c idle_in_transaction_session_timeout=60000 \
+                 -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 \
+                 -c tcp_user_timeout=15000"
+            )
+        );
         assert!(
-            url.contains("options=%2Dc%20statement%5Ftimeout%3D250"),
+            url.contains("options=%2Dc%20statement%5Ftimeout%3D250%20"),
             "{url}"
         );
         let url = connection_url(
             &settings("postgres://u@h/db?options=-c%20search_path%3Dx"),
             "app",
         );
+        let options = parameter(&url, "options").unwrap();
         assert!(
-            url.contains("search%5Fpath%3Dx%20%2Dc%20statement%5Ftimeout%3D250"),
-            "{url}"
+            options.starts_with("-c search_path=x -c statement_timeout=250 "),
+            "{options}"
         );
         let url = connection_url(
             &settings("postgres://u@h/db?options=-c%20statement_timeout%3D9"),
             "a",
         );
+        let options = parameter(&url, "options").unwrap();
         assert!(
-            url.contains("statement%5Ftimeout%3D9") && !url.contains("250"),
-            "{url}"
+            options.starts_with("-c statement_timeout=9 -c idle_in") && !options.contains("250"),
+            "{options}"
+        );
+    }
+
+    #[test]
+    fn a_silent_server_is_given_up_on_after_the_tcp_user_timeout() {
+        let url = connection_url(&settings("postgres://u@h/db"), "worker");
+        for (key, value) in [
+            ("connect_timeout", "5"),
+            ("application_name", "worker"),
+            ("keepalives", "1"),
+            ("keepalives_idle", "5"),
+            ("keepalives_interval", "5"),
+            ("keepalives_count", "3"),
+            ("tcp_user_timeout", "15000"),
+        ] {
+            assert_eq!(
+                parameter(&url, key).as_deref(),
+                Some(value),
+                "{key} in {url}"
+            );
+        }
+        // What the URL sets wins.
+        let url = connection_url(&settings("postgres://u@h/db?tcp_user_timeout=900"), "w");
+        let given: Vec<_> = parameters(&url)
+            .into_iter()
+            .filter(|(k, _)| k == "tcp_user_timeout")
+            .collect();
+        assert_eq!(given, [("tcp_user_timeout".to_owned(), "900".to_owned())]);
+    }
+
+    #[test]
+    fn several_hosts_on_one_port_keep_their_settings() {
+        let url = connection_url(
+            &settings("postgres://u@db1,db2/ordersys?target_session_attrs=read-write"),
+            "orders",
+        );
+        assert!(url.starts_with("postgres://u@db1,db2/ordersys?"), "{url}");
+        assert_eq!(
+            parameter(&url, "target_session_attrs").as_deref(),
+            Some("read-write")
+        );
+        assert_eq!(
+            parameter(&url, "tcp_user_timeout").as_deref(),
+            Some("15000")
         );
     }
 }

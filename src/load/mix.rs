@@ -13,10 +13,12 @@ pub enum Op {
     ChangeProduct,
     DeleteLine,
     CancelOrder,
+    /// `POST /commandes/{id}/validation`: the saga; the order is frozen after.
+    ValidateOrder,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::ReadProduct,
         Op::ReadOrder,
         Op::CreateOrder,
@@ -25,6 +27,7 @@ impl Op {
         Op::ChangeProduct,
         Op::DeleteLine,
         Op::CancelOrder,
+        Op::ValidateOrder,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,7 +40,16 @@ impl Op {
             Op::ChangeProduct => "change_product",
             Op::DeleteLine => "delete_line",
             Op::CancelOrder => "cancel_order",
+            Op::ValidateOrder => "validate_order",
         }
+    }
+
+    /// Whether it creates, changes or deletes one line (and no other).
+    pub fn targets_one_line(self) -> bool {
+        matches!(
+            self,
+            Op::CreateLine | Op::ChangeQuantity | Op::ChangeProduct | Op::DeleteLine
+        )
     }
 
     pub fn index(self) -> usize {
@@ -57,19 +69,20 @@ impl fmt::Display for Op {
 /// Relative weights of the operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mix {
-    weights: [u32; 8],
+    weights: [u32; 9],
     total: u32,
 }
 
 /// The default: reads of both APIs and every kind of line change, so the
-/// whole pipeline (outbox, broker, worker) is busy.
+/// whole pipeline (outbox, broker, worker) is busy (no validation: a
+/// validated order takes no more lines).
 pub const DEFAULT_MIX: &str = "read_product=25,read_order=15,create_order=5,create_line=25,\
                                change_quantity=12,change_product=8,delete_line=6,cancel_order=4";
 
 impl Mix {
     /// `name=weight,…`; names absent get 0; at least one weight above 0.
     pub fn parse(text: &str) -> Result<Mix, String> {
-        let mut weights = [0u32; 8];
+        let mut weights = [0u32; 9];
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) = part
                 .split_once('=')
@@ -123,7 +136,12 @@ pub fn fallback(op: Op, open_orders: usize, lines: usize) -> Op {
         Op::ChangeQuantity | Op::ChangeProduct | Op::DeleteLine if lines == 0 => {
             fallback(Op::CreateLine, open_orders, lines)
         }
-        Op::CreateLine | Op::CancelOrder | Op::ReadOrder if open_orders == 0 => Op::CreateOrder,
+        Op::CreateLine | Op::CancelOrder | Op::ReadOrder | Op::ValidateOrder
+            if open_orders == 0 =>
+        {
+            Op::CreateOrder
+        }
+        Op::ValidateOrder if lines == 0 => Op::CreateLine,
         op => op,
     }
 }
@@ -158,7 +176,7 @@ mod tests {
     fn the_default_mix_uses_every_operation() {
         let mix = Mix::parse(DEFAULT_MIX).unwrap();
         let mut rng = Rng::new(7);
-        let mut seen = [0u32; 8];
+        let mut seen = [0u32; 9];
         for _ in 0..10_000 {
             seen[mix.pick(rng.next_u64()).index()] += 1;
         }

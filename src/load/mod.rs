@@ -12,13 +12,22 @@
 //! - **`--verify`.** Afterwards it waits until none of its lines is
 //!   `EN_ATTENTE`, then checks the stock invariant for its products:
 //!   stock = initial − Σ quantite of their `RESERVE` lines.
+//! - **`--history FILE`.** Every change request is recorded with its own
+//!   `X-Request-Id`, its times and its outcome (ok, failed, unknown); with
+//!   `--verify`, the history is then checked against the final state
+//!   ([`check`]: nothing acknowledged lost, nothing applied twice, nothing
+//!   refused applied, every validation decided). `ordersys check-history`
+//!   checks a file later.
 //! - **HTTPS.** `https://` URLs are verified against the system's roots and
 //!   `--ca-file`'s certificates (an edge proxy's own CA). A request that gets
 //!   no answer (refused, reset, a certificate refused) counts as status 0;
 //!   the first one's cause is printed once, so that a run of `no-answer`s
 //!   says why.
 
+mod audit;
 mod ca;
+pub mod check;
+pub mod history;
 pub mod http;
 pub mod mix;
 mod pool;
@@ -36,7 +45,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use verify::Verified;
 
@@ -68,6 +77,8 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     /// How often the plain (non-terminal) view prints a line.
     pub report_every: Duration,
+    /// Where to record every change request and its outcome.
+    pub history: Option<PathBuf>,
 }
 
 /// What a run measured.
@@ -84,6 +95,35 @@ pub struct Report {
     pub lines_created: usize,
     /// Why the first request without an answer got none (its cause chain).
     pub no_answer: Option<String>,
+    /// With `--history` and `--verify`: the history checked.
+    pub checked: Option<Checked>,
+}
+
+/// A history checked against the final state (or why it could not be).
+#[derive(Debug)]
+pub struct Checked {
+    pub findings: Result<check::Findings, String>,
+    pub settled_in: Duration,
+}
+
+impl Checked {
+    pub fn holds(&self) -> bool {
+        self.findings.as_ref().is_ok_and(check::Findings::holds)
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.findings {
+            Ok(findings) => format!(
+                "{} (settled in {:.1}s)",
+                findings.describe(),
+                self.settled_in.as_secs_f64()
+            ),
+            Err(why) => format!(
+                "history: FAILED: the state could not be read in {:.1}s: {why}",
+                self.settled_in.as_secs_f64()
+            ),
+        }
+    }
 }
 
 impl Report {
@@ -91,6 +131,7 @@ impl Report {
     pub fn passed(&self, options: &Options) -> bool {
         self.stats.error_rate() <= options.max_error_rate
             && self.verified.as_ref().is_none_or(|v| v.holds())
+            && self.checked.as_ref().is_none_or(Checked::holds)
     }
 }
 
@@ -105,11 +146,37 @@ pub(crate) struct Api {
     no_answer: Arc<OnceLock<String>>,
 }
 
+/// How long [`Api::read`] waits out a rate limit before it gives the 429.
+const READ_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Where `ordersys check-history` finds the system.
+#[derive(Clone)]
+pub struct CheckOptions {
+    pub products_url: String,
+    pub orders_url: String,
+    pub token: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub settle_timeout: Duration,
+}
+
 impl Api {
     fn new(options: &Options) -> anyhow::Result<Api> {
+        Api::connect(
+            &CheckOptions {
+                products_url: options.products_url.clone(),
+                orders_url: options.orders_url.clone(),
+                token: options.token.clone(),
+                ca_file: options.ca_file.clone(),
+                settle_timeout: options.settle_timeout,
+            },
+            options.concurrency,
+        )
+    }
+
+    fn connect(options: &CheckOptions, concurrency: usize) -> anyhow::Result<Api> {
         let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(options.concurrency)
+            .pool_max_idle_per_host(concurrency)
             // Below the servers' keep-alive (actix: 5 s), so that no request
             // goes out on a connection the server is closing.
             .pool_idle_timeout(Duration::from_secs(2))
@@ -140,22 +207,78 @@ impl Api {
         url: String,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.send_as(None, method, url, body).await
+    }
+
+    /// Sends one request with `X-Request-Id: id` (when given).
+    pub(crate) async fn send_as(
+        &self,
+        id: Option<&str>,
+        method: Method,
+        url: String,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let what = format!("{method} {url}");
         let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
+        if let Some(id) = id {
+            request = request.header(crate::request_id::HEADER, id);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
+        let (status, _, body) = self.exchange(what, request).await;
+        (status, body)
+    }
+
+    /// GETs `url`, waiting out a rate limit on the way (the edge's, which
+    /// counts every request of this client): a 429 is asked again after its
+    /// `Retry-After` (1 s when it gives none; 0.2 s to 10 s), for up to
+    /// [`READ_PATIENCE`]. A read changes nothing, so asking again is safe;
+    /// the load's changes are never retried (a 429 is their outcome).
+    pub(crate) async fn read(&self, url: String) -> (u16, Value) {
+        let started = Instant::now();
+        loop {
+            let mut request = self.http.get(&url);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let (status, retry_after, body) = self.exchange(format!("GET {url}"), request).await;
+            if status != 429 || started.elapsed() >= READ_PATIENCE {
+                return (status, body);
+            }
+            let wait = retry_after.unwrap_or(Duration::from_secs(1));
+            tokio::time::sleep(wait.clamp(Duration::from_millis(200), Duration::from_secs(10)))
+                .await;
+        }
+    }
+
+    /// Sends a built request: status (0 when no answer came), the
+    /// `Retry-After` it asked for (in seconds), and the body.
+    async fn exchange(
+        &self,
+        what: String,
+        request: reqwest::RequestBuilder,
+    ) -> (u16, Option<Duration>, Value) {
         match request.send().await {
             Ok(answer) => {
                 let status = answer.status().as_u16();
-                (status, answer.json().await.unwrap_or(Value::Null))
+                let retry_after = answer
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                (
+                    status,
+                    retry_after,
+                    answer.json().await.unwrap_or(Value::Null),
+                )
             }
             Err(e) => {
                 let _ = self.no_answer.set(format!("{what}: {}", causes(e)));
-                (0, Value::Null)
+                (0, None, Value::Null)
             }
         }
     }
@@ -200,9 +323,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         options.concurrency,
         options.seed
     );
-    let pool = Arc::new(Mutex::new(Pool::new(products.keys().copied().collect())));
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let window = Arc::new(Mutex::new(Stats::default()));
+    let recorder = match &options.history {
+        Some(path) => Some(Arc::new(Recorder::create(path, &products)?)),
+        None => None,
+    };
+    let shared = Shared {
+        api: api.clone(),
+        pool: Arc::new(Mutex::new(Pool::new(products.keys().copied().collect()))),
+        stats: Arc::default(),
+        window: Arc::default(),
+        recorder,
+    };
     let view = View::new(options, &api);
     let mut rng = Rng::new(options.seed);
     let mut next_report = view.every;
@@ -210,30 +341,16 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         options.rate,
         options.duration,
         options.concurrency,
-        |_, due| {
+        |n, due| {
             let op = options.mix.pick(rng.next_u64());
-            let prepared = pool.lock().expect("pool").prepare(op, &mut rng);
-            let (api, pool, stats, window) =
-                (api.clone(), pool.clone(), stats.clone(), window.clone());
-            async move {
-                let (status, body) = send(&api, &prepared).await;
-                let latency = due.elapsed();
-                pool.lock().expect("pool").settle(&prepared, status, &body);
-                stats
-                    .lock()
-                    .expect("stats")
-                    .record(prepared.op, status, latency);
-                window
-                    .lock()
-                    .expect("window")
-                    .record(prepared.op, status, latency);
-            }
+            let prepared = shared.pool.lock().expect("pool").prepare(op, &mut rng);
+            shared.clone().request(n, due, prepared)
         },
         |elapsed, so_far| {
             if elapsed >= next_report {
                 next_report = elapsed + view.every;
-                let last = std::mem::take(&mut *window.lock().expect("window"));
-                view.tick(elapsed, so_far, &stats.lock().expect("stats"), &last);
+                let last = std::mem::take(&mut *shared.window.lock().expect("window"));
+                view.tick(elapsed, so_far, &shared.stats.lock().expect("stats"), &last);
             }
         },
     )
@@ -241,10 +358,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let elapsed = ran.elapsed;
     let span = ran.span;
     view.finish();
-    let mut stats = stats.lock().expect("stats").clone();
+    let mut stats = shared.stats.lock().expect("stats").clone();
     stats.over_cap = ran.over_cap;
     let (orders_created, lines_created) = {
-        let pool = pool.lock().expect("pool");
+        let pool = shared.pool.lock().expect("pool");
         (pool.orders_created.clone(), pool.lines_created)
     };
     let verified = if options.verify {
@@ -255,6 +372,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     } else {
         None
     };
+    let mut checked = None;
+    if let (Some(recorder), Some(path)) = (&shared.recorder, &options.history) {
+        recorder.finish()?;
+        if options.verify {
+            checked = Some(check_history(&api, path, options.settle_timeout).await?);
+        }
+    }
     Ok(Report {
         stats,
         elapsed,
@@ -263,7 +387,157 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         orders_created,
         lines_created,
         no_answer: api.no_answer().map(str::to_owned),
+        checked,
     })
+}
+
+/// Whether a 2xx answer to `op` carries the order or line it made.
+fn answers_with_body(op: Op) -> bool {
+    matches!(
+        op,
+        Op::CreateOrder | Op::CreateLine | Op::ChangeQuantity | Op::ChangeProduct
+    )
+}
+
+/// What every request of a run shares.
+#[derive(Clone)]
+struct Shared {
+    api: Api,
+    pool: Arc<Mutex<Pool>>,
+    stats: Arc<Mutex<Stats>>,
+    /// The requests answered since the last line of the live view.
+    window: Arc<Mutex<Stats>>,
+    recorder: Option<Arc<Recorder>>,
+}
+
+impl Shared {
+    /// Sends request `n` (due at `due`), records its answer, frees its target.
+    async fn request(self, n: u64, due: tokio::time::Instant, prepared: Prepared) {
+        let id = self.recorder.as_ref().map(|r| r.id(n));
+        let start = self.recorder.as_ref().map(|r| r.now_ms());
+        let (status, body) = send(&self.api, id.as_deref(), &prepared).await;
+        if let (Some(recorder), Some(id), Some(start)) = (&self.recorder, id, start) {
+            recorder.record(id, &prepared, start, status, &body);
+        }
+        let latency = due.elapsed();
+        self.pool
+            .lock()
+            .expect("pool")
+            .settle(&prepared, status, &body);
+        for stats in [&self.stats, &self.window] {
+            stats
+                .lock()
+                .expect("stats")
+                .record(prepared.op, status, latency);
+        }
+    }
+}
+
+/// `ordersys check-history`: a recorded history against the system's state now.
+pub async fn check_recorded(
+    options: &CheckOptions,
+    path: &std::path::Path,
+) -> anyhow::Result<Checked> {
+    let api = Api::connect(options, 16)?;
+    check_history(&api, path, options.settle_timeout).await
+}
+
+async fn check_history(
+    api: &Api,
+    path: &std::path::Path,
+    settle_timeout: Duration,
+) -> anyhow::Result<Checked> {
+    let history = history::read(path)?;
+    let (observed, settled_in) = audit::settle_and_observe(api, &history, settle_timeout).await;
+    Ok(Checked {
+        findings: observed.map(|observed| check::check(&history, &observed)),
+        settled_in,
+    })
+}
+
+/// Writes `--history`: each change request's id, times and outcome.
+struct Recorder {
+    writer: history::Writer,
+    prefix: String,
+    started: std::time::Instant,
+}
+
+impl Recorder {
+    fn create(
+        path: &std::path::Path,
+        products: &std::collections::BTreeMap<i64, i64>,
+    ) -> anyhow::Result<Recorder> {
+        // Unique to the run, so that the check tells its requests apart.
+        let prefix = format!("ld{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let run = history::Run {
+            kind: "run".into(),
+            prefix: prefix.clone(),
+            products: products.clone(),
+        };
+        Ok(Recorder {
+            writer: history::Writer::create(path, &run)?,
+            prefix,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    fn id(&self, n: u64) -> String {
+        format!("{}{n}", self.prefix)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Records a change request's answer (reads are not recorded). A
+    /// history that cannot be written is said once, on standard error.
+    fn record(&self, id: String, prepared: &Prepared, start_ms: u64, status: u16, body: &Value) {
+        if matches!(prepared.op, Op::ReadProduct | Op::ReadOrder) {
+            return;
+        }
+        let created = match prepared.op {
+            Op::CreateOrder | Op::CreateLine if status == 201 => body["id"].as_i64(),
+            _ => None,
+        };
+        let answer = match (body["produit_id"].as_i64(), body["quantite"].as_i64()) {
+            (Some(product), Some(quantite)) if (200..300).contains(&status) => {
+                Some((product, quantite as i32))
+            }
+            _ => None,
+        };
+        let record = history::Record {
+            kind: "op".into(),
+            id,
+            op: prepared.op.name().into(),
+            order: prepared.order,
+            line: prepared.line,
+            product: prepared.product,
+            quantite: prepared.quantite,
+            start_ms,
+            end_ms: self.now_ms(),
+            status,
+            // A 2xx whose line or order could not be read from its body
+            // says it was committed, not what: the check counts it unknown.
+            outcome: match history::Outcome::of(status) {
+                history::Outcome::Ok if answers_with_body(prepared.op) && body.is_null() => {
+                    history::Outcome::Unknown
+                }
+                outcome => outcome,
+            },
+            created,
+            answer,
+        };
+        if let Err(e) = self.writer.record(&record) {
+            static TOLD: AtomicBool = AtomicBool::new(false);
+            if !TOLD.swap(true, Ordering::Relaxed) {
+                eprintln!("load: the history cannot be written: {e}");
+            }
+        }
+    }
+
+    fn finish(&self) -> anyhow::Result<()> {
+        self.writer.finish()
+    }
 }
 
 /// The products the run orders, with their stock at start.
@@ -295,9 +569,7 @@ async fn setup(
         }
     } else {
         for id in &options.use_products {
-            let (status, answer) = api
-                .send(Method::GET, api.product(&format!("/produits/{id}")), None)
-                .await;
+            let (status, answer) = api.read(api.product(&format!("/produits/{id}"))).await;
             anyhow::ensure!(
                 status == 200,
                 "product {id}: {}",
@@ -315,7 +587,7 @@ async fn setup(
     Ok(products)
 }
 
-async fn send(api: &Api, prepared: &Prepared) -> (u16, Value) {
+async fn send(api: &Api, id: Option<&str>, prepared: &Prepared) -> (u16, Value) {
     let (method, url, body) = match prepared.op {
         Op::ReadProduct => (
             Method::GET,
@@ -355,8 +627,13 @@ async fn send(api: &Api, prepared: &Prepared) -> (u16, Value) {
             api.order(&format!("/commandes/{}", prepared.order)),
             Some(json!({"statut": "ANNULEE"})),
         ),
+        Op::ValidateOrder => (
+            Method::POST,
+            api.order(&format!("/commandes/{}/validation", prepared.order)),
+            None,
+        ),
     };
-    api.send(method, url, body).await
+    api.send_as(id, method, url, body).await
 }
 
 /// The live view: a progress bar on a terminal, else one plain line every

@@ -64,8 +64,16 @@ impl Pool {
         let idle_orders: Vec<usize> = (0..self.open.len())
             .filter(|&i| !self.busy_orders.contains_key(&self.open[i].0))
             .collect();
+        // Orders a validation may take: idle, with a line that exists.
+        let validatable: Vec<usize> = idle_orders
+            .iter()
+            .copied()
+            .filter(|&i| self.lines.iter().any(|(_, o)| *o == self.open[i].0))
+            .collect();
         let mut op = fallback(op, self.open.len(), idle_lines.len());
-        if op == Op::CancelOrder && idle_orders.is_empty() {
+        if op == Op::CancelOrder && idle_orders.is_empty()
+            || op == Op::ValidateOrder && validatable.is_empty()
+        {
             op = fallback(Op::CreateLine, self.open.len(), 0);
         }
         if op == Op::CreateLine && roomy.is_empty() {
@@ -96,8 +104,12 @@ impl Pool {
                 prepared.line = line;
                 prepared.order = order;
             }
-            Op::CancelOrder => {
-                let i = idle_orders[rng.below(idle_orders.len())];
+            Op::CancelOrder | Op::ValidateOrder => {
+                let candidates = match op {
+                    Op::CancelOrder => &idle_orders,
+                    _ => &validatable,
+                };
+                let i = candidates[rng.below(candidates.len())];
                 let (order, _) = self.open.swap_remove(i);
                 self.lines.retain(|(_, o)| *o != order);
                 prepared.order = order;

@@ -2,7 +2,6 @@
 //! check the stock invariant of its products, through the APIs only.
 
 use super::Api;
-use reqwest::Method;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -108,9 +107,7 @@ async fn check_once(
     let mut reserved: BTreeMap<i64, i64> = BTreeMap::new();
     let mut pending = 0;
     for order in orders {
-        let (status, body) = api
-            .send(Method::GET, api.order(&format!("/commandes/{order}")), None)
-            .await;
+        let (status, body) = api.read(api.order(&format!("/commandes/{order}"))).await;
         if status != 200 {
             return Err(format!("GET /commandes/{order}: {status} {body}"));
         }
@@ -128,13 +125,7 @@ async fn check_once(
     }
     let mut mismatches = Vec::new();
     for (product, initial) in products {
-        let (status, body) = api
-            .send(
-                Method::GET,
-                api.product(&format!("/produits/{product}")),
-                None,
-            )
-            .await;
+        let (status, body) = api.read(api.product(&format!("/produits/{product}"))).await;
         if status != 200 {
             return Err(format!("GET /produits/{product}: {status} {body}"));
         }

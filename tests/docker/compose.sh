@@ -1,6 +1,8 @@
 # The compose scenario of tests/docker/run: compose.yml as a user runs it,
 # on its own project name and ports so it cannot touch a user's stack.
 
+source tests/docker/faults.sh
+
 compose_ports() {
   export ORDERSYS_HTTP_PORT=18001 ORDERSYS_TRAEFIK_UI_PORT=18080 ORDERSYS_RABBITMQ_UI_PORT=15673 \
     ORDERSYS_PROMETHEUS_PORT=19090 ORDERSYS_GRAFANA_PORT=13000
@@ -144,6 +146,8 @@ scenario_compose() {
   "${compose[@]}" up -d --wait --scale worker=4 worker >/dev/null 2>&1
   wait_until "8 consumers again" 60 eval '[ "$(queue consumers)" = 8 ]'
   summary "the killed worker container brought back by compose up: 8 consumers again"
+
+  compose_faults
 
   log "compose: down -v leaves nothing behind"
   "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1

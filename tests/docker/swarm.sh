@@ -5,9 +5,13 @@
 # the certificate create-secrets made, carrying a token; a client container
 # on the stack's networks reads Prometheus and tries the socket proxy.
 
+source tests/docker/faults.sh
+source tests/docker/broker-cluster.sh
+
 stack=ordersys
 network=${stack}_ordersys
 client=ordersys-ci-client
+volumes="${stack}_postgres-data ${stack}_rabbitmq1-data ${stack}_rabbitmq2-data ${stack}_rabbitmq3-data ${stack}_prometheus-data"
 
 # swarm_exec SERVICE COMMAND...: runs COMMAND in a running task of SERVICE.
 swarm_exec() {
@@ -29,7 +33,7 @@ all_running() {
 }
 running_tasks() { docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1"; }
 
-swarm_queue() { swarm_exec rabbitmq rabbitmqctl -q list_queues name "$1" |
+swarm_queue() { broker_exec rabbitmqctl -q list_queues name "$1" |
   awk '$1 == "product_queue" {print $2}'; }
 
 # The targets Prometheus should report, as prometheus_targets prints them:
@@ -52,9 +56,10 @@ scenario_swarm() {
   if docker stack ls --format '{{.Name}}' | grep -qx "$stack"; then
     fail "a stack named $stack already runs on this machine; remove it first"
   fi
-  docker volume rm "${stack}_postgres-data" "${stack}_rabbitmq-data" "${stack}_prometheus-data" >/dev/null 2>&1 || true
+  # shellcheck disable=SC2086 # the volumes' names
+  docker volume rm $volumes >/dev/null 2>&1 || true
 
-  log "swarm: the image, the secrets, the node label"
+  log "swarm: the image, the secrets, the node labels"
   read -r -a compose <<<"$(compose_bin)"
   "${compose[@]}" -p ordersys-ci -f compose.yml build products >/dev/null
   docker tag ordersys:local ordersys:ci-1
@@ -72,7 +77,10 @@ scenario_swarm() {
     RABBITMQ_MIGRATE_PASSWORD="migrate-$run" RABBITMQ_ORDERS_PASSWORD="orders-$run/@:%" \
     RABBITMQ_WORKER_PASSWORD="worker-$run?#" JWT_PRIVATE_KEY_FILE="$jwt/ed25519.pem" \
     TLS_CERT_OUT="$jwt/edge-cert.pem" swarm/create-secrets.sh --replace >/dev/null
-  docker node update --label-add ordersys.data=true "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+  # One node here: it holds the data and all three broker nodes.
+  docker node update --label-add ordersys.data=true --label-add ordersys.rabbitmq1=true \
+    --label-add ordersys.rabbitmq2=true --label-add ordersys.rabbitmq3=true \
+    "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
   [ "$(stat -c %a "$jwt/ed25519.pem")" = 600 ] ||
     fail "create-secrets wrote the private key with mode $(stat -c %a "$jwt/ed25519.pem"), not 0600"
 
@@ -100,7 +108,7 @@ scenario_swarm() {
 
   log "swarm: docker stack deploy"
   t=$SECONDS
-  at_exit "docker volume rm ${stack}_postgres-data ${stack}_rabbitmq-data ${stack}_prometheus-data"
+  at_exit "docker volume rm $volumes"
   at_exit "swarm_remove_stack"
   local deployed
   deployed=$(ORDERSYS_IMAGE=ordersys:ci-1 docker stack deploy -c swarm/stack.yml \
@@ -109,8 +117,8 @@ scenario_swarm() {
   wait_until "migrate to complete" 300 migrate_completed
   summary "migrate completed in $((SECONDS - t)) s (after $(migrate_tasks Failed) failed attempts while the database or broker was starting)"
   wait_until "every service with an image to run n/n" 300 \
-    all_running postgres rabbitmq products orders worker traefik socket-proxy prometheus
-  summary "stack deploy (no option ignored): postgres, rabbitmq, products 2/2, orders 2/2, worker 2/2, traefik, socket-proxy, prometheus running in $((SECONDS - t)) s"
+    all_running postgres rabbitmq1 rabbitmq2 rabbitmq3 products orders worker traefik socket-proxy prometheus
+  summary "stack deploy (no option ignored): postgres, rabbitmq1..3, products 2/2, orders 2/2, worker 2/2, traefik, socket-proxy, prometheus running in $((SECONDS - t)) s"
   summary "not run here: visualizer and grafana (no image can be had; deployed with 0 replicas)"
 
   docker rm -f "$client" >/dev/null 2>&1 || true
@@ -138,6 +146,8 @@ scenario_swarm() {
   wait_for_targets http://prometheus:9090 90 "$targets"
   summary "Prometheus (tasks.<service> discovery): every target up ($targets) in $((SECONDS - t)) s"
 
+  swarm_broker_cluster
+
   swarm_who_may_do_what
 
   swarm_front_door
@@ -152,10 +162,18 @@ scenario_swarm() {
   load_token=$(mint products:read,products:write,orders:read,orders:write swarm-load) || fail "ordersys token failed"
   # load ARGS...: ordersys load on this machine's network, through Traefik.
   # --stock 100: the scenario's invariant checks take every product to start at 100.
+  local load_mounts=(-v "$jwt/edge-cert.pem:/run/edge-cert.pem:ro")
   swarm_load() {
     docker run --rm --network host --read-only --cap-drop ALL \
-      -v "$jwt/edge-cert.pem:/run/edge-cert.pem:ro" -e ORDERSYS_LOAD_TOKEN="$load_token" ordersys:ci-1 load \
+      "${load_mounts[@]}" -e ORDERSYS_LOAD_TOKEN="$load_token" ordersys:ci-1 load \
       --products-url "$edge" --orders-url "$edge" --ca-file /run/edge-cert.pem --stock 100 "$@"
+  }
+  # faults.sh's hooks: a running task of a service; the recorded load,
+  # with the histories' directory mounted.
+  one_of() { running_tasks "$1" | sed -n 1p; }
+  fault_load() {
+    local load_mounts=("${load_mounts[@]}" -v "$fault_dir:/history")
+    swarm_load "$@"
   }
   load_out=$(swarm_load --rate 50 --duration 5 --report-every 1 --verify 2>&1) || fail "ordersys load failed: $load_out"
   grep -q '^all ' <<<"$load_out" || fail "no summary from ordersys load: $load_out"
@@ -197,6 +215,7 @@ scenario_swarm() {
 
   swarm_rolling
   swarm_rate_limit
+  swarm_broker_faults
 
   log "swarm: docker stack rm"
   docker rm -f "$client" >/dev/null
@@ -207,7 +226,7 @@ scenario_swarm() {
 # The stack's promises on who may do what, checked on the running stack.
 swarm_who_may_do_what() {
   log "swarm: who may do what"
-  local product status container service h request
+  local product status container service h request node
 
   # The APIs: reads and writes need a token with the route's scope, signed
   # by the private key no service holds.
@@ -281,10 +300,10 @@ CHECKS
   # RabbitMQ: the three users of the definitions, no guest, no administrator;
   # the services connect as their own.
   local users connections
-  users=$(swarm_exec rabbitmq rabbitmqctl -q list_users | awk '$1 != "user" {print $1 "=" $2}' | sort | paste -sd, -)
+  users=$(broker_exec rabbitmqctl -q list_users | awk '$1 != "user" {print $1 "=" $2}' | sort | paste -sd, -)
   [ "$users" = "ordersys_migrate=[],ordersys_orders=[],ordersys_worker=[]" ] ||
     fail "RabbitMQ users (name=tags): $users"
-  connections=$(swarm_exec rabbitmq rabbitmqctl -q list_connections user | awk '$1 != "user" {print $1}' | sort -u | paste -sd, -)
+  connections=$(broker_exec rabbitmqctl -q list_connections user | awk '$1 != "user" {print $1}' | sort -u | paste -sd, -)
   [ "$connections" = ordersys_orders,ordersys_worker ] ||
     fail "connected to RabbitMQ as: $connections (expected ordersys_orders and ordersys_worker)"
   summary "RabbitMQ: users ordersys_migrate, ordersys_orders, ordersys_worker without tags (no guest, no administrator); orders and worker connect as their own"
@@ -297,7 +316,9 @@ CHECKS
       '{{$name := .Spec.Name}}{{with .Spec.EndpointSpec}}{{range .Ports}}{{$name}}:{{.PublishedPort}} {{end}}{{end}}' |
     tr ' ' '\n' | sed '/^$/d' | sort | paste -sd, -)
   [ "$published" = "${stack}_traefik:443,${stack}_traefik:81,${stack}_visualizer:8085" ] || fail "published ports: $published"
-  [ -z "$(docker port "$(running_tasks rabbitmq | sed -n 1p)")" ] || fail "rabbitmq's container publishes a port"
+  for node in "${BROKER_NODES[@]}"; do
+    [ -z "$(docker port "$(running_tasks "$node" | sed -n 1p)")" ] || fail "$node's container publishes a port"
+  done
   summary "published: ${published//,/, } only (no RabbitMQ management UI, no Traefik dashboard)"
 
   # Containers: read-only, no capability; healthy.

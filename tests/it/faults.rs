@@ -245,3 +245,47 @@ async fn sigterm_lets_a_worker_finish_its_batch_and_exit_0() {
     app.wait_until_settled(SETTLE).await;
     assert_eq!(app.assert_stock_invariant(&initial), 4);
 }
+
+/// `amqp.url` naming two brokers (two proxies to the one RabbitMQ, standing
+/// in for a cluster's nodes): the node every process connected to first is
+/// lost under load; each reconnects to the other, the API never fails a
+/// write, and the stock is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_broker_addresses_a_lost_node_is_left_for_the_other() {
+    let first = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let second = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let app = TestApp::build(true, |s| {
+        let via = |proxy: &Proxy| {
+            s.amqp
+                .url
+                .replace("127.0.0.1:5672", &proxy.addr.to_string())
+        };
+        s.amqp.url = format!("{}, {}", via(&first), via(&second));
+    })
+    .await;
+    let initial = load::products(&app, 5, 60).await;
+    let traffic = tokio::spawn({
+        let (orders, products) = (app.orders.clone(), ids(&initial));
+        async move { load::run(&[orders], &products, 500, 8, 6).await }
+    });
+    wait_for(
+        "stock to be reserved through the first node",
+        Duration::from_secs(30),
+        || async {
+            (app.db.count(
+                "SELECT count(*) AS n FROM commandes_produits WHERE statut_stock = 'RESERVE'",
+            ) >= 20)
+                .then_some(())
+        },
+    )
+    .await;
+    first.cut();
+    let report = traffic.await.unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    // With the first node gone for good, every change from here on can
+    // only be published and applied through the second.
+    let after = load::run(std::slice::from_ref(&app.orders), &ids(&initial), 200, 4, 7).await;
+    assert_eq!(after.failed, 0, "{after:?}");
+    app.wait_until_settled(SETTLE).await;
+    assert_eq!(app.assert_stock_invariant(&initial), 5);
+}

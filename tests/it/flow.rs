@@ -33,12 +33,15 @@ async fn history(app: &TestApp, line: i64) -> Vec<Value> {
 }
 
 async fn wait_for_history(app: &TestApp, line: i64, changes: usize) -> Vec<Value> {
+    // The worker may stamp a change applied before the relay's transaction,
+    // which stamps it published once the broker confirmed it, commits.
+    let settled = |c: &Value| !c["publie_le"].is_null() && !c["applique_le"].is_null();
     wait_for(
-        &format!("{changes} applied changes in line {line}'s history"),
+        &format!("{changes} published and applied changes in line {line}'s history"),
         Duration::from_secs(20),
         || async {
             let h = history(app, line).await;
-            (h.len() == changes && h.iter().all(|c| !c["applique_le"].is_null())).then_some(h)
+            (h.len() == changes && h.iter().all(settled)).then_some(h)
         },
     )
     .await
@@ -96,8 +99,17 @@ async fn one_request_id_follows_a_line_from_the_response_to_the_stock() {
         traceparent.contains(&message_id.replace('-', "")[..16]),
         "the span is the message: {traceparent} / {message_id}"
     );
-    // Published, not applied yet.
-    let before = history(&app, line).await;
+    // Published (stamped once the relay's transaction commits, which may
+    // be just after the broker took the message), not applied yet.
+    let before = wait_for(
+        "the change stamped published",
+        Duration::from_secs(20),
+        || async {
+            let h = history(&app, line).await;
+            h.iter().all(|c| !c["publie_le"].is_null()).then_some(h)
+        },
+    )
+    .await;
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["request_id"], server_id.as_str());
     assert_eq!(before[0]["client_request_id"], "checkout-42");

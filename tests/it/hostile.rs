@@ -906,12 +906,14 @@ fn redeclare(
 }
 
 #[tokio::test]
-async fn the_line_events_queue_and_its_dead_letters_are_bounded_like_the_stock_queue() {
+async fn every_queue_is_a_bounded_quorum_queue() {
     use amiquip::AmqpValue::{LongLongInt, LongString};
-    use ordersys::amqp::{DEAD_LETTER_MAX_LENGTH, WORK_QUEUE_MAX_LENGTH};
+    use ordersys::amqp::{
+        ALERTS_MAX_LENGTH, ALERTS_TTL_MS, DEAD_LETTER_MAX_LENGTH, WORK_QUEUE_MAX_LENGTH,
+    };
     use ordersys::messages::{
-        DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_QUEUE,
-        ORDER_EVENTS_QUEUE,
+        ALERTS_QUEUE, DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
+        ORDER_EVENTS_DEAD_LETTER_QUEUE, ORDER_EVENTS_QUEUE,
     };
     let broker = TestBroker::create();
     let settings = broker.settings();
@@ -927,12 +929,23 @@ async fn the_line_events_queue_and_its_dead_letters_are_bounded_like_the_stock_q
             ("x-delivery-limit", LongLongInt(limit)),
         ]
     };
-    let dead = vec![("x-max-length", LongLongInt(DEAD_LETTER_MAX_LENGTH))];
+    let dead = vec![
+        ("x-queue-type", LongString("quorum".into())),
+        ("x-max-length", LongLongInt(DEAD_LETTER_MAX_LENGTH)),
+    ];
     for (queue, arguments) in [
         (PRODUCT_QUEUE, work(DEAD_LETTER_EXCHANGE)),
         (ORDER_EVENTS_QUEUE, work(ORDER_EVENTS_DEAD_LETTER_EXCHANGE)),
         (DEAD_LETTER_QUEUE, dead.clone()),
         (ORDER_EVENTS_DEAD_LETTER_QUEUE, dead),
+        (
+            ALERTS_QUEUE,
+            vec![
+                ("x-queue-type", LongString("quorum".into())),
+                ("x-max-length", LongLongInt(ALERTS_MAX_LENGTH)),
+                ("x-message-ttl", LongLongInt(ALERTS_TTL_MS)),
+            ],
+        ),
     ] {
         // The broker accepts exactly these arguments…
         assert_eq!(

@@ -29,6 +29,7 @@ fn options_for(app_products: &str, app_orders: &str) -> Options {
         token: None,
         ca_file: None,
         report_every: Duration::from_secs(1),
+        history: None,
     }
 }
 
@@ -289,4 +290,92 @@ async fn the_command_names_a_bad_ca_file_and_a_refused_certificate_before_any_lo
     assert_eq!(app.db.count("SELECT count(*) AS n FROM produits"), 0);
     let (code, stderr) = load(ca(&edge.ca.ca_file)).await.unwrap();
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// `--history` records every change and its outcome; the check finds the
+/// final state agreeing with it, and finds what was changed behind its back.
+#[tokio::test]
+async fn a_recorded_history_checks_clean_and_tampering_is_found() {
+    let app = TestApp::with_worker().await;
+    let path = std::env::temp_dir().join(format!("ordersys-history-{}.jsonl", std::process::id()));
+    let mut options = options_for(&app.products_server.url(""), &app.orders_server.url(""));
+    // Every kind of change, and orders enough that some are idle (no
+    // request in flight) with lines when a validation is drawn.
+    options.mix = Mix::parse(
+        "read_order=6,create_order=10,create_line=35,change_quantity=15,change_product=10,\
+         delete_line=8,cancel_order=4,validate_order=12",
+    )
+    .unwrap();
+    options.rate = 80.0;
+    options.duration = Duration::from_secs(5);
+    // Few requests in flight, so that orders stay idle between them however
+    // slow the machine answers (a validation needs an idle order).
+    options.concurrency = 8;
+    options.history = Some(path.clone());
+    let report = load::run(&options).await.expect("the load runs");
+    let checked = report.checked.as_ref().expect("checked with --verify");
+    assert!(checked.holds(), "{}", checked.describe());
+    let findings = checked.findings.as_ref().unwrap();
+    let history = load::history::read(&path).expect("the history reads back");
+    assert_eq!(findings.operations, history.records.len());
+    assert_eq!(findings.ok, findings.operations, "{}", checked.describe());
+    assert!(ok(&report, Op::CreateLine) > 0 && ok(&report, Op::ValidateOrder) > 0);
+    let verified = report.verified.as_ref().expect("verified");
+    assert!(verified.holds(), "{}", verified.describe());
+
+    let check_options = load::CheckOptions {
+        products_url: options.products_url.clone(),
+        orders_url: options.orders_url.clone(),
+        token: None,
+        ca_file: None,
+        settle_timeout: Duration::from_secs(10),
+    };
+    // Three units taken from a product outside the pipeline: "taken twice".
+    let product = *history.run.products.keys().next().unwrap();
+    app.db
+        .run_as(
+            "postgres",
+            &format!("UPDATE produits SET quantite_en_stock = quantite_en_stock - 3 WHERE id = {product}"),
+        )
+        .unwrap();
+    let checked = load::check_recorded(&check_options, &path).await.unwrap();
+    let findings = checked.findings.as_ref().unwrap();
+    assert!(!checked.holds());
+    assert_eq!(findings.doubled.len(), 1, "{}", checked.describe());
+    assert!(
+        findings.doubled[0].contains("3 units taken twice"),
+        "{}",
+        checked.describe()
+    );
+    app.db
+        .run_as(
+            "postgres",
+            &format!("UPDATE produits SET quantite_en_stock = quantite_en_stock + 3 WHERE id = {product}"),
+        )
+        .unwrap();
+
+    // A created line the history forgets: its change is one the run "never sent".
+    let text = std::fs::read_to_string(&path).unwrap();
+    let forgotten = text
+        .lines()
+        .position(|l| l.contains("\"create_line\"") && l.contains("\"ok\""))
+        .expect("a created line");
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != forgotten)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    let checked = load::check_recorded(&check_options, &path).await.unwrap();
+    let findings = checked.findings.as_ref().unwrap();
+    assert!(
+        findings
+            .unexpected
+            .iter()
+            .any(|u| u.contains("a request the run never sent")),
+        "{}",
+        checked.describe()
+    );
+    std::fs::remove_file(&path).unwrap();
 }

@@ -11,7 +11,9 @@ if [ "${1:-}" = rabbitmq-server ]; then
     if [ -n "${RABBITMQ_DEFAULT_USER:-}" ]; then echo "default_user = $RABBITMQ_DEFAULT_USER"; fi
     if [ -n "${RABBITMQ_DEFAULT_PASS:-}" ]; then echo "default_pass = $RABBITMQ_DEFAULT_PASS"; fi
   } > /etc/rabbitmq/conf.d/10-defaults.conf
-  chown -R rabbitmq:rabbitmq /var/lib/rabbitmq
+  # Everything but the Erlang cookie, which may be a read-only secret.
+  find /var/lib/rabbitmq -path /var/lib/rabbitmq/.erlang.cookie -prune \
+    -o -exec chown rabbitmq:rabbitmq {} +
   unset RABBITMQ_DEFAULT_PASS
   exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups /usr/lib/rabbitmq/bin/rabbitmq-server
 fi
