@@ -484,8 +484,9 @@ swarm_rate_limit() {
   log "swarm: more requests in flight than the edge allows, then a burst beyond its rate limit"
   local product answers held
   product=$(value POST "$edge/produits/" '{"nom":"Burst","prix":1,"quantite_en_stock":100}' id)
-  # 60 requests at once, each sending its body slowly (3 kB at 300 B/s:
-  # about 10 s in flight), well within the rate limit's burst: 50 are let
+  # 60 requests at once, each sending its body slowly (2 kB at 300 B/s:
+  # about 7 s in flight, within ordersys's 10 s body timeout, which answers
+  # a slower body 408), well within the rate limit's burst: 50 are let
   # through, the others get 429 at once.
   held=$(slow_requests "$edge/produits/" 60 | sort | uniq -c | awk '{print $2, $1}')
   info "answers: $(tr '\n' ' ' <<<"$held")"
@@ -505,13 +506,13 @@ swarm_rate_limit() {
   summary "edge rate limit (100/s, burst 200 per client): a burst of 1500 requests, 40 at a time, answered $(awk '{printf "%s%s x%s", sep, $1, $2; sep = ", "}' <<<"$answers"); services healthy, served again after"
 }
 
-# slow_requests URL N: N product creations at once, each body (3 kB of
+# slow_requests URL N: N product creations at once, each body (2 kB of
 # JSON, mostly spaces) sent at 300 bytes a second; prints each one's HTTP
 # status (CURL and TOKEN as for http).
 slow_requests() {
   local body i pids=()
   body=$(mktemp)
-  { printf '{"nom":"Slow","prix":1,"quantite_en_stock":100'; printf '%3000s' ''; printf '}'; } >"$body"
+  { printf '{"nom":"Slow","prix":1,"quantite_en_stock":100'; printf '%2000s' ''; printf '}'; } >"$body"
   for ((i = 0; i < $2; i++)); do
     "${CURL[@]}" -s -o /dev/null -m 60 -w '%{http_code}\n' --limit-rate 300 \
       -H 'content-type: application/json' -H "Authorization: Bearer $TOKEN" \
