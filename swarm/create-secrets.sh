@@ -8,16 +8,23 @@
 #
 # A secret in use by a service cannot be removed: `docker stack rm ordersys`
 # first (volumes stay). Changing passwords on an existing deployment: the
-# PostgreSQL owner's password lives in the data volume (set at its first
-# start only; change it with ALTER ROLE too), the service roles' passwords are
-# set by `ordersys migrate` at every deploy, and RabbitMQ re-imports its users
-# from the definitions at every start.
+# PostgreSQL nodes set the passwords of the owner, `postgres` and
+# `replicator` from their secrets whenever one starts as, or becomes, the
+# primary, the service roles' passwords are set by `ordersys migrate` at
+# every deploy, and RabbitMQ re-imports its users from the definitions at
+# every start.
 #
 # Every value is generated (openssl rand) unless given in the environment;
 # nothing secret is printed, and nothing is written to disk but the private
 # key that signs the APIs' tokens (below):
 #
-#   POSTGRES_PASSWORD       PostgreSQL owner `ordersys` (superuser; used by migrate only)
+#   POSTGRES_PASSWORD       PostgreSQL owner `ordersys` (creates roles, owns the
+#                           database; used by migrate only)
+#   POSTGRES_SUPERUSER_PASSWORD    PostgreSQL superuser `postgres` (Patroni, pg_rewind,
+#                                  operators; no service has it)
+#   POSTGRES_REPLICATION_PASSWORD  PostgreSQL role `replicator` (the standby's streaming)
+#   PATRONI_RESTAPI_PASSWORD       user `patroni` of the PostgreSQL nodes' REST API writes
+#                                  (switchover, restart, configuration; reads need none)
 #   PRODUCTS_DB_PASSWORD    login role ordersys_products
 #   ORDERS_DB_PASSWORD      login role ordersys_orders
 #   WORKER_DB_PASSWORD      login role ordersys_worker
@@ -43,6 +50,9 @@
 #                           TLS_CERT_OUT (default ${XDG_CONFIG_HOME:-$HOME/.config}/ordersys/edge-cert.pem).
 #                           Its private key goes into the secret only.
 #   DATABASE_URL_PARAMS     optional query string for every PostgreSQL URL, e.g. sslmode=require
+#                           (target_session_attrs=read-write is always there)
+#   PG_HOSTS                the PostgreSQL nodes, comma-separated names without
+#                           ports (5432): default pg1,pg2
 #   AMQP_SCHEME             amqp (default) or amqps (TLS; port 5671 unless AMQP_PORT is set)
 #
 # Generated values cannot be read back from here; what needs them reads
@@ -76,6 +86,9 @@ umask 077
 
 secrets=(
   ordersys_postgres_password
+  ordersys_pg_superuser_password
+  ordersys_pg_replication_password
+  ordersys_patroni_restapi_password
   ordersys_migrate_database_url
   ordersys_products_database_url
   ordersys_orders_database_url
@@ -220,6 +233,18 @@ erlang_cookie=$(value RABBITMQ_ERLANG_COOKIE)
   exit 1
 }
 grafana_admin=$(value GRAFANA_ADMIN_PASSWORD)
+pg_superuser=$(value POSTGRES_SUPERUSER_PASSWORD)
+pg_replication=$(value POSTGRES_REPLICATION_PASSWORD)
+patroni_restapi=$(value PATRONI_RESTAPI_PASSWORD)
+# Patroni (Debian's 4.0.7) quotes the superuser's and the replication
+# role's passwords as Latin-1: a non-ASCII character fails the cluster's
+# bootstrap. Printable ASCII only for these two.
+for v in POSTGRES_SUPERUSER_PASSWORD POSTGRES_REPLICATION_PASSWORD; do
+  [[ -z ${!v:-} || ${!v} =~ ^[[:print:]]+$ && ${!v} != *[^[:ascii:]]* ]] || {
+    echo "create-secrets: $v must be printable ASCII (Patroni cannot bootstrap with another character)" >&2
+    exit 1
+  }
+done
 
 user_json() { # user_json NAME PASSWORD
   printf '    {"name": "%s", "password_hash": "%s", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}' \
@@ -249,7 +274,17 @@ if [ "$action" = definitions ]; then
   exit 0
 fi
 
-params=${DATABASE_URL_PARAMS:+?${DATABASE_URL_PARAMS#\?}}
+# Every PostgreSQL URL names both nodes; libpq tries them in turn and keeps
+# the one that takes writes (the primary), so a service follows a failover
+# at its next connection. Names without ports: ordersys reads the URL
+# (Rust's url crate), which takes "pg1,pg2" as one host but refuses
+# "pg1:5432,pg2:5432" (an invalid port): the process would not start.
+pg_hosts=${PG_HOSTS:-pg1,pg2}
+[[ $pg_hosts =~ ^[A-Za-z0-9.-]+(,[A-Za-z0-9.-]+)*$ ]] || {
+  echo "create-secrets: PG_HOSTS must be host names separated by commas, without ports (5432)" >&2
+  exit 1
+}
+params=target_session_attrs=read-write${DATABASE_URL_PARAMS:+&${DATABASE_URL_PARAMS#\?}}
 case ${AMQP_SCHEME:=amqp} in
   amqp) amqp_port=${AMQP_PORT:-5672} ;;
   amqps) amqp_port=${AMQP_PORT:-5671} ;;
@@ -332,7 +367,7 @@ for name in "${secrets[@]}"; do
   fi
 done
 
-pg_url() { printf 'postgres://%s:%s@postgres:5432/ordersys%s' "$1" "$(urlencode "$2")" "$params"; }
+pg_url() { printf 'postgres://%s:%s@%s/ordersys?%s' "$1" "$(urlencode "$2")" "$pg_hosts" "$params"; }
 # Every node of the broker cluster, comma-separated: a service connects to
 # the first it reaches (each process starts at a random one, each further connection at the next).
 amqp_url() {
@@ -344,6 +379,9 @@ amqp_url() {
 }
 
 create ordersys_postgres_password "$postgres_password"
+create ordersys_pg_superuser_password "$pg_superuser"
+create ordersys_pg_replication_password "$pg_replication"
+create ordersys_patroni_restapi_password "$patroni_restapi"
 create ordersys_migrate_database_url "$(pg_url ordersys "$postgres_password")"
 create ordersys_products_database_url "$(pg_url ordersys_products "$products_db")"
 create ordersys_orders_database_url "$(pg_url ordersys_orders "$orders_db")"

@@ -117,13 +117,15 @@ impl Retention {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// The connection is gone or unusable (server restarted or shutting
-    /// down, backend terminated, too many connections, network cut): drop
-    /// it, reconnect, try again.
+    /// down, backend terminated, too many connections, network cut, or a
+    /// server that no longer takes writes: a standby, a demoted primary):
+    /// drop it, reconnect (libpq's target_session_attrs=read-write then
+    /// finds the primary), try again.
     Connection,
     /// Anything else the server reports (a deadlock, a serialization
-    /// failure, a read-only transaction during a failover, a statement or
-    /// lock timeout, a concurrent insert of the same key, a full disk, a
-    /// missing privilege): not the data's fault; try again.
+    /// failure, a statement or lock timeout, a concurrent insert of the
+    /// same key, a full disk, a missing privilege): not the data's fault;
+    /// try again.
     Transient,
     /// The data breaks a rule of the schema (a constraint, a value out of
     /// range or of the wrong form): trying again changes nothing.
@@ -147,7 +149,11 @@ pub fn classify(error: &Error) -> Failure {
     let message = info.message();
     let has = |needle: &str| message.contains(needle);
     match kind {
-        Kind::ClosedConnection | Kind::UnableToSendCommand => Failure::Connection,
+        // 25006: this server is read-only now; the same connection would
+        // say so for ever.
+        Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::ReadOnlyTransaction => {
+            Failure::Connection
+        }
         Kind::CheckViolation
         | Kind::NotNullViolation
         | Kind::ForeignKeyViolation
@@ -238,7 +244,13 @@ mod tests {
                 ),
                 Failure::Transient,
             ),
-            (database(Kind::ReadOnlyTransaction, "x"), Failure::Transient),
+            (
+                database(
+                    Kind::ReadOnlyTransaction,
+                    "cannot execute INSERT in a read-only transaction",
+                ),
+                Failure::Connection,
+            ),
             (database(Kind::CheckViolation, "x"), Failure::Refused),
             (
                 database(Kind::Unknown, "integer out of range"),

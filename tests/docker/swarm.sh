@@ -7,11 +7,12 @@
 
 source tests/docker/faults.sh
 source tests/docker/broker-cluster.sh
+source tests/docker/db-cluster.sh
 
 stack=ordersys
 network=${stack}_ordersys
 client=ordersys-ci-client
-volumes="${stack}_postgres-data ${stack}_rabbitmq1-data ${stack}_rabbitmq2-data ${stack}_rabbitmq3-data ${stack}_prometheus-data"
+volumes="${stack}_etcd1-data ${stack}_etcd2-data ${stack}_etcd3-data ${stack}_pg1-data ${stack}_pg2-data ${stack}_rabbitmq1-data ${stack}_rabbitmq2-data ${stack}_rabbitmq3-data ${stack}_prometheus-data"
 
 # swarm_exec SERVICE COMMAND...: runs COMMAND in a running task of SERVICE.
 swarm_exec() {
@@ -77,9 +78,11 @@ scenario_swarm() {
     RABBITMQ_MIGRATE_PASSWORD="migrate-$run" RABBITMQ_ORDERS_PASSWORD="orders-$run/@:%" \
     RABBITMQ_WORKER_PASSWORD="worker-$run?#" JWT_PRIVATE_KEY_FILE="$jwt/ed25519.pem" \
     TLS_CERT_OUT="$jwt/edge-cert.pem" swarm/create-secrets.sh --replace >/dev/null
-  # One node here: it holds the data and all three broker nodes.
+  # One node here: it holds the data, both PostgreSQL nodes and all three
+  # broker nodes (and so the etcd members).
   docker node update --label-add ordersys.data=true --label-add ordersys.rabbitmq1=true \
     --label-add ordersys.rabbitmq2=true --label-add ordersys.rabbitmq3=true \
+    --label-add ordersys.pg1=true --label-add ordersys.pg2=true \
     "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
   [ "$(stat -c %a "$jwt/ed25519.pem")" = 600 ] ||
     fail "create-secrets wrote the private key with mode $(stat -c %a "$jwt/ed25519.pem"), not 0600"
@@ -117,8 +120,8 @@ scenario_swarm() {
   wait_until "migrate to complete" 300 migrate_completed
   summary "migrate completed in $((SECONDS - t)) s (after $(migrate_tasks Failed) failed attempts while the database or broker was starting)"
   wait_until "every service with an image to run n/n" 300 \
-    all_running postgres rabbitmq1 rabbitmq2 rabbitmq3 products orders worker traefik socket-proxy prometheus
-  summary "stack deploy (no option ignored): postgres, rabbitmq1..3, products 2/2, orders 2/2, worker 2/2, traefik, socket-proxy, prometheus running in $((SECONDS - t)) s"
+    all_running etcd1 etcd2 etcd3 pg1 pg2 rabbitmq1 rabbitmq2 rabbitmq3 products orders worker traefik socket-proxy prometheus
+  summary "stack deploy (no option ignored): etcd1..3, pg1, pg2, rabbitmq1..3, products 2/2, orders 2/2, worker 2/2, traefik, socket-proxy, prometheus running in $((SECONDS - t)) s"
   summary "not run here: visualizer and grafana (no image can be had; deployed with 0 replicas)"
 
   docker rm -f "$client" >/dev/null 2>&1 || true
@@ -133,7 +136,7 @@ scenario_swarm() {
   edge=https://localhost
   CURL=(curl --cacert "$jwt/edge-cert.pem")
   PROM=(docker exec "$client" curl)
-  PSQL=(swarm_exec postgres psql -U ordersys -d ordersys)
+  PSQL=(pg_psql)
   queue_depth() { swarm_queue messages; }
   wait_until "products and orders to be ready through Traefik" 120 eval \
     'http GET $edge/produits/ && http GET $edge/commandes'
@@ -147,6 +150,7 @@ scenario_swarm() {
   summary "Prometheus (tasks.<service> discovery): every target up ($targets) in $((SECONDS - t)) s"
 
   swarm_broker_cluster
+  swarm_db_cluster
 
   swarm_who_may_do_what
 
@@ -216,6 +220,7 @@ scenario_swarm() {
   swarm_rolling
   swarm_rate_limit
   swarm_broker_faults
+  swarm_db_faults
 
   log "swarm: docker stack rm"
   docker rm -f "$client" >/dev/null
@@ -341,7 +346,8 @@ CHECKS
 # The roles PostgreSQL's client connections logged in as, but this one.
 connected_roles() {
   sql "SELECT string_agg(DISTINCT usename::text, ',' ORDER BY usename::text) FROM pg_stat_activity
-        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+          AND application_name NOT IN ('Patroni', 'Patroni heartbeat', 'Patroni restapi')"
 }
 
 # tasks_healthy SERVICE: every running task's container is healthy.
