@@ -120,7 +120,7 @@ config = {
     "etcd3": {"hosts": etcd},
     "bootstrap": {
         # Written to etcd by the node that bootstraps the cluster, once;
-        # afterwards `patronictl edit-config` changes them (NOTES.md).
+        # afterwards `patronictl edit-config` changes them (docs/deployment.md).
         "dcs": {
             # Leader lock: 20 s (Patroni's minimum). A primary that cannot
             # renew it demotes itself within loop_wait + 2 * retry_timeout
@@ -133,7 +133,8 @@ config = {
             # before the replica takes over (default 300).
             "primary_start_timeout": 10,
             # Only the synchronous standby may be promoted; with it gone the
-            # primary goes on alone (not strict: NOTES.md says why).
+            # primary goes on alone (not strict: docs/deployment.md,
+            # "The database cluster", says why).
             "synchronous_mode": True,
             "synchronous_mode_strict": False,
             "synchronous_node_count": 1,

@@ -100,8 +100,9 @@ fault_pg_primary_lost() {
 
 # The primary frozen (docker pause) past the lock's expiry: the standby
 # takes over; at the thaw the old primary finds the lock gone and demotes
-# itself before anything it held is acknowledged (needs ordersys's commit
-# without statement_timeout: NOTES.md); its connections end then.
+# itself before anything it held is acknowledged (no statement timeout
+# cancels a commit's wait for the standby: database.commit_waits_for_standby);
+# its connections end then.
 fault_pg_primary_frozen() {
   local primary standby c
   primary=$(pg_primary) || fail "no primary before the fault"
