@@ -41,7 +41,6 @@ pub struct DatabaseSettings {
     pub statement_timeout_ms: u64,
     pub tcp_user_timeout_ms: u64,
     pub idle_in_transaction_timeout_ms: u64,
-    pub commit_waits_for_standby: bool,
     pub migrate_on_start: bool,
 }
 
@@ -97,7 +96,6 @@ impl std::fmt::Debug for DatabaseSettings {
                 "idle_in_transaction_timeout_ms",
                 &self.idle_in_transaction_timeout_ms,
             )
-            .field("commit_waits_for_standby", &self.commit_waits_for_standby)
             .field("migrate_on_start", &self.migrate_on_start)
             .finish()
     }

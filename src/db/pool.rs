@@ -103,27 +103,13 @@ fn client_parameters(
 }
 
 /// The server's settings for this session (`-c key=value`).
-///
-/// When commits wait for a synchronous standby, the statement timeout
-/// bounds lock waits only (`lock_timeout`): a statement timeout that fires
-/// while a COMMIT waits for the standby cancels the wait, and PostgreSQL
-/// then reports the commit as done although the standby may never have
-/// had it; after a failover it would be gone. Without the cancel, the
-/// COMMIT waits until the standby has it, or until the server stops
-/// (a demotion), which ends the connection without an answer: an unknown
-/// outcome, never a false one.
 fn server_parameters(settings: &DatabaseSettings) -> Vec<(&'static str, String)> {
     let probe_secs = (settings.tcp_user_timeout_ms / 3000).max(1);
-    let bound = settings.statement_timeout_ms.to_string();
-    let mut parameters = if settings.commit_waits_for_standby {
-        vec![
-            ("statement_timeout", "0".to_owned()),
-            ("lock_timeout", bound),
-        ]
-    } else {
-        vec![("statement_timeout", bound)]
-    };
-    parameters.extend([
+    vec![
+        (
+            "statement_timeout",
+            settings.statement_timeout_ms.to_string(),
+        ),
         (
             "idle_in_transaction_session_timeout",
             settings.idle_in_transaction_timeout_ms.to_string(),
@@ -132,8 +118,7 @@ fn server_parameters(settings: &DatabaseSettings) -> Vec<(&'static str, String)>
         ("tcp_keepalives_interval", probe_secs.to_string()),
         ("tcp_keepalives_count", "3".to_owned()),
         ("tcp_user_timeout", settings.tcp_user_timeout_ms.to_string()),
-    ]);
-    parameters
+    ]
 }
 
 /// Percent-encodes a query value as libpq reads it (`%20`, never `+`).
@@ -154,7 +139,6 @@ mod tests {
             statement_timeout_ms: 250,
             tcp_user_timeout_ms: 15000,
             idle_in_transaction_timeout_ms: 60000,
-            commit_waits_for_standby: false,
             migrate_on_start: true,
         }
     }
@@ -208,22 +192,6 @@ mod tests {
         assert!(
             options.starts_with("-c statement_timeout=9 -c idle_in") && !options.contains("250"),
             "{options}"
-        );
-    }
-
-    #[test]
-    fn with_a_synchronous_standby_the_timeout_bounds_lock_waits_not_the_commit() {
-        let mut settings = settings("postgres://u@pg1,pg2/db?target_session_attrs=read-write");
-        settings.commit_waits_for_standby = true;
-        let url = connection_url(&settings, "orders");
-        let options = parameter(&url, "options").unwrap();
-        assert!(
-            options.starts_with("-c statement_timeout=0 -c lock_timeout=250 -c idle_in"),
-            "{options}"
-        );
-        assert_eq!(
-            parameter(&url, "target_session_attrs").as_deref(),
-            Some("read-write")
         );
     }
 

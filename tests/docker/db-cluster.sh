@@ -24,6 +24,12 @@ pg_primary() {
   done
   return 1
 }
+# writable NODE: NODE's PostgreSQL takes writes now (asked over its own
+# socket, which a partition leaves open; a stopped server does not).
+writable() {
+  [ "$(swarm_exec "$1" timeout 3 psql -X -h /run/postgresql -U postgres -d postgres \
+    -Atc 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]
+}
 pg_other() { if [ "$1" = pg1 ]; then echo pg2; else echo pg1; fi; }
 pg_psql() {
   local primary
@@ -86,10 +92,10 @@ fault_pg_primary_lost() {
   primary=$(pg_primary) || fail "no primary before the fault"
   standby=$(pg_other "$primary")
   victim=$(running_tasks "$primary")
-  docker kill "$victim" >/dev/null
-  docker service scale --detach "${stack}_$primary=0" >/dev/null
   at_exit "docker service scale --detach ${stack}_$primary=1 >/dev/null"
   fault_t0=$SECONDS
+  docker kill "$victim" >/dev/null
+  docker service scale --detach "${stack}_$primary=0" >/dev/null
   wait_until "$standby to be promoted" 60 eval '[ "$(rest '"$standby"' /primary)" = 200 ]'
   local promoted=$((SECONDS - fault_t0))
   hold_until 30
@@ -100,17 +106,16 @@ fault_pg_primary_lost() {
 
 # The primary frozen (docker pause) past the lock's expiry: the standby
 # takes over; at the thaw the old primary finds the lock gone and demotes
-# itself before anything it held is acknowledged (no statement timeout
-# cancels a commit's wait for the standby: database.commit_waits_for_standby);
-# its connections end then.
+# itself; a commit waiting there for the standby is never acknowledged
+# (docs/deployment.md, "The database cluster"); its connections end then.
 fault_pg_primary_frozen() {
   local primary standby c
   primary=$(pg_primary) || fail "no primary before the fault"
   standby=$(pg_other "$primary")
   c=$(running_tasks "$primary")
-  docker pause "$c" >/dev/null
   at_exit "docker unpause $c"
   fault_t0=$SECONDS
+  docker pause "$c" >/dev/null
   wait_until "$standby to be promoted" 60 eval '[ "$(rest '"$standby"' /primary)" = 200 ]'
   local promoted=$((SECONDS - fault_t0))
   hold_until 30
@@ -125,26 +130,32 @@ fault_pg_primary_frozen() {
 # nothing and get no reset; Swarm's health check, run inside the task,
 # still passes, so it keeps its name and is not restarted).
 fault_pg_primary_partitioned() {
-  local primary standby pid
+  local primary standby pid demoted= promoted=
   primary=$(pg_primary) || fail "no primary before the fault"
   standby=$(pg_other "$primary")
   pid=$(pid_of "$(running_tasks "$primary")")
-  nsenter -t "$pid" -n iptables -w -I INPUT ! -i lo -j DROP
-  nsenter -t "$pid" -n iptables -w -I OUTPUT ! -o lo -j DROP
   at_exit "nsenter -t $pid -n iptables -w -D INPUT ! -i lo -j DROP; nsenter -t $pid -n iptables -w -D OUTPUT ! -o lo -j DROP"
   fault_t0=$SECONDS
-  wait_until "$standby to be promoted" 60 eval '[ "$(rest '"$standby"' /primary)" = 200 ]'
-  local promoted=$((SECONDS - fault_t0))
-  # The cut-off node stops PostgreSQL once it cannot renew its lock
-  # (loop_wait + 2 * retry_timeout): never two primaries.
-  wait_until "$primary to stop being a primary" 30 eval '[ "$(rest '"$primary"' /primary)" != 200 ]'
-  local demoted=$((SECONDS - fault_t0))
+  nsenter -t "$pid" -n iptables -w -I INPUT ! -i lo -j DROP
+  nsenter -t "$pid" -n iptables -w -I OUTPUT ! -o lo -j DROP
+  # Never two primaries: once the standby takes writes, the cut-off node
+  # must not (it stops PostgreSQL once it cannot renew its lock).
+  until [ -n "$promoted" ]; do
+    ((SECONDS - fault_t0 < 60)) || fail "$standby not promoted within 60 s of the partition"
+    [ -n "$demoted" ] || writable "$primary" || demoted=$((SECONDS - fault_t0))
+    if writable "$standby"; then
+      ! writable "$primary" || fail "two primaries: $primary still takes writes while $standby does"
+      promoted=$((SECONDS - fault_t0))
+    else
+      sleep 0.5
+    fi
+  done
   hold_until 35
   nsenter -t "$pid" -n iptables -w -D INPUT ! -i lo -j DROP
   nsenter -t "$pid" -n iptables -w -D OUTPUT ! -o lo -j DROP
   local healed=$SECONDS
   wait_until "$primary to rejoin as the synchronous standby" 180 pg_healthy "$standby"
-  detected="$primary demoted itself at $demoted s, $standby promoted at $promoted s; $primary rewound and back as its standby $((SECONDS - healed)) s after the heal"
+  detected="$primary stopped taking writes at ${demoted:-$promoted} s, $standby took them at $promoted s (never both); $primary rewound and back as its standby $((SECONDS - healed)) s after the heal"
 }
 
 # under_db_fault NAME DESCRIPTION MAX_FAILED_SECS: under_fault, then the

@@ -281,7 +281,7 @@ swarm_who_may_do_what() {
   summary "APIs: reads and writes without a token or with a malformed one 401; a token without the route's scope 403 (reads, stock:correct too); EdDSA tokens, the services holding only the public key (private key 0600 on the operator's side); ten-year --ttl refused; access lines carry sub"
 
   # PostgreSQL: each service logs in as its own role; only migrate used the owner.
-  # (A retry or two: pg_isready of the health check connects now and then.)
+  # (A retry or two: a health check or Patroni's callback may be connected for a moment.)
   wait_until "PostgreSQL connections as the three service roles only" 30 eval \
     '[ "$(connected_roles)" = ordersys_orders,ordersys_products,ordersys_worker ]'
   local check expect out
@@ -347,7 +347,7 @@ CHECKS
 connected_roles() {
   sql "SELECT string_agg(DISTINCT usename::text, ',' ORDER BY usename::text) FROM pg_stat_activity
         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-          AND application_name NOT IN ('Patroni', 'Patroni heartbeat', 'Patroni restapi')"
+          AND application_name NOT IN ('Patroni', 'Patroni heartbeat', 'Patroni restapi', 'patroni-roles')"
 }
 
 # tasks_healthy SERVICE: every running task's container is healthy.

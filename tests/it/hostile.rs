@@ -326,43 +326,6 @@ async fn every_statement_runs_under_a_timeout() {
     );
 }
 
-/// With a synchronous standby, the timeout bounds lock waits and never
-/// cancels a statement that runs (a COMMIT waiting for the standby is one):
-/// a lock held elsewhere still ends in a transient failure.
-#[tokio::test]
-async fn with_a_synchronous_standby_only_lock_waits_are_timed_out() {
-    use diesel::connection::SimpleConnection;
-    use diesel::RunQueryDsl;
-    let db = TestDb::migrated();
-    let mut settings = ordersys::settings::Settings::load_from(None, &[], &|_| None).unwrap();
-    settings.database.url = db.url.clone();
-    settings.database.statement_timeout_ms = 100;
-    settings.database.commit_waits_for_standby = true;
-    let mut conn = ordersys::db::connect(&settings.database, "standby-test").unwrap();
-    diesel::sql_query("SELECT pg_sleep(0.3)")
-        .execute(&mut conn)
-        .expect("a statement longer than the timeout runs to its end");
-    let mut holder = ordersys::db::connect(&settings.database, "holder").unwrap();
-    holder
-        .batch_execute("BEGIN; LOCK TABLE produits IN ACCESS EXCLUSIVE MODE")
-        .unwrap();
-    let started = Instant::now();
-    let error = diesel::sql_query("SELECT count(*) FROM produits")
-        .execute(&mut conn)
-        .unwrap_err();
-    assert!(error.to_string().contains("lock timeout"), "{error}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        ordersys::db::classify(&error),
-        ordersys::db::Failure::Transient,
-        "{error}"
-    );
-}
-
 #[tokio::test]
 async fn oversized_or_out_of_bounds_messages_are_dead_lettered_with_their_reason() {
     let app = TestApp::build(true, |s| s.worker.max_message_bytes = 1000).await;
