@@ -3,7 +3,7 @@
 # etcd1..3; then the primary lost for good (a lost machine), partitioned
 # away (every packet dropped, no reset) and frozen, each under a recorded
 # load through Traefik (faults.sh's under_fault): nothing acknowledged
-# lost or doubled, and writes failing for at most 30 s (45 s for a 30 s
+# lost or doubled, and writes failing for at most 30 s (50 s for a 30 s
 # freeze: the requests on the frozen node's connections wait for the thaw).
 
 DB_NODES=(pg1 pg2)
@@ -177,8 +177,8 @@ swarm_db_faults() {
   under_db_fault pg_primary_partitioned "PostgreSQL primary partitioned away (every packet dropped)" 30
   # Frozen 30 s: the requests on its connections wait for the thaw (no
   # timeout of ordersys's own ends a query the kernel keeps acknowledging),
-  # when Patroni demotes it and they fail; writes resume after that (15 s
+  # when Patroni demotes it and they fail; writes resume after that (20 s
   # allowed past the freeze).
-  under_db_fault pg_primary_frozen "PostgreSQL primary frozen 30 s" 45
+  under_db_fault pg_primary_frozen "PostgreSQL primary frozen 30 s" 50
   faults_table "swarm PostgreSQL faults: every history checked clean, in $((SECONDS - t)) s"
 }
