@@ -156,8 +156,11 @@ under_fault() {
     --max-error-rate 1 --verify --settle-timeout 120 --history "/history/$name.jsonl" >"$out" 2>&1 &
   load=$!
   wait_until "5 s of load before $what" 60 grep -q '^load: t=5' "$out"
+  # A fault that waits for the system to be whole again after its heal
+  # says when it healed (fault_healed, seconds after fault_t0).
+  fault_healed=
   "fault_$name"
-  held=$((SECONDS - fault_t0))
+  held=${fault_healed:-$((SECONDS - fault_t0))}
   wait "$load" || fail "$what: the load or its check failed: $(grep -A30 -E '^(history|verify)' "$out" || tail -20 "$out")"
   figures=$(grep '^history: ' "$out") || fail "$what: no history check in: $(tail -20 "$out")"
   # The last changes' own events (stock alerts, line events) may still be

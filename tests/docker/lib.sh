@@ -17,12 +17,17 @@ summary() {
 
 # Cleanups run at exit, last registered first, whether the run passed or not.
 at_exit() { cleanups+=("$*"); }
-on_exit() {
-  local status=$1 i
+run_cleanups() {
+  local i
   # Each in a subshell: one that fails (or calls fail) does not stop the others.
   for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do
     (eval "${cleanups[i]}") >/dev/null 2>&1 || true
   done
+  cleanups=()
+}
+on_exit() {
+  local status=$1
+  run_cleanups
   printf '\n== Docker scenarios: summary\n'
   local line
   for line in "${summary_lines[@]}"; do printf '   %s\n' "$line"; done

@@ -123,6 +123,13 @@ scenario_swarm() {
     all_running etcd1 etcd2 etcd3 pg1 pg2 rabbitmq1 rabbitmq2 rabbitmq3 products orders worker traefik socket-proxy prometheus
   summary "stack deploy (no option ignored): etcd1..3, pg1, pg2, rabbitmq1..3, products 2/2, orders 2/2, worker 2/2, traefik, socket-proxy, prometheus running in $((SECONDS - t)) s"
   summary "not run here: visualizer and grafana (no image can be had; deployed with 0 replicas)"
+  local networks
+  networks=$(for n in ordersys socket-proxy patroni; do
+    docker network inspect "${stack}_$n" --format "$n {{.Driver}} internal={{.Internal}} encrypted={{index .Options \"encrypted\"}}"
+  done | paste -sd, -)
+  [ "$networks" = "ordersys overlay internal=false encrypted=true,socket-proxy overlay internal=true encrypted=true,patroni overlay internal=true encrypted=true" ] ||
+    fail "the stack's networks are not as swarm/stack.yml has them: $networks"
+  summary "networks as the stack has them: ${networks//,/, }"
 
   docker rm -f "$client" >/dev/null 2>&1 || true
   local state
