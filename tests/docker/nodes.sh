@@ -203,9 +203,7 @@ scenario_nodes() {
     fail "docker stack deploy: $deployed"
   [[ $deployed != *"Ignoring"* ]] || fail "docker stack deploy ignored part of the stack: $deployed"
   local networks
-  networks=$(for n in ordersys socket-proxy patroni; do
-    docker network inspect "${stack}_$n" --format "$n {{.Driver}} internal={{.Internal}} encrypted={{index .Options \"encrypted\"}}"
-  done | paste -sd, -)
+  networks=$(stack_networks)
   [ "$networks" = "ordersys overlay internal=false encrypted=,socket-proxy overlay internal=true encrypted=,patroni overlay internal=true encrypted=" ] ||
     fail "the stack's networks are not as nodes-test.yml has them: $networks"
   wait_until "migrate to complete" 300 migrate_completed

@@ -22,6 +22,15 @@ swarm_exec() {
   docker exec -i "$container" "${@:2}"
 }
 
+# The stack's networks as the engine made them, e.g. "ordersys overlay
+# internal=false encrypted=true,socket-proxy ...".
+stack_networks() {
+  local n
+  for n in ordersys socket-proxy patroni; do
+    docker network inspect "${stack}_$n" --format "$n {{.Driver}} internal={{.Internal}} encrypted={{index .Options \"encrypted\"}}"
+  done | paste -sd, -
+}
+
 # "running/desired" of a service, e.g. 2/2.
 replicas() { docker service ls --filter "name=${stack}_$1" --format '{{.Name}} {{.Replicas}}' |
   awk -v n="${stack}_$1" '$1 == n {print $2}'; }
@@ -124,9 +133,7 @@ scenario_swarm() {
   summary "stack deploy (no option ignored): etcd1..3, pg1, pg2, rabbitmq1..3, products 2/2, orders 2/2, worker 2/2, traefik, socket-proxy, prometheus running in $((SECONDS - t)) s"
   summary "not run here: visualizer and grafana (no image can be had; deployed with 0 replicas)"
   local networks
-  networks=$(for n in ordersys socket-proxy patroni; do
-    docker network inspect "${stack}_$n" --format "$n {{.Driver}} internal={{.Internal}} encrypted={{index .Options \"encrypted\"}}"
-  done | paste -sd, -)
+  networks=$(stack_networks)
   [ "$networks" = "ordersys overlay internal=false encrypted=true,socket-proxy overlay internal=true encrypted=true,patroni overlay internal=true encrypted=true" ] ||
     fail "the stack's networks are not as swarm/stack.yml has them: $networks"
   summary "networks as the stack has them: ${networks//,/, }"
