@@ -180,7 +180,7 @@ scenario_nodes() {
   local -x DOCKER_HOST="unix://$nodes_dir/$control_node/docker.sock"
 
   log "nodes: the secrets, the placement labels"
-  local run=$RANDOM$RANDOM jwt token
+  local run=$RANDOM$RANDOM jwt
   jwt=$nodes_dir/jwt
   mkdir -p "$jwt"
   POSTGRES_PASSWORD="pg-$run" PRODUCTS_DB_PASSWORD="products-$run" ORDERS_DB_PASSWORD="orders-$run" \
@@ -188,8 +188,8 @@ scenario_nodes() {
     RABBITMQ_ORDERS_PASSWORD="orders-$run" RABBITMQ_WORKER_PASSWORD="worker-$run" \
     JWT_PRIVATE_KEY_FILE="$jwt/ed25519.pem" TLS_HOSTNAMES="$(node_ip "$control_node")" \
     TLS_CERT_OUT="$jwt/edge-cert.pem" swarm/create-secrets.sh --replace >/dev/null
-  # One PostgreSQL node, one broker node (and its etcd member) per machine;
-  # the edge on the third, which holds no PostgreSQL node.
+  # A broker node (and its etcd member) on each machine, a PostgreSQL node
+  # on each of the first two; the edge on the third.
   docker node update --label-add ordersys.data=true --label-add ordersys.pg1=true \
     --label-add ordersys.rabbitmq1=true node1 >/dev/null
   docker node update --label-add ordersys.pg2=true --label-add ordersys.rabbitmq2=true node2 >/dev/null
