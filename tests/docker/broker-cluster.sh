@@ -28,6 +28,14 @@ broker_running_nodes() { # broker_running_nodes NODE
     jq -r '.running_nodes | sort | join(",")'
 }
 all_nodes=rabbit@rabbitmq1,rabbit@rabbitmq2,rabbit@rabbitmq3
+# brokers_whole SECONDS: waits until each broker node sees the three running.
+brokers_whole() {
+  local node
+  for node in "${BROKER_NODES[@]}"; do
+    wait_until "$node to see the three broker nodes running" "$1" \
+      eval '[ "$(broker_running_nodes '"$node"')" = '"$all_nodes"' ]'
+  done
+}
 
 # Every queue and its online members, one line each: "NAME TYPE n/3".
 queue_members() {
@@ -43,11 +51,8 @@ queues_replicated() {
 
 swarm_broker_cluster() {
   log "swarm: the broker cluster (three RabbitMQ nodes, quorum queues on each)"
-  local t=$SECONDS node
-  for node in "${BROKER_NODES[@]}"; do
-    wait_until "$node to see the three nodes running" 120 \
-      eval '[ "$(broker_running_nodes '"$node"')" = '"$all_nodes"' ]'
-  done
+  local t=$SECONDS
+  brokers_whole 120
   # A queue declared before every node had joined gets its missing members
   # within a minute (continuous membership reconciliation).
   wait_until "every queue replicated on the three nodes" 150 queues_replicated

@@ -106,11 +106,7 @@ fault_node_partitioned() {
   fault_healed=$((healed - fault_t0))
   wait_until "$victim back in the Swarm" 120 nodes_ready
   wait_until "$primary to rejoin as the synchronous standby" 180 pg_healthy "$standby"
-  local node
-  for node in "${BROKER_NODES[@]}"; do
-    wait_until "$node to see the three broker nodes running" 180 \
-      eval '[ "$(broker_running_nodes '"$node"')" = '"$all_nodes"' ]'
-  done
+  brokers_whole 180
   wait_until "every service at its replicas" 180 \
     all_running etcd1 etcd2 etcd3 pg1 pg2 rabbitmq1 rabbitmq2 rabbitmq3 products orders worker traefik socket-proxy
   local marked="Swarm had not marked $victim down by the heal"
