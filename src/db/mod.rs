@@ -9,6 +9,7 @@
 
 pub mod coalesce;
 pub mod fixed;
+pub mod gather;
 pub mod migrate;
 mod pool;
 pub mod processed;

@@ -10,6 +10,7 @@ use super::{Api, AppState};
 use crate::auth::{ApiScopes, Scope};
 use crate::db::Database;
 use crate::domain::{FieldError, LineId, OrderId, OrderStatus, Page, Pagination};
+use crate::orders::group::{LineCreation, LineWrites};
 use crate::orders::model::{
     LineChange, LineChanges, LineCreate, LineUpdate, NewLine, Order, OrderInput, OrderLine,
 };
@@ -27,6 +28,7 @@ struct ValidationTimeout(std::time::Duration);
 /// validations time out after `validation_timeout`.
 pub fn api(db: &Database, validation_timeout: std::time::Duration) -> Api {
     let reads = web::Data::new(crate::orders::reads(db.clone()));
+    let line_writes = web::Data::new(crate::orders::group::line_writes(db.clone()));
     Api {
         title: "ordersys orders",
         description: "Orders and their lines. Every line change is carried to the stock worker \
@@ -39,6 +41,7 @@ pub fn api(db: &Database, validation_timeout: std::time::Duration) -> Api {
                 validation_timeout,
             )));
             cfg.app_data(reads.clone());
+            cfg.app_data(line_writes.clone());
             routes(cfg)
         }),
         scopes: Some(ApiScopes {
@@ -259,14 +262,20 @@ async fn delete_order(
 #[api_v2_operation(tags("Order lines"))]
 async fn create_line(
     state: web::Data<AppState>,
+    writes: web::Data<LineWrites>,
     request: RequestId,
     body: ApiJson<LineCreate>,
 ) -> Result<Created<OrderLine>, ApiError> {
-    let new = NewLine::try_from(body.0).map_err(ApiError::invalid)?;
-    let line = state
-        .db
-        .run(move |conn| queries::create_line(conn, &request, new).map_err(ApiError::from))
-        .await?;
+    let line = NewLine::try_from(body.0).map_err(ApiError::invalid)?;
+    let alone = |conn: &mut diesel::PgConnection, c: LineCreation| {
+        queries::create_line(conn, &c.request, c.line)
+            .map(Ok)
+            .map_err(ApiError::from)
+    };
+    let line = writes
+        .run(LineCreation { request, line }, alone)
+        .await?
+        .map_err(ApiError::from)?;
     wake_relay(&state, true);
     Ok(Created {
         location: format!("/commandes-produits/{}", line.id),

@@ -140,6 +140,32 @@ pub(super) fn lock_order_for_a_new_line(
     check_room(id, state)
 }
 
+/// Locks orders for new lines, several at once (a group commit): in id
+/// order, as every other transaction takes order rows, exclusively
+/// (concurrent additions to one order wait in turn); returns the state of
+/// those that exist. Each line is then admitted with [`check_room`],
+/// counting the lines admitted before it.
+pub(super) fn lock_orders_for_new_lines(
+    conn: &mut PgConnection,
+    ids: &[OrderId],
+) -> QueryResult<Vec<(OrderId, OrderState)>> {
+    let rows: Vec<(OrderId, OrderStatus, Option<ValidationStatus>, i32)> = commandes::table
+        .filter(commandes::id.eq_any(ids))
+        .select((
+            commandes::id,
+            commandes::statut,
+            commandes::validation,
+            commandes::nb_lignes,
+        ))
+        .order(commandes::id)
+        .for_no_key_update()
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, statut, validation, lines)| (id, (statut, validation, lines)))
+        .collect())
+}
+
 /// What decides whether an order can take one more line.
 pub(super) type OrderState = (OrderStatus, Option<ValidationStatus>, i32);
 

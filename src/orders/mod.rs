@@ -6,6 +6,7 @@
 //! A line change and its message are written in one transaction
 //! ([`crate::outbox`]); after the commit the handler wakes the relay.
 
+pub mod group;
 pub(crate) mod locks;
 pub mod model;
 pub mod queries;

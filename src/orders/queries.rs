@@ -218,6 +218,39 @@ fn missing_product(id: ProductId) -> FieldError {
     FieldError::new("produit_id", format!("product {id} does not exist"))
 }
 
+/// Whether `new` may be added to its order, as `order` (its state, `None`
+/// if missing) and `price` (its product's, `None` if missing) say: the
+/// order must exist and have room ([`check_room`]), the product must exist
+/// (422 naming both when both are missing). Returns the line's price.
+pub(super) fn admit_line(
+    new: &NewLine,
+    order: Option<OrderState>,
+    price: Option<Money>,
+) -> Result<Money, OrderError> {
+    match (check_room(new.commande_id, order), price) {
+        (Err(OrderError::Invalid(mut errors)), None) => {
+            errors.push(missing_product(new.produit_id));
+            Err(OrderError::Invalid(errors))
+        }
+        (Err(e), _) => Err(e),
+        (Ok(()), None) => Err(OrderError::Invalid(vec![missing_product(new.produit_id)])),
+        (Ok(()), Some(price)) => Ok(price),
+    }
+}
+
+/// The row of a new line: waiting for its stock, first version.
+pub(super) fn new_line_row(id: LineId, new: &NewLine, price: Money) -> LineRow {
+    LineRow {
+        id,
+        commande_id: new.commande_id,
+        produit_id: new.produit_id,
+        quantite: new.quantite,
+        prix_unitaire: price,
+        statut_stock: StockStatus::EnAttente,
+        version: Version::FIRST,
+    }
+}
+
 /// What adding a line needs, read in one round trip and without locks: an
 /// id for the line, the product's price, and the order's state.
 #[derive(QueryableByName)]
@@ -332,25 +365,8 @@ pub fn create_line(
         product: new.produit_id,
     }
     .get_result(conn)?;
-    let order = check_room(new.commande_id, slot.order());
-    let price = match (order, slot.prix.clone()) {
-        (Err(OrderError::Invalid(mut errors)), None) => {
-            errors.push(missing_product(new.produit_id));
-            return Err(OrderError::Invalid(errors));
-        }
-        (Err(e), _) => return Err(e),
-        (Ok(()), None) => return Err(OrderError::Invalid(vec![missing_product(new.produit_id)])),
-        (Ok(()), Some(price)) => price,
-    };
-    let line = LineRow {
-        id: slot.id,
-        commande_id: new.commande_id,
-        produit_id: new.produit_id,
-        quantite: new.quantite,
-        prix_unitaire: price,
-        statut_stock: StockStatus::EnAttente,
-        version: Version::FIRST,
-    };
+    let price = admit_line(&new, slot.order(), slot.prix.clone())?;
+    let line = new_line_row(slot.id, &new, price);
     let messages = [line.message(Action::Created, None)];
     for _ in 0..ADD_LINE_ATTEMPTS {
         let guard = AddLine {

@@ -56,8 +56,22 @@ pub fn enqueue_stock(
     if messages.is_empty() {
         return Ok(());
     }
-    let rows = StockRows::new(messages, request)?;
-    Enqueue::new(Always, &rows, request).execute(conn)?;
+    let rows = StockRows::new(messages.iter().map(|m| (m, request)))?;
+    Enqueue::new(Always, &rows).execute(conn)?;
+    Ok(())
+}
+
+/// [`enqueue_stock`] for the changes of several requests at once (a
+/// group commit): each message keeps the id of its own request.
+pub fn enqueue_stock_of(
+    conn: &mut PgConnection,
+    changes: &[(&RequestId, StockMessage)],
+) -> QueryResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let rows = StockRows::new(changes.iter().map(|(request, m)| (m, *request)))?;
+    Enqueue::new(Always, &rows).execute(conn)?;
     Ok(())
 }
 
@@ -71,14 +85,14 @@ pub fn enqueue_stock_if<G: Guard>(
     messages: &[StockMessage],
     guard: G,
 ) -> QueryResult<bool> {
-    let rows = StockRows::new(messages, request)?;
+    let rows = StockRows::new(messages.iter().map(|m| (m, request)))?;
     if messages.is_empty() || rows.history_ids.len() != messages.len() {
         // Whether the guard passed is read from the history rows written.
         return Err(diesel::result::Error::QueryBuilderError(
             "enqueue_stock_if takes line changes only, at least one".into(),
         ));
     }
-    let history_rows = Enqueue::new(guard, &rows, request).execute(conn)?;
+    let history_rows = Enqueue::new(guard, &rows).execute(conn)?;
     Ok(history_rows > 0)
 }
 
@@ -190,10 +204,14 @@ struct StockRows<'a> {
     actions: Vec<&'static str>,
     products: Vec<ProductId>,
     quantities: Vec<i32>,
+    /// The request behind each history row, and the id its client sent.
+    requests: Vec<&'a str>,
+    client_requests: Vec<Option<&'a str>>,
 }
 
 impl<'a> StockRows<'a> {
-    fn new(messages: &[StockMessage], request: &'a RequestId) -> QueryResult<Self> {
+    /// Rows for messages, each with the request that caused it.
+    fn new(messages: impl Iterator<Item = (&'a StockMessage, &'a RequestId)>) -> QueryResult<Self> {
         let mut rows = StockRows {
             queue: Queue::new(PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY),
             history_ids: Vec::new(),
@@ -203,8 +221,10 @@ impl<'a> StockRows<'a> {
             actions: Vec::new(),
             products: Vec::new(),
             quantities: Vec::new(),
+            requests: Vec::new(),
+            client_requests: Vec::new(),
         };
-        for m in messages {
+        for (m, request) in messages {
             let message_id = m.message_id.unwrap_or_else(Uuid::new_v4);
             rows.queue.push(message_id, m, Some(request.as_str()))?;
             if let (Some(line), Some(version)) = (m.ligne_id, m.version) {
@@ -215,6 +235,8 @@ impl<'a> StockRows<'a> {
                 rows.actions.push(m.action.as_str());
                 rows.products.push(m.produit_id);
                 rows.quantities.push(m.quantite);
+                rows.requests.push(request.as_str());
+                rows.client_requests.push(request.client());
             }
         }
         Ok(rows)
@@ -227,19 +249,11 @@ impl<'a> StockRows<'a> {
 struct Enqueue<'a, G> {
     guard: G,
     rows: &'a StockRows<'a>,
-    request: &'a str,
-    /// The id the client sent, kept beside the server's in the history.
-    client_request: Option<&'a str>,
 }
 
 impl<'a, G: Guard> Enqueue<'a, G> {
-    fn new(guard: G, rows: &'a StockRows<'a>, request: &'a RequestId) -> Self {
-        Enqueue {
-            guard,
-            rows,
-            request: request.as_str(),
-            client_request: request.client(),
-        }
+    fn new(guard: G, rows: &'a StockRows<'a>) -> Self {
+        Enqueue { guard, rows }
     }
 }
 
@@ -264,12 +278,8 @@ impl<G: Guard> QueryFragment<Pg> for Enqueue<'_, G> {
             " RETURNING 1) \
              INSERT INTO historique_lignes (message_id, ligne_id, commande_id, version, action, \
                                             produit_id, quantite, request_id, client_request_id) \
-             SELECT m, l, c, v, a, p, q, ",
+             SELECT m, l, c, v, a, p, q, r, cr FROM unnest(",
         );
-        out.push_bind_param::<Text, _>(self.request)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.client_request)?;
-        out.push_sql(" FROM unnest(");
         out.push_bind_param::<Array<SqlUuid>, _>(&rows.history_ids)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<BigInt>, _>(&rows.lines)?;
@@ -283,7 +293,11 @@ impl<G: Guard> QueryFragment<Pg> for Enqueue<'_, G> {
         out.push_bind_param::<Array<BigInt>, _>(&rows.products)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Integer>, _>(&rows.quantities)?;
-        out.push_sql(") AS u (m, l, c, v, a, p, q)");
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&rows.requests)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&rows.client_requests)?;
+        out.push_sql(") AS u (m, l, c, v, a, p, q, r, cr)");
         out.push_sql(gate);
         Ok(())
     }
@@ -376,9 +390,8 @@ mod tests {
         let alerts = sql(&Queue::new(ALERTS_EXCHANGE, ""));
         let events = sql(&Queue::new(ORDER_EVENTS_EXCHANGE, ORDER_EVENTS_ROUTING_KEY));
         assert_eq!(alerts, events);
-        let request = RequestId::generate();
-        let rows = StockRows::new(&[], &request).unwrap();
-        let stock = sql(&Enqueue::new(Always, &rows, &request));
+        let rows = StockRows::new(std::iter::empty()).unwrap();
+        let stock = sql(&Enqueue::new(Always, &rows));
         assert!(
             stock.contains(&format!("queued AS ({alerts} RETURNING 1)")),
             "{stock}"

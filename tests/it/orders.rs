@@ -639,3 +639,187 @@ async fn a_line_can_move_to_another_open_order() {
     let last = app.outbox().pop().unwrap();
     assert_eq!(last["commande_id"], to);
 }
+
+/// A group commit (`ordersys::orders::group`) decides each request as if it
+/// were alone: in one batch, lines to an open order are written, each with
+/// its own request id in the outbox and the history; a missing product or
+/// order, a full order and an order being validated are refused, each with
+/// its own reason, and do not fail the others.
+#[tokio::test]
+async fn a_batch_of_line_creations_answers_each_as_if_alone() {
+    use ordersys::domain::{OrderId, ProductId};
+    use ordersys::orders::group::{create_lines, LineCreation};
+    use ordersys::orders::model::{NewLine, OrderError};
+    use ordersys::request_id::RequestId;
+
+    let app = TestApp::spawn().await;
+    let a = app.create_product("a", 2.5, 50).await;
+    let open = app.create_order().await;
+    let nearly_full = app.create_order().await;
+    let validated = app.create_order().await;
+    app.db.text(&format!(
+        "UPDATE commandes SET nb_lignes = 99 WHERE id = {nearly_full} RETURNING 'x' AS id"
+    ));
+    app.db.text(&format!(
+        "UPDATE commandes SET validation = 'EN_COURS' WHERE id = {validated} RETURNING 'x' AS id"
+    ));
+    let missing = 999_999;
+    let creation = |order: i64, product: i64| LineCreation {
+        request: RequestId::generate(),
+        line: NewLine {
+            commande_id: OrderId(order),
+            produit_id: ProductId(product),
+            quantite: 3,
+        },
+    };
+    let requests = [
+        creation(open, a),
+        creation(open, missing),
+        creation(nearly_full, a),
+        creation(nearly_full, a),
+        creation(validated, a),
+        creation(missing, missing),
+        creation(open, a),
+    ];
+    let answers = create_lines(&mut app.db.conn(), &requests).expect("the batch commits");
+    assert_eq!(answers.len(), requests.len());
+    let written: Vec<(usize, i64)> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, answer)| answer.as_ref().ok().map(|line| (i, line.id)))
+        .collect();
+    assert_eq!(
+        written.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        [0, 2, 6]
+    );
+    let refused = |i: usize| answers[i].as_ref().unwrap_err().to_string();
+    assert!(
+        matches!(&answers[1], Err(OrderError::Invalid(e)) if e.len() == 1),
+        "{}",
+        refused(1)
+    );
+    assert!(
+        matches!(&answers[3], Err(OrderError::Conflict(m)) if m.contains("100 lines")),
+        "{}",
+        refused(3)
+    );
+    assert!(
+        matches!(&answers[4], Err(OrderError::Conflict(_))),
+        "{}",
+        refused(4)
+    );
+    assert!(
+        matches!(&answers[5], Err(OrderError::Invalid(e)) if e.len() == 2),
+        "{}",
+        refused(5)
+    );
+    let line = answers[0].as_ref().unwrap();
+    assert_eq!(
+        (line.commande_id, line.produit_id, line.quantite),
+        (open, a, 3)
+    );
+    assert_eq!(line.prix_unitaire.to_string(), "2.50");
+    assert_eq!(line.statut_stock.as_str(), "EN_ATTENTE");
+
+    // Each line, its message and its history row, with its own request id.
+    for (i, line) in &written {
+        let request = requests[*i].request.as_str();
+        let sql = |table: &str, column: &str| {
+            format!("SELECT count(*) AS n FROM {table} WHERE {column} AND request_id = '{request}'")
+        };
+        assert_eq!(
+            app.db.count(&format!(
+                "SELECT count(*) AS n FROM commandes_produits WHERE id = {line} AND quantite = 3"
+            )),
+            1
+        );
+        assert_eq!(
+            app.db.count(&sql(
+                "historique_lignes",
+                &format!("ligne_id = {line} AND action = 'CREATED'")
+            )),
+            1
+        );
+        assert_eq!(
+            app.db.count(&sql(
+                "outbox",
+                &format!("(payload::json->>'ligne_id')::bigint = {line}")
+            )),
+            1
+        );
+    }
+    assert_eq!(app.outbox().len(), 3);
+    let count = |order: i64| {
+        app.db.count(&format!(
+            "SELECT nb_lignes::bigint AS n FROM commandes WHERE id = {order}"
+        ))
+    };
+    assert_eq!(
+        (count(open), count(nearly_full), count(validated)),
+        (2, 100, 0)
+    );
+}
+
+/// Concurrent `POST /commandes-produits` (gathered into batches under load)
+/// each get their own answer: the line asked for, or their own refusal,
+/// and their own request id in the line's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_line_creations_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    let a = app.create_product("a", 2.0, 1000).await;
+    let b = app.create_product("b", 3.0, 1000).await;
+    let open = app.create_order().await;
+    let cancelled = app.create_order().await;
+    app.orders
+        .put(
+            &format!("/commandes/{cancelled}"),
+            json!({"statut": "ANNULEE"}),
+        )
+        .await
+        .expect(200);
+    let asks: Vec<(i64, i64, i32, u16)> = (0..60)
+        .map(|i| match i % 6 {
+            0 => (open, 999_999, 1, 422),
+            1 => (cancelled, a, 1, 409),
+            2 | 3 => (open, a, i + 1, 201),
+            _ => (open, b, i + 1, 201),
+        })
+        .collect();
+    let answers =
+        futures_util::future::join_all(asks.iter().map(|&(order, product, quantite, _)| {
+            app.orders.post(
+                "/commandes-produits",
+                json!({"commande_id": order, "produit_id": product, "quantite": quantite}),
+            )
+        }))
+        .await;
+    for (&(order, product, quantite, status), answer) in asks.iter().zip(&answers) {
+        assert_eq!(answer.status.as_u16(), status, "{answer:#?}");
+        if status != 201 {
+            continue;
+        }
+        assert_eq!(
+            (
+                answer.body["commande_id"].as_i64(),
+                answer.body["produit_id"].as_i64(),
+                answer.body["quantite"].as_i64()
+            ),
+            (Some(order), Some(product), Some(i64::from(quantite)))
+        );
+        let request = answer.header("x-request-id").expect("a request id");
+        assert_eq!(
+            app.db.count(&format!(
+                "SELECT count(*) AS n FROM historique_lignes WHERE ligne_id = {} AND request_id = '{request}'",
+                id(&answer.body)
+            )),
+            1
+        );
+    }
+    let order = app
+        .orders
+        .get(&format!("/commandes/{open}"))
+        .await
+        .expect(200);
+    assert_eq!(order.body["lignes"].as_array().unwrap().len(), 40);
+    assert_eq!(app.outbox().len(), 40);
+}
