@@ -19,7 +19,7 @@ use crate::outbox::relay::Relay;
 use crate::outbox::Waker;
 use crate::saga;
 use crate::settings::{AuthMode, DatabaseSettings, Settings};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Trigger};
 use crate::worker::consumer;
 use anyhow::Context;
 use std::net::{SocketAddr, TcpListener};
@@ -156,6 +156,7 @@ impl Application {
             metrics,
             waker,
             stopping: stopping.clone(),
+            started: Trigger::new(),
         };
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
         warn_if_unprotected(&auth, &api, addr);

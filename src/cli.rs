@@ -30,7 +30,7 @@ pub enum Command {
     /// Serve the products API (/produits/)
     Products(ServeArgs),
     /// Consume product_queue and apply each order change to product stock;
-    /// serves /healthz, /readyz and /metrics
+    /// serves /healthz, /readyz, /startedz and /metrics
     Worker(WorkerArgs),
     /// Run products, orders and a worker pool in one process (a whole
     /// system for local development: needs only PostgreSQL and RabbitMQ)
@@ -301,7 +301,7 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub replicas: Option<u16>,
 
-    /// Address of the health port (/healthz, /readyz, /metrics)
+    /// Address of the health port (/healthz, /readyz, /startedz, /metrics)
     #[arg(long, value_name = "ADDR", default_value = Command::WORKER_BIND)]
     pub bind: SocketAddr,
 }
@@ -316,7 +316,7 @@ pub struct AllArgs {
     #[arg(long, value_name = "ADDR", default_value = Command::ORDERS_BIND)]
     pub orders_bind: SocketAddr,
 
-    /// Address of the worker's health port (/healthz, /readyz, /metrics)
+    /// Address of the worker's health port (/healthz, /readyz, /startedz, /metrics)
     #[arg(long, value_name = "ADDR", default_value = Command::WORKER_BIND)]
     pub worker_bind: SocketAddr,
 
@@ -327,7 +327,7 @@ pub struct AllArgs {
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The URL to GET, e.g. http://127.0.0.1:8081/healthz [default: /readyz on
+    /// The URL to GET, e.g. http://127.0.0.1:8081/readyz [default: /startedz on
     /// the first of the default ports 8081, 8000, 8082 that answers 2xx]
     #[arg(value_name = "URL", env = "ORDERSYS_PROBE_URL")]
     pub url: Option<String>,

@@ -91,7 +91,7 @@ fn probe(url: Option<&str>) -> ExitCode {
         Some(url) => vec![url.to_owned()],
         None => ["8081", "8000", "8082"]
             .iter()
-            .map(|port| format!("http://127.0.0.1:{port}/readyz"))
+            .map(|port| format!("http://127.0.0.1:{port}/startedz"))
             .collect(),
     };
     let mut last = String::new();

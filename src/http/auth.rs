@@ -20,7 +20,7 @@ pub struct OpenPaths {
 
 impl OpenPaths {
     pub fn contains(&self, path: &str) -> bool {
-        matches!(path, "/healthz" | "/readyz" | "/metrics")
+        matches!(path, "/healthz" | "/readyz" | "/startedz" | "/metrics")
             || path == self.openapi
             || path
                 .strip_prefix(self.docs.as_str())
@@ -101,6 +101,7 @@ mod tests {
         for path in [
             "/healthz",
             "/readyz",
+            "/startedz",
             "/metrics",
             "/orders/openapi.json",
             "/orders/docs",

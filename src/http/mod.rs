@@ -49,6 +49,8 @@ pub struct AppState {
     /// Set when the stop is requested: the process drains until it stops
     /// (see [`drain`]).
     pub stopping: crate::shutdown::Shutdown,
+    /// Set by the first ready answer: `/startedz` answers 200 from then on.
+    pub started: crate::shutdown::Trigger,
 }
 
 /// Registers an API's routes (and any data only they use).

@@ -45,7 +45,10 @@ pub fn finish<B>(
         .unwrap_or_else(|| "unmatched".to_owned());
     // Not the probes and scrapes: Prometheus and health checks would
     // fill the log.
-    if !matches!(req.path(), "/healthz" | "/readyz" | "/metrics") {
+    if !matches!(
+        req.path(),
+        "/healthz" | "/readyz" | "/startedz" | "/metrics"
+    ) {
         let method = req.method();
         let path = req.path();
         let millis = elapsed.as_secs_f64() * 1000.0;

@@ -1,5 +1,6 @@
-//! `/healthz` (the process is alive), `/readyz` (its dependencies answer)
-//! and `/metrics`, served by every mode.
+//! `/healthz` (the process is alive), `/readyz` (its dependencies answer),
+//! `/startedz` (it has been ready once: the container health check) and
+//! `/metrics`, served by every mode.
 
 use super::error::ApiError;
 use super::responses::PlainText;
@@ -10,7 +11,7 @@ use serde::Serialize;
 /// Liveness and readiness.
 #[derive(Debug, Serialize, Apiv2Schema)]
 pub struct Status {
-    /// `ok` (liveness) or `ready` (readiness).
+    /// `ok` (liveness), `ready` (readiness) or `started`.
     pub status: String,
     /// Each dependency checked, with `up` or why it is down.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,6 +38,30 @@ async fn healthz() -> Result<web::Json<Status>, ApiError> {
 /// stopping (`http.shutdown_drain_secs`), saying so.
 #[api_v2_operation(tags(Health))]
 async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiError> {
+    readiness(&state).await.map(web::Json)
+}
+
+/// The process has started: it has been ready once.
+///
+/// 503 naming what is down until `/readyz` has answered 200 once (asked
+/// here or there), then 200 for as long as the process runs, whatever its
+/// dependencies do since. The container health check: a task is replaced
+/// when it never gets ready or stops answering, not when its database or
+/// broker goes away (a new task would wait for them just the same, and
+/// come back later than this one); routing follows `/readyz`.
+#[api_v2_operation(tags(Health))]
+async fn startedz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiError> {
+    if !state.started.is_triggered() {
+        readiness(&state).await?;
+    }
+    Ok(web::Json(Status {
+        status: "started".into(),
+        checks: None,
+    }))
+}
+
+/// What `/readyz` answers; the first 200 marks the process started.
+async fn readiness(state: &AppState) -> Result<Status, ApiError> {
     super::drain::readiness(&state.stopping)?;
     let mut checks = std::collections::BTreeMap::new();
     let mut down = Vec::new();
@@ -64,10 +89,11 @@ async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, ApiErro
         checks.insert("broker".to_owned(), status.to_owned());
     }
     if down.is_empty() {
-        Ok(web::Json(Status {
+        state.started.trigger();
+        Ok(Status {
             status: "ready".into(),
             checks: Some(checks),
-        }))
+        })
     } else {
         Err(ApiError::Unavailable(format!(
             "not ready: {} down",
@@ -103,5 +129,6 @@ async fn metrics(state: web::Data<AppState>) -> Result<PlainText, ApiError> {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(healthz)))
         .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .service(web::resource("/startedz").route(web::get().to(startedz)))
         .service(web::resource("/metrics").route(web::get().to(metrics)));
 }

@@ -188,6 +188,52 @@ async fn the_api_keeps_accepting_writes_while_the_broker_is_down() {
     assert_eq!(versions[&lines[2]], [1, 2, 3, 4]);
 }
 
+/// A database outage takes a service out of routing (`/readyz`) but not out
+/// of its container's health (`/startedz`): Swarm replaces unhealthy tasks,
+/// and a replacement would only come back after the database did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_makes_a_service_not_ready_but_it_stays_started() {
+    let mut database: Option<url::Url> = None;
+    let app = TestApp::build(false, |s| {
+        database = Some(url::Url::parse(&s.database.url).unwrap())
+    })
+    .await;
+    let mut url = database.unwrap();
+    let server = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = Proxy::start(server.parse().unwrap()).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let mut settings = app.settings.clone();
+    settings.database.url = url.to_string();
+    let products = Running::start(Mode::Products, &settings).await;
+    let health = Client::new(&products);
+    health.get("/readyz").await.expect(200);
+    let started = health.get("/startedz").await.expect(200);
+    assert_eq!(started.body["status"], "started");
+
+    proxy.cut();
+    let not_ready = wait_for(
+        "products to report the database down",
+        Duration::from_secs(20),
+        || async {
+            let ready = health.get("/readyz").await;
+            (ready.status == 503).then_some(ready)
+        },
+    )
+    .await;
+    let detail = not_ready.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("database"), "{}", not_ready.body);
+    health.get("/startedz").await.expect(200);
+    health.get("/healthz").await.expect(200);
+
+    proxy.restore();
+    wait_for(
+        "products to be ready again",
+        Duration::from_secs(20),
+        || async { (health.get("/readyz").await.status == 200).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_while_the_broker_is_down_waits_for_it() {
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
@@ -213,9 +259,16 @@ async fn a_worker_started_while_the_broker_is_down_waits_for_it() {
         .as_str()
         .unwrap()
         .contains("broker"));
+    // Not started either: never ready yet, its container is not healthy.
+    let not_started = health.get("/startedz").await.expect(503);
+    assert!(not_started.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("broker"));
     proxy.restore();
     app.wait_for_line(line, "RESERVE").await;
     health.get("/readyz").await.expect(200);
+    health.get("/startedz").await.expect(200);
     shutdown.trigger();
     task.await.unwrap().unwrap();
 }

@@ -15,7 +15,12 @@ fn operations(spec: &Value) -> Vec<String> {
     ops
 }
 
-const COMMON: &[&str] = &["GET /healthz", "GET /readyz", "GET /metrics"];
+const COMMON: &[&str] = &[
+    "GET /healthz",
+    "GET /readyz",
+    "GET /startedz",
+    "GET /metrics",
+];
 
 const PRODUCTS: &[&str] = &[
     "POST /produits/",
