@@ -36,47 +36,79 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let BodyLimit {
-            max_bytes: limit,
-            timeout,
-        } = req.app_data::<BodyLimit>().copied().unwrap_or(BodyLimit {
-            max_bytes: 65_536,
-            timeout: std::time::Duration::from_secs(10),
-        });
         let content_type = check_content_type(req);
-        let declared_length = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let mut payload = payload.take();
+        let body = read_body(req, payload);
         Box::pin(async move {
             content_type?;
-            if declared_length.is_some_and(|n| n > limit) {
-                return Err(ApiError::PayloadTooLarge { limit });
-            }
-            // Grown as the body arrives, never sized from what the client
-            // declares.
-            let read = async {
-                let mut body = Vec::new();
-                while let Some(chunk) = payload.next().await {
-                    let chunk = chunk.map_err(|e| {
-                        ApiError::bad_field("body", format!("could not read the body: {e}"))
-                    })?;
-                    if body.len() + chunk.len() > limit {
-                        return Err(ApiError::PayloadTooLarge { limit });
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(body)
-            };
-            let body = tokio::time::timeout(timeout, read)
-                .await
-                .map_err(|_| ApiError::RequestTimeout(timeout))??;
-            parse_json(&body).map(ApiJson)
+            parse_json(&body.await?).map(ApiJson)
         })
     }
 }
+
+/// Reads a request's whole body, within `http.max_body_bytes` (413) and
+/// `http.body_timeout_ms` (408).
+fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> LocalBoxFuture<'static, Result<Vec<u8>, ApiError>> {
+    let BodyLimit {
+        max_bytes: limit,
+        timeout,
+    } = req.app_data::<BodyLimit>().copied().unwrap_or(BodyLimit {
+        max_bytes: 65_536,
+        timeout: std::time::Duration::from_secs(10),
+    });
+    let declared_length = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut payload = payload.take();
+    Box::pin(async move {
+        if declared_length.is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        // Grown as the body arrives, never sized from what the client
+        // declares.
+        let read = async {
+            let mut body = Vec::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_field("body", format!("could not read the body: {e}"))
+                })?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| ApiError::RequestTimeout(timeout))?
+    })
+}
+
+/// The body of a route that takes none, read and ignored. Answering before
+/// a body sent anyway has arrived makes the server close the connection
+/// with unread bytes in it, and the kernel then resets it: a proxy in
+/// front (Traefik) can lose the answer already on its way, so the client
+/// sees a broken stream instead of its 202 or 204. Within the same limits
+/// as a JSON body.
+pub struct NoBody;
+
+impl FromRequest for NoBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_body(req, payload);
+        Box::pin(async move { body.await.map(|_| NoBody) })
+    }
+}
+
+impl Apiv2Schema for NoBody {}
+impl OperationModifier for NoBody {}
 
 fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     match req.mime_type() {

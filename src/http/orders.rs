@@ -3,7 +3,7 @@
 //! behaviour.
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, NoBody};
 use super::openapi::Alias;
 use super::responses::{Accepted, Created};
 use super::{Api, AppState};
@@ -215,6 +215,7 @@ async fn update_order(
 /// lines: 409.
 #[api_v2_operation(tags(Orders))]
 async fn validate_order(
+    _body: NoBody,
     state: web::Data<AppState>,
     timeout: web::Data<ValidationTimeout>,
     request: RequestId,
@@ -240,6 +241,7 @@ async fn validate_order(
 /// Each line's stock is released. A shipped (`EXPEDIEE`) order is kept: 409.
 #[api_v2_operation(tags(Orders))]
 async fn delete_order(
+    _body: NoBody,
     state: web::Data<AppState>,
     request: RequestId,
     id: web::Path<i64>,
@@ -339,6 +341,7 @@ async fn update_line(
 /// Delete an order line; its stock is released.
 #[api_v2_operation(tags("Order lines"))]
 async fn delete_line(
+    _body: NoBody,
     state: web::Data<AppState>,
     request: RequestId,
     id: web::Path<i64>,

@@ -2,7 +2,7 @@
 
 use super::auth::require;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, NoBody};
 use super::openapi::Alias;
 use super::responses::Created;
 use super::{Api, AppState};
@@ -137,6 +137,7 @@ async fn update_product(
 /// 409 while order lines reference it.
 #[api_v2_operation(tags(Products))]
 async fn delete_product(
+    _body: NoBody,
     state: web::Data<AppState>,
     id: web::Path<i64>,
 ) -> Result<NoContent, ApiError> {

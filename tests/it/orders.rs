@@ -823,3 +823,52 @@ async fn concurrent_line_creations_each_get_their_own_answer() {
     assert_eq!(order.body["lignes"].as_array().unwrap().len(), 40);
     assert_eq!(app.outbox().len(), 40);
 }
+
+/// A route that takes no body reads one sent anyway before it answers: a
+/// client (or Traefik, in front) whose body arrives just after the headers
+/// gets its answer and keeps its connection. Answering first and closing
+/// with the body unread makes the kernel reset the connection, which can
+/// destroy the answer on its way.
+#[tokio::test]
+async fn a_body_sent_to_a_route_that_takes_none_is_read_and_the_connection_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let product = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    app.create_line(order, product, 1).await;
+    let mut stream = tokio::net::TcpStream::connect(app.orders_server.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /commandes/{order}/validation HTTP/1.1\r\nHost: orders\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stream.write_all(b"{}").await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let answers = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed after: {}",
+                String::from_utf8_lossy(&read)
+            );
+            read.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&read).to_string();
+            if text.matches("HTTP/1.1 ").count() == 2 && text.ends_with("\"ok\"}") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("both answers within 10 s");
+    assert!(answers.starts_with("HTTP/1.1 202 "), "{answers}");
+    assert!(answers.contains("HTTP/1.1 200 "), "{answers}");
+}
