@@ -200,8 +200,9 @@ impl<Q, A> Inner<Q, A> {
 }
 
 /// Keeps the queue usable if a runner unwinds (a panic in a batch): it
-/// gives up its slot and drops the queued replies, so that their requests
-/// answer an error instead of waiting for a runner that is gone.
+/// gives up its slot and sends the requests still queued to run alone. (The
+/// batch that panicked had its replies dropped: its requests answer an
+/// error, since what it wrote is unknown.)
 struct Runner<'a, Q, A> {
     inner: &'a Inner<Q, A>,
     finished: bool,
@@ -212,7 +213,9 @@ impl<Q, A> Drop for Runner<'_, Q, A> {
         if !self.finished {
             let mut queue = self.inner.lock();
             queue.running -= 1;
-            queue.waiting.clear();
+            for (_, reply) in queue.waiting.drain(..) {
+                let _ = reply.send(Outcome::Alone);
+            }
         }
     }
 }

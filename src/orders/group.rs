@@ -79,10 +79,10 @@ pub fn create_lines(
         Ok::<_, diesel::result::Error>(answers)
     });
     written.map_err(|error| BatchFailed {
-        // Refused before its commit (or by it: a refused commit rolls
-        // back), the batch wrote nothing; cut off at its commit, it may
-        // have.
-        maybe_written: committing && error.is_connection_error(),
+        // Refused before its commit, the batch wrote nothing: each request
+        // runs alone. An error at the commit itself may hide a commit that
+        // happened (the connection lost at that moment): never rerun then.
+        maybe_written: committing,
         error,
     })
 }

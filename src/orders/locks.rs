@@ -11,10 +11,9 @@
 //! order. Changing this order in one place and not in the others is how
 //! deadlocks come back — hence one module.
 //!
-//! The one exception: moving a line locks its order, the line, then the
-//! order it moves to, so two moves in opposite directions between the
-//! same two orders at the same moment can deadlock; PostgreSQL then
-//! aborts one (a 503 the client may retry).
+//! Several order rows are always locked in id order: a group commit of new
+//! lines locks all of its orders at once; moving a line locks its order and
+//! the one it moves to, the lower id first, then the line.
 
 use super::model::{LineRow, OrderError, OrderRow};
 use crate::db::schema::{commandes, commandes_produits};
@@ -216,11 +215,15 @@ pub(super) fn check_room(id: OrderId, state: Option<OrderState>) -> Result<(), O
     }
 }
 
-/// Locks a line and its (open) order, order first.
+/// Locks a line and its (open) order, order first. A line about to move
+/// to order `moving_to` has that order locked too, the lower id first, so
+/// that the move waits in the same order as everything else that locks
+/// several orders (a group commit of new lines).
 pub(super) fn lock_line(
     conn: &mut PgConnection,
     id: LineId,
     lock: OrderLock,
+    moving_to: Option<OrderId>,
 ) -> Result<LineRow, OrderError> {
     let order_id = commandes_produits::table
         .find(id)
@@ -228,6 +231,15 @@ pub(super) fn lock_line(
         .first::<OrderId>(conn)
         .optional()?
         .ok_or(OrderError::NotFound("order line", id.get()))?;
+    if let Some(target) = moving_to.filter(|target| *target < order_id) {
+        // Checked, and locked again, by lock_order_for_a_new_line.
+        commandes::table
+            .find(target)
+            .select(commandes::id)
+            .for_no_key_update()
+            .first::<OrderId>(conn)
+            .optional()?;
+    }
     lock_open_order(conn, order_id, "commande_id", lock).map_err(|e| match e {
         // The order vanished between the two reads: so did the line.
         OrderError::Invalid(_) => OrderError::NotFound("order line", id.get()),

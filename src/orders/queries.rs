@@ -424,7 +424,7 @@ pub fn update_line(
             Some(_) => OrderLock::Exclusive,
             None => OrderLock::Share,
         };
-        let old = lock_line(conn, id, lock)?;
+        let old = lock_line(conn, id, lock, changes.commande_id)?;
         let commande_id = changes.commande_id.unwrap_or(old.commande_id);
         let produit_id = changes.produit_id.unwrap_or(old.produit_id);
         let quantite = changes.quantite.unwrap_or(old.quantite);
@@ -472,7 +472,7 @@ pub fn delete_line(
     id: LineId,
 ) -> Result<(), OrderError> {
     conn.transaction(|conn| {
-        let mut line = lock_line(conn, id, OrderLock::Exclusive)?;
+        let mut line = lock_line(conn, id, OrderLock::Exclusive, None)?;
         diesel::delete(commandes_produits::table.find(id)).execute(conn)?;
         line.version = line.version.next();
         outbox::enqueue_stock(conn, request, &[line.message(Action::Deleted, None)])?;
