@@ -7,13 +7,15 @@
 //! from this process, the load generator (keep-alive HTTP/1.1 connections):
 //!
 //! 1. HTTP ([`http`]): GET /produits/{id}, GET /commandes/{id}, POST
-//!    /commandes-produits, next to /healthz on the same servers;
+//!    /commandes-produits, next to /healthz on the same servers (POST also
+//!    from 1 and 8 clients, after step 3);
 //! 2. the pipeline ([`pipeline`]): line changes per second from HTTP to
 //!    RESERVE, sustained, and the change-to-applied latency at half that
 //!    rate, by stage;
 //! 3. order validation ([`validation`]): start → decision under the paced
 //!    load, and many orders validated at once against scarce stock;
-//! 4. the worker alone ([`worker`]), draining a pre-filled product_queue;
+//! 4. the worker alone ([`worker`]), draining a pre-filled product_queue,
+//!    with 1, 2 and 4 consumers, sampling its backends' row-lock waits;
 //! 5. the ceilings ([`ceilings`]): the broker alone, the database alone;
 //! 6. each process's peak RSS.
 //!
@@ -71,11 +73,20 @@ async fn main() {
         let catalog = bench
             .create_products("queue", sizes::WORKER_CATALOG, 1.into())
             .await;
-        let (rate, cpu, _worker) = worker::drain(&mut bench, &catalog, sizes.worker_messages).await;
-        println!(
-            "worker alone: {rate:.0} msg/s ({} messages); CPU {cpu}",
-            sizes.worker_messages
-        );
+        for (round, replicas) in worker::REPLICAS.into_iter().enumerate() {
+            let (drain, mut process) =
+                worker::drain(&mut bench, &catalog, sizes.worker_messages, replicas, round).await;
+            process.terminate(std::time::Duration::from_secs(30));
+            println!(
+                "worker alone, {replicas} replicas: {:.0} msg/s ({} messages); CPU {}; \
+                 waiting on a row lock in {} of {} samples",
+                drain.rate,
+                sizes.worker_messages,
+                drain.cpu,
+                drain.lock_waits.waiting,
+                drain.lock_waits.samples
+            );
+        }
         return;
     }
     let mut report = Report::default();
@@ -86,17 +97,38 @@ async fn main() {
     // The worker reserves the sample lines before anything is measured.
     let mut worker = bench.start_worker().await;
     until_applied(&mut bench.pg, "sample lines to be reserved").await;
-    let load_orders = bench.load_orders(sizes.concurrency);
-    let ceilings = http::measure(&bench, &mut report, &catalog, &sample_orders, &load_orders).await;
+    let ceilings = http::measure(&mut bench, &mut report, &catalog, &sample_orders).await;
     let rate = pipeline::saturated(&mut bench, &mut report, &worker, &ceilings, &catalog).await;
     pipeline::paced(&mut bench, &mut report, rate, &catalog).await;
     validation::under_load(&mut bench, &mut report, rate, &catalog).await;
     let scarce =
         validation::at_once_against_scarce_stock(&mut bench, &mut report, catalog[0]).await;
+    http::post_at_low_concurrency(&mut bench, &mut report, &catalog).await;
+    until_applied(
+        &mut bench.pg,
+        "the lines of the low-concurrency steps to be reserved",
+    )
+    .await;
     worker.terminate(std::time::Duration::from_secs(30));
 
-    let (worker_rate, worker_cpu, worker) =
-        worker::drain(&mut bench, &worker_catalog, sizes.worker_messages).await;
+    let mut drains = Vec::new();
+    let mut last: Option<ordersys_testkit::process::Process> = None;
+    for (round, replicas) in worker::REPLICAS.into_iter().enumerate() {
+        if let Some(mut previous) = last.take() {
+            previous.terminate(std::time::Duration::from_secs(30));
+        }
+        let (drain, process) = worker::drain(
+            &mut bench,
+            &worker_catalog,
+            sizes.worker_messages,
+            replicas,
+            round,
+        )
+        .await;
+        drains.push((replicas, drain));
+        last = Some(process);
+    }
+    let worker = last.expect("one drain at least");
     let (publish, consume) =
         tokio::task::block_in_place(|| ceilings::broker(&bench.broker, sizes.broker_messages));
     let database = tokio::task::block_in_place(|| ceilings::database(&bench.db, sizes.db_updates));
@@ -105,8 +137,8 @@ async fn main() {
     worker::report(
         &mut report,
         sizes.worker_messages,
-        worker_rate,
-        worker_cpu,
+        &drains,
+        bench.settings.worker.replicas,
         consume,
     );
     for (figure, value) in [
@@ -160,7 +192,7 @@ async fn main() {
     let invariant = check_invariant(
         &mut bench,
         &mut report,
-        sizes.worker_messages as i64,
+        (sizes.worker_messages * worker::REPLICAS.len()) as i64,
         scarce,
     );
     println!("\n{}", report.table());

@@ -81,6 +81,16 @@ impl Bench {
         worker
     }
 
+    /// A worker process with `replicas` consumers (`worker.replicas`).
+    pub async fn start_worker_with(&self, replicas: usize) -> Process {
+        let replicas: &'static str = Box::leak(replicas.to_string().into_boxed_str());
+        let mut env = self.env.clone();
+        env.push(("ORDERSYS__WORKER__REPLICAS", replicas));
+        let worker = Process::serve(&self.settings, "worker", &env);
+        worker.wait_ready().await;
+        worker
+    }
+
     pub fn client(process: &Process) -> Client {
         Client::new_at(process.addr.expect("an HTTP port"))
     }
