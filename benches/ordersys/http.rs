@@ -55,13 +55,7 @@ pub async fn measure(
             order_target.as_str(),
         ),
     ] {
-        let value = format!(
-            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-            r.rate(),
-            r.percentile_ms(50.0),
-            r.percentile_ms(99.0),
-            r.errors
-        );
+        let value = summary(r);
         let ceiling = Some((ceiling.rate(), "req/s (/healthz)"));
         report.add(&format!("{name} (c={c})"), value, ceiling, r.rate(), target);
     }
@@ -106,14 +100,19 @@ pub async fn post_at_low_concurrency(bench: &mut Bench, report: &mut Report, cat
     }
 }
 
-fn add_post_line(report: &mut Report, clients: usize, r: &LoadResult) {
-    let value = format!(
+/// A closed loop's rate, latency and errors, as the table shows them.
+fn summary(r: &LoadResult) -> String {
+    format!(
         "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
         r.rate(),
         r.percentile_ms(50.0),
         r.percentile_ms(99.0),
         r.errors
-    );
+    )
+}
+
+fn add_post_line(report: &mut Report, clients: usize, r: &LoadResult) {
+    let value = summary(r);
     report.add(
         &format!("POST /commandes-produits (c={clients})"),
         value,
