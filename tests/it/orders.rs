@@ -872,3 +872,37 @@ async fn a_body_sent_to_a_route_that_takes_none_is_read_and_the_connection_kept(
     assert!(answers.starts_with("HTTP/1.1 202 "), "{answers}");
     assert!(answers.contains("HTTP/1.1 200 "), "{answers}");
 }
+
+/// A route that takes no body still bounds one sent anyway: a client that
+/// sends a delete with a body past `http.max_body_bytes` gets a 413 naming
+/// the limit, and nothing is deleted.
+#[tokio::test]
+async fn a_body_past_the_limit_on_a_route_that_takes_none_is_refused() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product("p", 1.0, 10).await;
+    let order = app.create_order().await;
+    let line = id(&app.create_line(order, product, 1).await);
+    let limit = app.settings.http.max_body_bytes;
+    let refused = app
+        .orders
+        .raw(
+            reqwest::Method::DELETE,
+            &format!("/commandes-produits/{line}"),
+            Some("application/octet-stream"),
+            Some(vec![b'x'; limit + 1]),
+        )
+        .await
+        .expect(413);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&limit.to_string()),
+        "{:#?}",
+        refused.body
+    );
+    app.orders
+        .get(&format!("/commandes-produits/{line}"))
+        .await
+        .expect(200);
+}
