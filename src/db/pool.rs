@@ -33,12 +33,33 @@ impl DbUnavailable {
     }
 }
 
-/// Opens one connection, named after the process mode in `pg_stat_activity`.
+/// Opens one connection, named after the process mode in `pg_stat_activity`:
+/// a consumer's, a relay's, a sweeper's — a thread's own, running batch
+/// statements, each planned for its own arrays ([`Plans::Custom`]).
 pub fn connect(
     settings: &DatabaseSettings,
     application: &str,
 ) -> Result<PgConnection, ConnectionError> {
-    PgConnection::establish(&connection_url(settings, application))
+    PgConnection::establish(&connection_url(settings, application, Plans::Custom))
+}
+
+/// How the server plans a connection's prepared statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plans {
+    /// PostgreSQL's default: after five runs, a generic plan if it looks
+    /// no worse. The request path's statements (a few rows by primary key)
+    /// keep the same plan at any table size, and planning each run costs
+    /// them throughput (docs/performance.md).
+    Generic,
+    /// Every run planned for its parameters (`plan_cache_mode =
+    /// force_custom_plan`). A generic plan is made once, from the
+    /// statistics of that moment, and kept: made while a table was nearly
+    /// empty (a fresh database, before autovacuum analyzed it), a batch
+    /// statement joining `unnest($1, …)` to it keeps a sequential scan and
+    /// a hash join as the table grows: the worker's batch took 2 s on a
+    /// table of 100k lines, and the pipeline collapsed to 61 changes/s.
+    /// Planned with its arrays, it knows their length and the tables' size.
+    Custom,
 }
 
 /// Adds what bounds a connection's waits unless the URL sets it:
@@ -47,14 +68,15 @@ pub fn connect(
 /// server fails within `tcp_user_timeout_ms` instead of the kernel's
 /// minutes or hours; and, for the server's side (`options=-c …`), the
 /// statement timeout, the same TCP settings (a backend whose client
-/// vanished ends, releasing its locks) and the idle-in-transaction timeout
-/// (a client frozen in a transaction). Values are percent-encoded as libpq
+/// vanished ends, releasing its locks), the idle-in-transaction timeout
+/// (a client frozen in a transaction) and, for [`Plans::Custom`], custom
+/// plans. Values are percent-encoded as libpq
 /// reads them (`%20`, never `+`).
 ///
 /// A URL that is not a URL (a `key=value` string, or several `host:port`s,
 /// which the `url` crate cannot parse) is used as given: write those
 /// settings into it (libpq's `host=a,b&port=5432,5433` form parses).
-fn connection_url(settings: &DatabaseSettings, application: &str) -> String {
+fn connection_url(settings: &DatabaseSettings, application: &str, plans: Plans) -> String {
     let Ok(mut url) = url::Url::parse(&settings.url) else {
         return settings.url.clone();
     };
@@ -72,7 +94,7 @@ fn connection_url(settings: &DatabaseSettings, application: &str) -> String {
     }
     // Options the URL gives are kept, and win over ours.
     let mut options = given("options").unwrap_or_default();
-    for (key, value) in server_parameters(settings) {
+    for (key, value) in server_parameters(settings, plans) {
         if !options.contains(key) {
             options = format!("{options} -c {key}={value}");
         }
@@ -103,9 +125,9 @@ fn client_parameters(
 }
 
 /// The server's settings for this session (`-c key=value`).
-fn server_parameters(settings: &DatabaseSettings) -> Vec<(&'static str, String)> {
+fn server_parameters(settings: &DatabaseSettings, plans: Plans) -> Vec<(&'static str, String)> {
     let probe_secs = (settings.tcp_user_timeout_ms / 3000).max(1);
-    vec![
+    let mut parameters = vec![
         (
             "statement_timeout",
             settings.statement_timeout_ms.to_string(),
@@ -118,7 +140,11 @@ fn server_parameters(settings: &DatabaseSettings) -> Vec<(&'static str, String)>
         ("tcp_keepalives_interval", probe_secs.to_string()),
         ("tcp_keepalives_count", "3".to_owned()),
         ("tcp_user_timeout", settings.tcp_user_timeout_ms.to_string()),
-    ]
+    ];
+    if plans == Plans::Custom {
+        parameters.push(("plan_cache_mode", "force_custom_plan".to_owned()));
+    }
+    parameters
 }
 
 /// Percent-encodes a query value as libpq reads it (`%20`, never `+`).
@@ -161,7 +187,11 @@ mod tests {
 
     #[test]
     fn the_servers_settings_join_the_options_the_url_gives() {
-        let url = connection_url(&settings("postgres://u@h/db?sslmode=disable"), "app");
+        let url = connection_url(
+            &settings("postgres://u@h/db?sslmode=disable"),
+            "app",
+            Plans::Generic,
+        );
         assert_eq!(parameter(&url, "sslmode").as_deref(), Some("disable"));
         assert_eq!(
             parameter(&url, "options").as_deref(),
@@ -178,6 +208,7 @@ mod tests {
         let url = connection_url(
             &settings("postgres://u@h/db?options=-c%20search_path%3Dx"),
             "app",
+            Plans::Generic,
         );
         let options = parameter(&url, "options").unwrap();
         assert!(
@@ -187,6 +218,7 @@ mod tests {
         let url = connection_url(
             &settings("postgres://u@h/db?options=-c%20statement_timeout%3D9"),
             "a",
+            Plans::Generic,
         );
         let options = parameter(&url, "options").unwrap();
         assert!(
@@ -197,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_silent_server_is_given_up_on_after_the_tcp_user_timeout() {
-        let url = connection_url(&settings("postgres://u@h/db"), "worker");
+        let url = connection_url(&settings("postgres://u@h/db"), "worker", Plans::Generic);
         for (key, value) in [
             ("connect_timeout", "5"),
             ("application_name", "worker"),
@@ -214,7 +246,11 @@ mod tests {
             );
         }
         // What the URL sets wins.
-        let url = connection_url(&settings("postgres://u@h/db?tcp_user_timeout=900"), "w");
+        let url = connection_url(
+            &settings("postgres://u@h/db?tcp_user_timeout=900"),
+            "w",
+            Plans::Generic,
+        );
         let given: Vec<_> = parameters(&url)
             .into_iter()
             .filter(|(k, _)| k == "tcp_user_timeout")
@@ -223,10 +259,21 @@ mod tests {
     }
 
     #[test]
+    fn a_threads_own_connection_plans_each_statement_for_its_parameters() {
+        let options = |plans| {
+            let url = connection_url(&settings("postgres://u@h/db"), "w", plans);
+            parameter(&url, "options").unwrap()
+        };
+        assert!(options(Plans::Custom).ends_with(" -c plan_cache_mode=force_custom_plan"));
+        assert!(!options(Plans::Generic).contains("plan_cache_mode"));
+    }
+
+    #[test]
     fn several_hosts_on_one_port_keep_their_settings() {
         let url = connection_url(
             &settings("postgres://u@db1,db2/ordersys?target_session_attrs=read-write"),
             "orders",
+            Plans::Generic,
         );
         assert!(url.starts_with("postgres://u@db1,db2/ordersys?"), "{url}");
         assert_eq!(
@@ -301,7 +348,7 @@ impl Database {
             .test_on_check_out(false)
             .error_handler(Box::new(HealthErrorHandler(health.clone())))
             .build_unchecked(Manager {
-                url: connection_url(settings, application),
+                url: connection_url(settings, application, Plans::Generic),
             });
         Database {
             pool,
