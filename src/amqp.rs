@@ -8,10 +8,10 @@
 //! amiquip.
 
 use crate::messages::{
-    ALERTS_EXCHANGE, ALERTS_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE,
-    ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_QUEUE, ORDER_EVENTS_EXCHANGE,
-    ORDER_EVENTS_QUEUE, ORDER_EVENTS_ROUTING_KEY, PRODUCT_EXCHANGE, PRODUCT_QUEUE,
-    PRODUCT_ROUTING_KEY,
+    stock_queue, stock_routing_key, ALERTS_EXCHANGE, ALERTS_QUEUE, DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE, ORDER_EVENTS_DEAD_LETTER_EXCHANGE, ORDER_EVENTS_DEAD_LETTER_QUEUE,
+    ORDER_EVENTS_EXCHANGE, ORDER_EVENTS_QUEUE, ORDER_EVENTS_ROUTING_KEY, PRODUCT_EXCHANGE,
+    PRODUCT_QUEUE, PRODUCT_ROUTING_KEY,
 };
 use crate::settings::AmqpSettings;
 use amiquip::{
@@ -375,7 +375,16 @@ pub fn declare_topology(
         ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
         durable_exchange(),
     )?;
-    for (name, arguments) in queues(settings) {
+    let partitions = (0..settings.stock_partitions).map(|k| {
+        let queue = work_queue(settings, DEAD_LETTER_EXCHANGE);
+        (stock_queue(k), queue)
+    });
+    let queues = queues(settings)
+        .into_iter()
+        .map(|(name, arguments)| (name.to_owned(), arguments))
+        .chain(partitions);
+    for (name, arguments) in queues {
+        let name = name.as_str();
         match channel.queue_declare(name, durable_queue(arguments)) {
             Ok(_) => {}
             Err(amiquip::Error::ServerClosedChannel {
@@ -394,6 +403,14 @@ pub fn declare_topology(
     let none = FieldTable::new;
     channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", none())?;
     channel.queue_bind(PRODUCT_QUEUE, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY, none())?;
+    for k in 0..settings.stock_partitions {
+        channel.queue_bind(
+            stock_queue(k),
+            PRODUCT_EXCHANGE,
+            stock_routing_key(k),
+            none(),
+        )?;
+    }
     channel.queue_bind(ALERTS_QUEUE, ALERTS_EXCHANGE, "", none())?;
     channel.queue_bind(
         ORDER_EVENTS_DEAD_LETTER_QUEUE,
@@ -415,6 +432,7 @@ pub fn declare_topology(
 /// (configure, write, read) patterns: the orders relay publishes to
 /// `product_exchange`, and its saga consumes `order_events` (and
 /// dead-letters what it cannot read); a worker consumes `product_queue` and
+/// its partitions (`product_queue.{k}`), and
 /// publishes dead letters, stock alerts and line events; `ordersys migrate`
 /// declares the topology. No
 /// user may declare, consume or publish anything else (the Swarm stack's
@@ -430,7 +448,7 @@ pub const PERMISSIONS: &[BrokerUser] = &[
         name: "ordersys_worker",
         configure: "^$",
         write: "^(product_dlx|stock_alerts|order_events)$",
-        read: "^product_queue$",
+        read: r"^product_queue(\.[0-9]+)?$",
     },
     BrokerUser {
         name: "ordersys_migrate",
@@ -440,7 +458,7 @@ pub const PERMISSIONS: &[BrokerUser] = &[
     },
 ];
 
-const TOPOLOGY: &str = r"^(product_exchange|product_queue|product_queue\.dlq|product_dlx|stock_alerts|order_events|order_events\.dlq|order_events_dlx)$";
+const TOPOLOGY: &str = r"^(product_exchange|product_queue|product_queue\.[0-9]+|product_queue\.dlq|product_dlx|stock_alerts|order_events|order_events\.dlq|order_events_dlx)$";
 
 /// One broker user and its permission patterns.
 #[derive(Debug, Clone, Copy)]

@@ -11,6 +11,7 @@
 //! every connection after its answer), so a load balancer moves away first.
 
 use crate::auth::Authenticator;
+use crate::consume::Assignment;
 use crate::db::{migrate, Database};
 use crate::dependencies::{BrokerUse, Dependencies};
 use crate::http::{self, AppState};
@@ -20,7 +21,7 @@ use crate::outbox::Waker;
 use crate::saga;
 use crate::settings::{AuthMode, DatabaseSettings, Settings};
 use crate::shutdown::{Shutdown, Trigger};
-use crate::worker::consumer;
+use crate::worker::{consumer, lease};
 use anyhow::Context;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -388,11 +389,21 @@ fn start_consumers(
     background: &mut Background,
 ) -> anyhow::Result<()> {
     let replicas = context.settings.worker.replicas;
+    let partitioned = context.settings.amqp.stock_partitions > 0;
+    let assignments: Vec<Assignment> = match partitioned {
+        true => (0..replicas).map(|_| Assignment::default()).collect(),
+        false => Vec::new(),
+    };
     for index in 0..replicas {
         let (context, waker) = (context.clone(), waker.clone());
+        let partitions = assignments.get(index).cloned();
         background.spawn(&format!("consumer-{index}"), move || {
-            consumer::run(index, context, waker)
+            consumer::run(index, context, waker, partitions)
         })?;
+    }
+    if partitioned {
+        let context = context.clone();
+        background.spawn("partitions", move || lease::run(&context, &assignments))?;
     }
     log::info!("{replicas} stock consumer(s) starting");
     Ok(())

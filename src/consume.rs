@@ -1,10 +1,11 @@
 //! The one batch-consumer loop of ordersys, written once for every queue it
-//! consumes (`product_queue` by the stock worker, `order_events` by the
-//! saga). What differs between them is a [`Handler`]: how a message is
+//! consumes (`product_queue` and the stock partitions this worker holds by
+//! the stock worker, `order_events` by the saga). What differs between them is a [`Handler`]: how a message is
 //! decoded, and what applying a batch of them writes. The loop does the
 //! rest, on a thread of its own (amiquip is synchronous):
 //!
-//! 1. connect, declare the topology, set the prefetch, start consuming;
+//! 1. connect, declare the topology, start consuming each queue on a
+//!    channel of its own (its own prefetch);
 //! 2. take what is waiting, up to [`Queue::batch_size`] (one message when
 //!    idle, hundreds under load: batching costs no latency);
 //! 3. decode each; one that never will be is set aside with its reason;
@@ -15,7 +16,12 @@
 //! 5. publish what was set aside to the dead-letter exchange with its
 //!    reason (`x-ordersys-error`, `x-ordersys-error-class`), and wait for
 //!    the broker's confirms;
-//! 6. acknowledge the whole batch at once (`multiple`), only now.
+//! 6. acknowledge the whole batch at once (`multiple`, once per channel),
+//!    only now.
+//!
+//! When another thread changes the queues ([`Assignment`]: the stock
+//! partitions a worker holds), the loop finishes the batch in hand, ends
+//! the session (what is prefetched goes back) and starts one on the new set.
 //!
 //! A crash or a lost connection anywhere before 6 leaves the batch
 //! unacknowledged: the broker redelivers it, and the handler's record of
@@ -32,6 +38,7 @@ use crate::request_id::RequestId;
 use crate::retry::Backoff;
 use amiquip::{ConsumerMessage, ConsumerOptions, Delivery};
 use diesel::{PgConnection, QueryResult};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What one queue's messages mean: the part of a consumer that differs.
@@ -72,7 +79,11 @@ pub trait Handler {
 
 /// Which queue a consumer consumes, and how.
 pub struct Queue {
+    /// Consumed always; its name is the one in the log.
     pub queue: &'static str,
+    /// More queues, which another thread may change (the stock partitions
+    /// this consumer's worker holds); none for a fixed one.
+    pub also: Option<Assignment>,
     /// Where its dead letters go.
     pub dead_letter_exchange: &'static str,
     /// What its messages are called in the log ("message", "line event").
@@ -83,9 +94,10 @@ pub struct Queue {
     pub connection_name: String,
     /// The database connection's `application_name`.
     pub database_name: &'static str,
-    /// Whether this consumer reports the queue's depth
-    /// (`ordersys_queue_messages`; one consumer per queue does).
-    pub reports_depth: bool,
+    /// The queues whose messages, summed, this consumer reports as
+    /// `queue`'s depth (`ordersys_queue_messages`; one consumer per queue
+    /// does): none, or `queue` and its partitions.
+    pub depth_of: Vec<String>,
     /// A table this consumer forgets past its retention, now and then
     /// between batches, on its own connection.
     pub retention: Option<Retention>,
@@ -116,6 +128,36 @@ enum Stop {
     Broker(#[from] AmqpError),
     #[error("shutting down")]
     Shutdown,
+    #[error("its queues changed")]
+    Reassigned,
+}
+
+/// Queues that another thread may change, with a generation that counts
+/// the changes.
+#[derive(Clone, Default)]
+pub struct Assignment(Arc<Mutex<(u64, Vec<String>)>>);
+
+impl Assignment {
+    /// Replaces the queues, unless they are the same.
+    pub fn set(&self, queues: Vec<String>) {
+        let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.1 != queues {
+            current.0 += 1;
+            current.1 = queues;
+        }
+    }
+
+    /// The generation and the queues.
+    pub fn get(&self) -> (u64, Vec<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
 }
 
 impl From<amiquip::Error> for Stop {
@@ -141,6 +183,7 @@ pub fn run<H: Handler>(ctx: &Context, queue: Queue, handler: H) {
     loop {
         match consumer.session(&mut backoff) {
             Ok(()) | Err(Stop::Shutdown) => return,
+            Err(Stop::Reassigned) => {}
             Err(Stop::Broker(e)) => {
                 broker.set_down(&e);
                 if ctx.shutdown.sleep(backoff.next_delay()) {
@@ -160,84 +203,134 @@ struct Consumer<'a, H> {
 }
 
 impl<H: Handler> Consumer<'_, H> {
-    /// One broker connection's worth of consuming.
+    /// The queues of a session: `queue`, then the assigned ones, and the
+    /// assignment's generation.
+    fn queues(&self) -> (u64, Vec<String>) {
+        let mut queues = vec![self.queue.queue.to_owned()];
+        let generation = match &self.queue.also {
+            Some(also) => {
+                let (generation, more) = also.get();
+                queues.extend(more);
+                generation
+            }
+            None => 0,
+        };
+        (generation, queues)
+    }
+
+    fn reassigned(&self, generation: u64) -> bool {
+        self.queue
+            .also
+            .as_ref()
+            .is_some_and(|also| also.generation() != generation)
+    }
+
+    /// One broker connection's worth of consuming, until the shutdown
+    /// (`Ok`) or until its queues change (`Stop::Reassigned`).
     fn session(&mut self, backoff: &mut Backoff) -> Result<(), Stop> {
         let settings = &self.ctx.settings;
-        let queue = self.queue.queue;
+        let (generation, queues) = self.queues();
         let mut connection = amqp::connect(&settings.amqp, &self.queue.connection_name)?;
         amqp::ensure_topology(&mut connection, &settings.amqp)?;
-        let channel = connection.open_channel(None)?;
-        channel.qos(0, settings.amqp.prefetch, false)?;
+        let mut channels = Vec::with_capacity(queues.len());
+        for _ in &queues {
+            let channel = connection.open_channel(None)?;
+            channel.qos(0, settings.amqp.prefetch, false)?;
+            channels.push(channel);
+        }
         let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
-        let consumer = channel.basic_consume(queue, ConsumerOptions::default())?;
+        let consumers = channels
+            .iter()
+            .zip(&queues)
+            .map(|(channel, queue)| {
+                channel.basic_consume(queue.as_str(), ConsumerOptions::default())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(broker) = &self.ctx.deps.broker {
             broker.set_up();
         }
         backoff.reset();
-        let receiver = consumer.receiver();
         // On a channel of its own: a refused declare closes its channel,
-        // not the consumer's.
-        let mut depth = match self.queue.reports_depth {
-            true => Some(QueueDepth::new(connection.open_channel(None)?)),
-            false => None,
+        // not a consumer's.
+        let mut depth = match self.queue.depth_of.is_empty() {
+            false => Some(QueueDepth::new(connection.open_channel(None)?)),
+            true => None,
         };
         let batch_size = self
             .queue
             .batch_size
             .min(settings.amqp.prefetch.into())
             .max(1);
-        loop {
+        let mut select = crossbeam_channel::Select::new();
+        for consumer in &consumers {
+            select.recv(consumer.receiver());
+        }
+        let shutdown = select.recv(self.ctx.shutdown.channel());
+        let ended = loop {
             if let Some(depth) = depth.as_mut() {
-                depth.refresh(self.ctx, queue);
+                depth.refresh(self.ctx, self.queue.queue, &self.queue.depth_of);
             }
-            let first = crossbeam_channel::select! {
-                recv(receiver) -> message => message.map_err(|_| AmqpError::Closed)?,
-                recv(self.ctx.shutdown.channel()) -> _ => break,
-                default(QUEUE_DEPTH_EVERY) => continue,
+            if self.reassigned(generation) {
+                break Stop::Reassigned;
+            }
+            let Ok(operation) = select.select_timeout(QUEUE_DEPTH_EVERY) else {
+                continue;
             };
-            let mut batch = Vec::with_capacity(batch_size);
-            for message in
-                std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok()))
-            {
-                match message {
-                    ConsumerMessage::Delivery(delivery) => batch.push(delivery),
-                    other => {
-                        // The channel is gone: what is in hand will be
-                        // redelivered.
-                        log::debug!(
-                            "{} stopped consuming {queue}: {other:?}",
-                            self.queue.connection_name
-                        );
-                        return Err(AmqpError::Closed.into());
-                    }
-                }
-                if batch.len() == batch_size {
-                    break;
+            let first_queue = operation.index();
+            if first_queue == shutdown {
+                let _ = operation.recv(self.ctx.shutdown.channel());
+                break Stop::Shutdown;
+            }
+            let receiver = consumers[first_queue].receiver();
+            let first = operation.recv(receiver).map_err(|_| AmqpError::Closed)?;
+            // The first message's queue, then the others in turn, for what
+            // is waiting: each queue's own order is kept.
+            let mut batch = Batch::with_capacity(batch_size);
+            batch.take(first_queue, first, &queues)?;
+            let order = (first_queue..consumers.len()).chain(0..first_queue);
+            for (i, consumer) in order.map(|i| (i, &consumers[i])) {
+                while batch.deliveries.len() < batch_size {
+                    let Ok(message) = consumer.receiver().try_recv() else {
+                        break;
+                    };
+                    batch.take(i, message, &queues)?;
                 }
             }
-            self.handle(batch, &channel, &mut dead_letters)?;
+            self.handle(batch, &channels, &mut dead_letters)?;
             if let (Some(retention), Some(conn)) = (self.queue.retention.as_mut(), &mut self.conn) {
                 retention.purge_if_due(conn);
             }
+        };
+        // Stop deliveries (what is prefetched goes back).
+        drop(select);
+        for consumer in consumers {
+            amqp::cancel(consumer);
         }
-        // Shutdown: stop deliveries (what is prefetched goes back).
-        amqp::cancel(consumer);
         if let Some(depth) = depth {
             let _ = depth.channel.close();
         }
         dead_letters.close();
-        let _ = channel.close();
+        for channel in channels {
+            let _ = channel.close();
+        }
         let _ = connection.close();
-        Ok(())
+        match ended {
+            Stop::Shutdown => Ok(()),
+            other => Err(other),
+        }
     }
 
     /// Decodes, applies, dead-letters and acknowledges one batch.
     fn handle(
         &mut self,
-        batch: Vec<Delivery>,
-        channel: &amiquip::Channel,
+        batch: Batch,
+        channels: &[amiquip::Channel],
         dead_letters: &mut ConfirmingChannel,
     ) -> Result<(), Stop> {
+        let Batch {
+            deliveries: batch,
+            queues,
+        } = batch;
         self.handler.received(batch.len());
         let mut items = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
@@ -281,8 +374,21 @@ impl<H: Handler> Consumer<'_, H> {
                     .dead_lettered(self.conn.as_mut(), item, refusal);
             }
         }
-        if let Some(last) = batch.into_iter().max_by_key(|d| d.delivery_tag()) {
-            last.ack_multiple(channel)?;
+        // Delivery tags count per channel: the last of each queue.
+        let mut last: Vec<Option<Delivery>> = channels.iter().map(|_| None).collect();
+        for (delivery, queue) in batch.into_iter().zip(queues) {
+            let slot = &mut last[queue];
+            if slot
+                .as_ref()
+                .is_none_or(|l| l.delivery_tag() < delivery.delivery_tag())
+            {
+                *slot = Some(delivery);
+            }
+        }
+        for (delivery, channel) in last.into_iter().zip(channels) {
+            if let Some(delivery) = delivery {
+                delivery.ack_multiple(channel)?;
+            }
         }
         Ok(())
     }
@@ -409,6 +515,43 @@ impl<H: Handler> Consumer<'_, H> {
     }
 }
 
+/// Deliveries taken for one batch, each with the index of its queue (and
+/// channel) in the session.
+struct Batch {
+    deliveries: Vec<Delivery>,
+    queues: Vec<usize>,
+}
+
+impl Batch {
+    fn with_capacity(n: usize) -> Batch {
+        Batch {
+            deliveries: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds a delivery of queue `queue`; anything else means its channel is
+    /// gone (what is in hand will be redelivered).
+    fn take(
+        &mut self,
+        queue: usize,
+        message: ConsumerMessage,
+        names: &[String],
+    ) -> Result<(), Stop> {
+        match message {
+            ConsumerMessage::Delivery(delivery) => {
+                self.deliveries.push(delivery);
+                self.queues.push(queue);
+                Ok(())
+            }
+            other => {
+                log::debug!("stopped consuming {}: {other:?}", names[queue]);
+                Err(AmqpError::Closed.into())
+            }
+        }
+    }
+}
+
 /// Reads a queue's depth now and then, for `ordersys_queue_messages`.
 struct QueueDepth {
     channel: amiquip::Channel,
@@ -425,23 +568,29 @@ impl QueueDepth {
         }
     }
 
-    fn refresh(&mut self, ctx: &Context, queue: &str) {
+    /// Reports the messages of `queues`, summed, as `label`'s depth.
+    fn refresh(&mut self, ctx: &Context, label: &str, queues: &[String]) {
         if self.refused || self.last.is_some_and(|t| t.elapsed() < QUEUE_DEPTH_EVERY) {
             return;
         }
         self.last = Some(Instant::now());
-        match self.channel.queue_declare_passive(queue) {
-            Ok(declared) => {
-                let messages = declared.declared_message_count().unwrap_or_default();
-                ctx.metrics.stock.queue_depth(queue, messages);
-            }
-            Err(e) => {
-                // Its channel is closed now: stop asking until the next
-                // session, and show no stale figure meanwhile.
-                log::warn!("cannot read {queue}'s depth: {e}");
-                ctx.metrics.stock.forget_queue_depth(queue);
-                self.refused = true;
+        let mut messages: u32 = 0;
+        for queue in queues {
+            match self.channel.queue_declare_passive(queue) {
+                Ok(declared) => {
+                    let count = declared.declared_message_count().unwrap_or_default();
+                    messages = messages.saturating_add(count);
+                }
+                Err(e) => {
+                    // Its channel is closed now: stop asking until the next
+                    // session, and show no stale figure meanwhile.
+                    log::warn!("cannot read {queue}'s depth: {e}");
+                    ctx.metrics.stock.forget_queue_depth(label);
+                    self.refused = true;
+                    return;
+                }
             }
         }
+        ctx.metrics.stock.queue_depth(label, messages);
     }
 }

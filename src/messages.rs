@@ -13,7 +13,27 @@ pub const PRODUCT_EXCHANGE: &str = "product_exchange";
 pub const PRODUCT_ROUTING_KEY: &str = "product.update";
 /// The durable work queue the stock workers consume.
 pub const PRODUCT_QUEUE: &str = "product_queue";
-/// Dead-letter exchange of [`PRODUCT_QUEUE`].
+/// The partitions of the stock messages, when `amqp.stock_partitions` is
+/// N > 0: a product's changes go to partition `produit_id mod N`, routed by
+/// [`PRODUCT_EXCHANGE`] with `product.update.{k}` to the durable queue
+/// `product_queue.{k}`. [`PRODUCT_QUEUE`] stays, bound to
+/// [`PRODUCT_ROUTING_KEY`], for what producers without partitions send.
+pub fn stock_partition(produit_id: ProductId, partitions: u16) -> u16 {
+    let n = i64::from(partitions.max(1));
+    produit_id.get().rem_euclid(n) as u16
+}
+
+/// The routing key of partition `k` ([`stock_partition`]).
+pub fn stock_routing_key(k: u16) -> String {
+    format!("{PRODUCT_ROUTING_KEY}.{k}")
+}
+
+/// The queue of partition `k` ([`stock_partition`]).
+pub fn stock_queue(k: u16) -> String {
+    format!("{PRODUCT_QUEUE}.{k}")
+}
+
+/// Dead-letter exchange of [`PRODUCT_QUEUE`] (and of its partitions).
 pub const DEAD_LETTER_EXCHANGE: &str = "product_dlx";
 /// Where messages that can never succeed end up, with [`ERROR_HEADER`].
 pub const DEAD_LETTER_QUEUE: &str = "product_queue.dlq";

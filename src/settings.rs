@@ -52,6 +52,8 @@ pub struct AmqpSettings {
     pub heartbeat_secs: u16,
     pub delivery_limit: u16,
     pub declare_topology: bool,
+    /// Stock partitions (`product_queue.{k}`); 0: `product_queue` alone.
+    pub stock_partitions: u16,
 }
 
 impl AmqpSettings {
@@ -117,6 +119,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("heartbeat_secs", &self.heartbeat_secs)
             .field("delivery_limit", &self.delivery_limit)
             .field("declare_topology", &self.declare_topology)
+            .field("stock_partitions", &self.stock_partitions)
             .finish()
     }
 }
@@ -175,6 +178,8 @@ pub struct WorkerSettings {
     pub max_message_bytes: usize,
     pub dedupe_retention_secs: u64,
     pub accept_seed_format: bool,
+    /// How long a worker's hold on a stock partition lasts unrenewed.
+    pub partition_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -394,6 +399,11 @@ impl Settings {
         }
         self.database.validate_limits()?;
         at_least("amqp.prefetch", self.amqp.prefetch.into(), 1)?;
+        at_most(
+            "amqp.stock_partitions",
+            self.amqp.stock_partitions.into(),
+            MAX_STOCK_PARTITIONS,
+        )?;
         self.http.validate_limits()?;
         self.worker.validate()?;
         at_least("outbox.batch_size", self.outbox.batch_size as u64, 1)?;
@@ -441,6 +451,20 @@ fn url_scheme(key: &str, url: &str, schemes: &[&str]) -> Result<(), SettingsErro
                 parsed.scheme()
             ),
         ))
+    }
+}
+
+/// The most stock partitions: each is a queue on every worker's channels.
+pub const MAX_STOCK_PARTITIONS: u64 = 256;
+
+fn at_most(key: &str, value: u64, max: u64) -> Result<(), SettingsError> {
+    if value > max {
+        Err(SettingsError::key(
+            key,
+            format!("must be at most {max}, got {value}"),
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -525,7 +549,9 @@ impl WorkerSettings {
     fn validate(&self) -> Result<(), SettingsError> {
         at_least("worker.replicas", self.replicas as u64, 1)?;
         at_least("worker.batch_size", self.batch_size as u64, 1)?;
-        at_least("worker.max_message_bytes", self.max_message_bytes as u64, 1)
+        at_least("worker.max_message_bytes", self.max_message_bytes as u64, 1)?;
+        // Renewed every fifth of it: whole ticks of at least 200 ms.
+        at_least("worker.partition_lease_ms", self.partition_lease_ms, 1000)
     }
 }
 

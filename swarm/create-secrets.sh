@@ -30,7 +30,7 @@
 #   WORKER_DB_PASSWORD      login role ordersys_worker
 #   RABBITMQ_MIGRATE_PASSWORD  broker user ordersys_migrate (declares the topology)
 #   RABBITMQ_ORDERS_PASSWORD   broker user ordersys_orders (publishes to product_exchange, consumes order_events)
-#   RABBITMQ_WORKER_PASSWORD   broker user ordersys_worker (consumes product_queue)
+#   RABBITMQ_WORKER_PASSWORD   broker user ordersys_worker (consumes product_queue and its partitions)
 #   RABBITMQ_ERLANG_COOKIE     the shared secret of the broker cluster's nodes (and
 #                              of rabbitmqctl inside their tasks): 20 to 255 letters
 #                              and digits
@@ -253,7 +253,7 @@ user_json() { # user_json NAME PASSWORD
 permission_json() { # permission_json USER CONFIGURE WRITE READ (JSON-escaped regexes)
   printf '    {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' "$1" "$2" "$3" "$4"
 }
-topology='^(product_exchange|product_queue|product_queue\\.dlq|product_dlx|stock_alerts|order_events|order_events\\.dlq|order_events_dlx)$'
+topology='^(product_exchange|product_queue|product_queue\\.[0-9]+|product_queue\\.dlq|product_dlx|stock_alerts|order_events|order_events\\.dlq|order_events_dlx)$'
 definitions=$(
   printf '{\n  "vhosts": [{"name": "/"}],\n  "users": [\n'
   user_json ordersys_migrate "$mq_migrate"
@@ -266,7 +266,7 @@ definitions=$(
   printf ',\n'
   permission_json ordersys_orders '^$' '^(product_exchange|order_events_dlx)$' '^order_events$'
   printf ',\n'
-  permission_json ordersys_worker '^$' '^(product_dlx|stock_alerts|order_events)$' '^product_queue$'
+  permission_json ordersys_worker '^$' '^(product_dlx|stock_alerts|order_events)$' '^product_queue(\\.[0-9]+)?$'
   printf '\n  ]\n}\n'
 )
 if [ "$action" = definitions ]; then

@@ -14,7 +14,7 @@
 //!    rate, by stage;
 //! 3. order validation ([`validation`]): start → decision under the paced
 //!    load, and many orders validated at once against scarce stock;
-//! 4. the worker alone ([`worker`]), draining a pre-filled product_queue,
+//! 4. the worker alone ([`worker`]), draining pre-filled stock queues,
 //!    with 1, 2 and 4 consumers, sampling its backends' row-lock waits;
 //! 5. the ceilings ([`ceilings`]): the broker alone, the database alone;
 //! 6. each process's peak RSS.

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 const RETENTION: &str = "2";
 
 pub async fn measure(bench: &mut Bench) {
-    bench.env = vec![
+    bench.env.extend([
         ("ORDERSYS__OUTBOX__RETENTION_SECS", RETENTION),
         ("ORDERSYS__WORKER__DEDUPE_RETENTION_SECS", RETENTION),
-    ];
+    ]);
     let catalog = bench.create_products("retention", CATALOG, 1.into()).await;
     bench.start_orders().await;
     let _worker = bench.start_worker().await;

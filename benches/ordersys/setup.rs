@@ -1,7 +1,9 @@
 //! The system under test: products and orders as separate processes on a
 //! fresh database and vhost, a catalog, and sample orders.
 
-use crate::sizes::{Sizes, CATALOG, LINES_PER_ORDER, SAMPLE_ORDERS, STOCK, WORKER_CATALOG};
+use crate::sizes::{
+    stock_partitions, Sizes, CATALOG, LINES_PER_ORDER, SAMPLE_ORDERS, STOCK, WORKER_CATALOG,
+};
 use diesel::prelude::*;
 use ordersys::domain::limits::LINES_PER_ORDER_MAX;
 use ordersys::settings::Settings;
@@ -48,12 +50,15 @@ impl Bench {
     pub async fn start(sizes: Sizes) -> Bench {
         let db = TestDb::migrated();
         let broker = TestBroker::create();
-        let settings = ordersys_testkit::settings(&db, &broker);
+        let mut settings = ordersys_testkit::settings(&db, &broker);
+        let partitions = stock_partitions();
+        settings.amqp.stock_partitions = partitions;
         let products = Process::serve(&settings, "products", &[]);
         products.wait_ready().await;
+        let partitions: &'static str = Box::leak(partitions.to_string().into_boxed_str());
         Bench {
             sizes,
-            env: Vec::new(),
+            env: vec![("ORDERSYS__AMQP__STOCK_PARTITIONS", partitions)],
             pg: db.conn(),
             settings,
             products,

@@ -10,6 +10,13 @@ pub const WORKER_CATALOG: usize = 20;
 /// Orders read by `GET /commandes/{id}`, each with this many lines.
 pub const SAMPLE_ORDERS: usize = 100;
 pub const LINES_PER_ORDER: usize = 3;
+/// Stock partitions of the orders and worker processes
+/// (`amqp.stock_partitions`); `ORDERSYS_BENCH_STOCK_PARTITIONS` overrides
+/// it (0: `product_queue` alone, as before partitions existed).
+pub fn stock_partitions() -> u16 {
+    env_or("ORDERSYS_BENCH_STOCK_PARTITIONS", 8)
+}
+
 /// Connections of the paced (open-loop) latency step, at most.
 pub const PACED_CONNECTIONS: usize = 32;
 

@@ -5,6 +5,8 @@ use crate::report::{verdict, Report};
 use crate::setup::Bench;
 use crate::sizes::target;
 use crate::sql::{count, until_count};
+use ordersys::domain::ProductId;
+use ordersys::messages::{stock_partition, stock_routing_key, PRODUCT_ROUTING_KEY};
 use ordersys_testkit::process::Process;
 use ordersys_testkit::TestBroker;
 use serde_json::json;
@@ -14,12 +16,17 @@ use std::time::{Duration, Instant};
 /// the messages).
 pub const FIRST_QUEUED_LINE: i64 = 10_000_000;
 
-/// Pre-fills product_queue with `n` tracked CREATED messages of one unit
-/// each, for lines that exist only in the messages (from `first_line` on),
-/// on `products`.
-fn prefill(broker: &TestBroker, products: &[i64], n: usize, first_line: i64) {
+/// Pre-fills the stock queues with `n` tracked CREATED messages of one
+/// unit each, for lines that exist only in the messages (from `first_line`
+/// on), on `products`: each to its product's partition as the relay
+/// publishes it, or to product_queue without partitions.
+fn prefill(broker: &TestBroker, partitions: u16, products: &[i64], n: usize, first_line: i64) {
     let mut connection = broker.connect();
-    ordersys::amqp::declare_topology(&mut connection, &broker.settings()).unwrap();
+    let settings = ordersys::settings::AmqpSettings {
+        stock_partitions: partitions,
+        ..broker.settings()
+    };
+    ordersys::amqp::declare_topology(&mut connection, &settings).unwrap();
     let channel = connection.open_channel(None).unwrap();
     let mut publisher = ordersys::amqp::ConfirmingChannel::new(channel).unwrap();
     for i in 0..n {
@@ -27,10 +34,14 @@ fn prefill(broker: &TestBroker, products: &[i64], n: usize, first_line: i64) {
         let message_id = uuid::Uuid::new_v4().to_string();
         let body = json!({"action": "CREATED", "produit_id": product, "quantite": 1, "commande_id": 1,
                           "message_id": message_id, "ligne_id": first_line + i as i64, "version": 1});
+        let routing_key = match partitions {
+            0 => PRODUCT_ROUTING_KEY.to_owned(),
+            n => stock_routing_key(stock_partition(ProductId(product), n)),
+        };
         publisher
             .publish(
                 ordersys::messages::PRODUCT_EXCHANGE,
-                ordersys::messages::PRODUCT_ROUTING_KEY,
+                &routing_key,
                 body.to_string().as_bytes(),
                 ordersys::amqp::properties(&message_id),
             )
@@ -60,7 +71,7 @@ pub struct Drain {
 /// last: its process stays running for the memory figures.
 pub const REPLICAS: [usize; 3] = [1, 4, 2];
 
-/// Pre-fills product_queue with `n` messages on `catalog` (the `round`-th
+/// Pre-fills the stock queues with `n` messages on `catalog` (the `round`-th
 /// drain's own lines), then starts a worker with `replicas` consumers and
 /// times it draining them, sampling what its backends wait on; returns
 /// the figures and the worker (still running).
@@ -73,6 +84,7 @@ pub async fn drain(
 ) -> (Drain, Process) {
     prefill(
         &bench.broker,
+        bench.settings.amqp.stock_partitions,
         catalog,
         n,
         FIRST_QUEUED_LINE + (round * n) as i64,
@@ -133,7 +145,8 @@ impl LockWaits {
             while !stopped.load(Ordering::Relaxed) {
                 let sql = "SELECT count(*) AS n FROM pg_stat_activity \
                            WHERE application_name = 'ordersys-worker' AND state = 'active' \
-                             AND wait_event_type = 'Lock'";
+                             AND wait_event_type = 'Lock' \
+                             AND wait_event IN ('transactionid', 'tuple')";
                 waits.samples += 1;
                 if crate::sql::count(&mut conn, sql) > 0 {
                     waits.waiting += 1;

@@ -8,7 +8,14 @@
 //! commits. A nack, a lost connection or a crash rolls the transaction back:
 //! the rows stay unsent and go out again (the worker de-duplicates by
 //! `message_id`). Rows are claimed in id order and published on one channel,
-//! so one relay preserves the order of each line's changes.
+//! so one relay preserves the order of each queue's messages.
+//!
+//! With stock partitions (`amqp.stock_partitions` > 0), a stock change is
+//! published to its product's partition ([`routing_key`]), whatever
+//! routing key the row was written with: rows written before the
+//! partitions existed go there too. A line moved to another product has
+//! its next change in another partition; the worker's line versions order
+//! them.
 //!
 //! Wake-up: this process's request handlers nudge the relay after every
 //! commit that wrote messages; a slow poll (`outbox.poll_interval_ms`)
@@ -19,13 +26,15 @@ use crate::amqp::{self, AmqpError, ConfirmingChannel, CONFIRM_TIMEOUT};
 use crate::context::Context;
 use crate::db::fixed::fixed_sql;
 use crate::db::{self, Retention};
+use crate::domain::ProductId;
 use crate::logging;
-use crate::messages::PRODUCT_EXCHANGE;
+use crate::messages::{stock_partition, stock_routing_key, PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY};
 use crate::metrics::Metrics;
 use crate::request_id::{self, RequestId};
 use crate::retry::Backoff;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -136,6 +145,7 @@ impl Relay {
                     &mut channel,
                     self.exchanges,
                     batch_size,
+                    settings.amqp.stock_partitions,
                     &ctx.metrics,
                 )?;
                 for table in retention.iter_mut() {
@@ -203,6 +213,7 @@ fn publish_batch(
     channel: &mut ConfirmingChannel,
     exchanges: &[&str],
     limit: usize,
+    partitions: u16,
     metrics: &Metrics,
 ) -> Result<usize, RelayError> {
     let sent = pg.transaction::<_, RelayError, _>(|pg| {
@@ -219,7 +230,7 @@ fn publish_batch(
             let properties = properties(row.message_id, row.request_id.as_deref());
             channel.publish(
                 &row.exchange,
-                &row.routing_key,
+                &routing_key(row, partitions),
                 row.payload.as_bytes(),
                 properties,
             )?;
@@ -283,6 +294,25 @@ fixed_sql!(include_str!("mark_published.sql"),
         published_at: chrono::DateTime<chrono::Utc> as Timestamptz,
     }
 );
+
+/// Where a row goes: its product's partition for a stock change when there
+/// are partitions, else the routing key it was written with. A payload
+/// without a readable product (none is written so) keeps its key: it goes
+/// to `product_queue`, which the workers consume too.
+fn routing_key(row: &Row, partitions: u16) -> Cow<'_, str> {
+    #[derive(serde::Deserialize)]
+    struct Product {
+        produit_id: ProductId,
+    }
+    let stock = row.exchange == PRODUCT_EXCHANGE && row.routing_key == PRODUCT_ROUTING_KEY;
+    if partitions == 0 || !stock {
+        return Cow::Borrowed(&row.routing_key);
+    }
+    match serde_json::from_str::<Product>(&row.payload) {
+        Ok(p) => Cow::Owned(stock_routing_key(stock_partition(p.produit_id, partitions))),
+        Err(_) => Cow::Borrowed(&row.routing_key),
+    }
+}
 
 /// A row's AMQP properties: persistent, its message id, and the id of the
 /// request that wrote it as `correlation_id` and as a W3C `traceparent`.
@@ -350,5 +380,33 @@ mod tests {
         });
         check(&PurgeHistory { secs: 1.0 });
         check(&PurgeSent { secs: 1.0 });
+    }
+
+    fn row(exchange: &str, routing_key: &str, payload: &str) -> Row {
+        Row {
+            id: 1,
+            message_id: Uuid::nil(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            payload: payload.into(),
+            request_id: None,
+            claimed_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_stock_change_goes_to_its_products_partition_when_there_are_partitions() {
+        let change = row(
+            PRODUCT_EXCHANGE,
+            PRODUCT_ROUTING_KEY,
+            r#"{"produit_id":13,"quantite":2,"commande_id":1}"#,
+        );
+        assert_eq!(routing_key(&change, 0), "product.update");
+        assert_eq!(routing_key(&change, 8), "product.update.5");
+        assert_eq!(routing_key(&change, 1), "product.update.0");
+        let unreadable = row(PRODUCT_EXCHANGE, PRODUCT_ROUTING_KEY, "{}");
+        assert_eq!(routing_key(&unreadable, 8), "product.update");
+        let event = row("order_events", "line.outcome", r#"{"produit_id":13}"#);
+        assert_eq!(routing_key(&event, 8), "line.outcome");
     }
 }

@@ -39,12 +39,13 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 pub fn run(ctx: Context, waker: Waker) {
     let queue = Queue {
         queue: ORDER_EVENTS_QUEUE,
+        also: None,
         dead_letter_exchange: ORDER_EVENTS_DEAD_LETTER_EXCHANGE,
         noun: "line event",
         batch_size: ctx.settings.validation.batch_size,
         connection_name: "ordersys-orders-saga".into(),
         database_name: "ordersys-orders-saga",
-        reports_depth: false,
+        depth_of: Vec::new(),
         retention: None,
     };
     let handler = Events {

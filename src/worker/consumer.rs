@@ -1,4 +1,5 @@
-//! One competing consumer of `product_queue`: the stock worker's
+//! One consumer of `product_queue` and of the stock partitions given it
+//! ([`lease`](super::lease)): the stock worker's
 //! [`Handler`] for the one consumer loop ([`crate::consume`]), around
 //! [`store::apply`]. [`change`](super::change) decodes each body (a poison
 //! one is dead-lettered with its reason); the batch is applied in one
@@ -7,11 +8,11 @@
 use super::change::StockChange;
 use super::plan::{Outcome, Refusal};
 use super::store;
-use crate::consume::{self, Handler, Queue};
+use crate::consume::{self, Assignment, Handler, Queue};
 use crate::context::Context;
 use crate::db::Retention;
 use crate::logging;
-use crate::messages::{DeadLetterClass, DEAD_LETTER_EXCHANGE, PRODUCT_QUEUE};
+use crate::messages::{stock_queue, DeadLetterClass, DEAD_LETTER_EXCHANGE, PRODUCT_QUEUE};
 use crate::metrics::{self, Metrics};
 use crate::outbox::Waker;
 use crate::request_id::RequestId;
@@ -24,19 +25,28 @@ use std::time::{Duration, Instant};
 /// How often consumer 0 forgets old processed ids, at most.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
-/// Runs consumer `index` until the shutdown. Consumer 0 also reports the
-/// queue's depth and forgets old processed ids.
-pub fn run(index: usize, ctx: Context, waker: Waker) {
+/// Runs consumer `index` until the shutdown; `partitions` are the stock
+/// partition queues it is given, when there are any. Consumer 0 also
+/// reports the queues' depth (all partitions' included) and forgets old
+/// processed ids.
+pub fn run(index: usize, ctx: Context, waker: Waker, partitions: Option<Assignment>) {
     let settings = &ctx.settings;
+    let depth_of = match index {
+        0 => std::iter::once(PRODUCT_QUEUE.to_owned())
+            .chain((0..settings.amqp.stock_partitions).map(stock_queue))
+            .collect(),
+        _ => Vec::new(),
+    };
     let retention = Duration::from_secs(settings.worker.dedupe_retention_secs);
     let queue = Queue {
         queue: PRODUCT_QUEUE,
+        also: partitions,
         dead_letter_exchange: DEAD_LETTER_EXCHANGE,
         noun: "message",
         batch_size: settings.worker.batch_size,
         connection_name: format!("ordersys-worker-{index}"),
         database_name: "ordersys-worker",
-        reports_depth: index == 0,
+        depth_of,
         retention: (index == 0).then(|| {
             Retention::new(
                 "processed message ids",

@@ -1,6 +1,7 @@
-//! The stock worker (`ordersys worker`): N competing consumers of the work
-//! queue `product_queue`, each applying order-line changes to product stock
-//! exactly once, plus a relay for the stock alerts they write to the outbox.
+//! The stock worker (`ordersys worker`): N consumers of the work queue
+//! `product_queue` and of the stock partitions this worker holds
+//! ([`lease`]), each applying order-line changes to product stock exactly
+//! once, plus a relay for the stock alerts they write to the outbox.
 //!
 //! One batch of deliveries goes through four steps:
 //! [`change`] parses each body, [`store`] loads the snapshot the batch
@@ -10,5 +11,6 @@
 
 pub mod change;
 pub mod consumer;
+pub mod lease;
 pub mod plan;
 pub mod store;

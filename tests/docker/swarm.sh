@@ -43,8 +43,12 @@ all_running() {
 }
 running_tasks() { docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1"; }
 
+# swarm_queue consumers|messages: product_queue's consumers (every worker
+# consumer consumes it), or the messages of product_queue and of its
+# partitions (the stack's amqp.stock_partitions), summed.
 swarm_queue() { broker_exec rabbitmqctl -q list_queues name "$1" |
-  awk '$1 == "product_queue" {print $2}'; }
+  awk -v what="$1" '$1 == "product_queue" || (what == "messages" && $1 ~ /^product_queue\.[0-9]+$/) {
+    n += $2 } END { print n + 0 }'; }
 
 # The targets Prometheus should report, as prometheus_targets prints them:
 # every running task of each mode, up.

@@ -140,12 +140,13 @@ impl Loop {
         let thread = std::thread::spawn(move || {
             let queue = Queue {
                 queue: PRODUCT_QUEUE,
+                also: None,
                 dead_letter_exchange: DEAD_LETTER_EXCHANGE,
                 noun: "number",
                 batch_size: 50,
                 connection_name: "consume-test".into(),
                 database_name: "consume-test",
-                reports_depth: false,
+                depth_of: Vec::new(),
                 retention: None,
             };
             consume::run(&ctx, queue, handler)

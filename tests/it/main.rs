@@ -13,6 +13,7 @@ mod load;
 mod migrations;
 mod openapi;
 mod orders;
+mod partitions;
 mod pipeline;
 mod prepared;
 mod products;

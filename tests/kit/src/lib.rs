@@ -537,7 +537,11 @@ impl TestApp {
                 "SELECT count(*) AS n FROM reservations r WHERE r.quantite > 0 AND NOT EXISTS \
                  (SELECT 1 FROM commandes_produits l WHERE l.id = r.ligne_id AND l.statut_stock = 'RESERVE')",
             );
-            let queued = self.broker.ready(ordersys::messages::PRODUCT_QUEUE);
+            let partitions = (0..self.settings.amqp.stock_partitions).map(ordersys::messages::stock_queue);
+            let queued: u32 = std::iter::once(ordersys::messages::PRODUCT_QUEUE.to_owned())
+                .chain(partitions)
+                .map(|queue| self.broker.ready(&queue))
+                .sum();
             (unsent == 0 && waiting == 0 && orphans == 0 && queued == 0).then_some(())
         })
         .await

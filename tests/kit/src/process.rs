@@ -158,11 +158,16 @@ impl Process {
 
     /// Sends SIGTERM and returns at once.
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`TERM`, `STOP`, `CONT`) and returns at once.
+    pub fn signal(&self, name: &str) {
         let sent = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
-            .expect("kill -TERM");
-        assert!(sent.success());
+            .expect("kill");
+        assert!(sent.success(), "kill -{name}");
     }
 
     /// The exit status, once it exits (waits at most `timeout`).

@@ -1,0 +1,2 @@
+DROP TABLE partitions_stock;
+DROP TABLE workers_stock;
