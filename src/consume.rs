@@ -133,30 +133,73 @@ enum Stop {
 }
 
 /// Queues that another thread may change, with a generation that counts
-/// the changes.
+/// the changes; and, the other way, whether the consumer given them is
+/// consuming: the time its loop last came round with its session up, and
+/// whether it ended.
 #[derive(Clone, Default)]
-pub struct Assignment(Arc<Mutex<(u64, Vec<String>)>>);
+pub struct Assignment(Arc<Mutex<Assigned>>);
+
+#[derive(Default)]
+struct Assigned {
+    generation: u64,
+    queues: Vec<String>,
+    alive: Option<Instant>,
+    ended: bool,
+}
+
+/// The longest a consumer's loop goes without coming round while its
+/// session is up (it waits for a message at most this long).
+pub const COMES_ROUND_EVERY: Duration = QUEUE_DEPTH_EVERY;
 
 impl Assignment {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Assigned> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Replaces the queues, unless they are the same.
     pub fn set(&self, queues: Vec<String>) {
-        let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.1 != queues {
-            current.0 += 1;
-            current.1 = queues;
+        let mut current = self.lock();
+        if current.queues != queues {
+            current.generation += 1;
+            current.queues = queues;
         }
     }
 
     /// The generation and the queues.
     pub fn get(&self) -> (u64, Vec<String>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let current = self.lock();
+        (current.generation, current.queues.clone())
+    }
+
+    /// Whether the consumer came round within `within` with its session
+    /// up, and has not ended.
+    pub fn consuming(&self, within: Duration) -> bool {
+        let current = self.lock();
+        !current.ended && current.alive.is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// Whether the consumer has ended (the shutdown, or a panic).
+    pub fn ended(&self) -> bool {
+        self.lock().ended
     }
 
     fn generation(&self) -> u64 {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).0
+        self.lock().generation
+    }
+
+    fn came_round(&self) {
+        self.lock().alive = Some(Instant::now());
+    }
+}
+
+/// Marks an assignment's consumer ended when it returns or panics.
+struct EndsWith(Option<Assignment>);
+
+impl Drop for EndsWith {
+    fn drop(&mut self) {
+        if let Some(assignment) = &self.0 {
+            assignment.lock().ended = true;
+        }
     }
 }
 
@@ -169,6 +212,7 @@ impl From<amiquip::Error> for Stop {
 /// Consumes `queue` with `handler` until the shutdown, reconnecting to the
 /// broker with backoff ([`crate::retry`]).
 pub fn run<H: Handler>(ctx: &Context, queue: Queue, handler: H) {
+    let _ends = EndsWith(queue.also.clone());
     if !ctx.db.wait_ready(&ctx.shutdown) {
         return;
     }
@@ -273,7 +317,10 @@ impl<H: Handler> Consumer<'_, H> {
             if self.reassigned(generation) {
                 break Stop::Reassigned;
             }
-            let Ok(operation) = select.select_timeout(QUEUE_DEPTH_EVERY) else {
+            if let Some(also) = &self.queue.also {
+                also.came_round();
+            }
+            let Ok(operation) = select.select_timeout(COMES_ROUND_EVERY) else {
                 continue;
             };
             let first_queue = operation.index();

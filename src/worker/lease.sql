@@ -10,12 +10,20 @@ WITH args AS (
     DELETE FROM workers_stock w USING args
      WHERE w.worker <> args.me AND w.expire_le < statement_timestamp() - interval '1 hour'
     RETURNING 1
-), share AS (
-    -- This worker and the others whose membership is alive.
-    SELECT ceil(args.partitions::numeric / (1 + count(w.worker)))::int AS n
+), members AS (
+    -- This worker and the others whose membership is alive; its rank
+    -- among them by id.
+    SELECT 1 + count(w.worker) AS n,
+           count(w.worker) FILTER (WHERE w.worker < args.me) AS rank
       FROM args LEFT JOIN workers_stock w
         ON w.worker <> args.me AND w.expire_le > statement_timestamp()
-     GROUP BY args.partitions
+     GROUP BY args.me
+), share AS (
+    -- The partitions dealt out evenly: the first (partitions mod n)
+    -- workers by id take one more.
+    SELECT args.partitions / members.n
+           + CASE WHEN members.rank < args.partitions % members.n THEN 1 ELSE 0 END AS n
+      FROM args, members
 ), held AS (
     SELECT p.partition, row_number() OVER (ORDER BY p.partition) AS rank
       FROM partitions_stock p, args
@@ -31,18 +39,20 @@ WITH args AS (
       FROM held, share, args
      WHERE p.partition = held.partition AND held.rank > share.n AND p.worker = args.me
     RETURNING p.partition
+), free AS (
+    -- Free or expired, up to the share: locked here, once (a locking CTE
+    -- is never re-run), skipping those another worker is taking.
+    SELECT f.partition FROM partitions_stock f, args a
+     WHERE f.partition < a.partitions
+       AND (f.worker IS NULL OR f.expire_le < statement_timestamp())
+       AND f.worker IS DISTINCT FROM a.me
+     ORDER BY f.partition
+     LIMIT (SELECT greatest(share.n - (SELECT count(*) FROM held), 0) FROM share)
+       FOR UPDATE OF f SKIP LOCKED
 ), taken AS (
     UPDATE partitions_stock p SET worker = args.me, expire_le = args.until
-      FROM args
-     WHERE p.partition IN (
-            SELECT f.partition FROM partitions_stock f, args a
-             WHERE f.partition < a.partitions
-               AND (f.worker IS NULL OR f.expire_le < statement_timestamp())
-               AND f.worker IS DISTINCT FROM a.me
-             ORDER BY f.partition
-             LIMIT (SELECT greatest(share.n - (SELECT count(*) FROM held), 0) FROM share)
-               FOR UPDATE OF f SKIP LOCKED)
-       AND (p.worker IS NULL OR p.expire_le < statement_timestamp())
+      FROM free, args
+     WHERE p.partition = free.partition
     RETURNING p.partition
 )
 SELECT partition FROM renewed

@@ -7,7 +7,11 @@
 # be published for the moment.
 
 BROKER_NODES=(rabbitmq1 rabbitmq2 rabbitmq3)
-BROKER_QUEUES="order_events order_events.dlq product_queue product_queue.dlq stock_alerts"
+# The stack's stock partitions (amqp.stock_partitions in swarm/stack.yml):
+# product_queue.0 .. product_queue.N-1, in the order jq sorts names.
+STACK_PARTITIONS=$(grep -m1 'ORDERSYS__AMQP__STOCK_PARTITIONS:' swarm/stack.yml | grep -o '[0-9]\+')
+BROKER_QUEUES="order_events order_events.dlq product_queue $(
+  seq -f 'product_queue.%g' 0 $((STACK_PARTITIONS - 1)) | paste -sd' ') product_queue.dlq stock_alerts"
 
 # broker_exec COMMAND...: COMMAND in the first broker node whose RabbitMQ
 # runs (a paused minority or a restarting node does not answer).
