@@ -276,12 +276,7 @@ impl<H: Handler> Consumer<'_, H> {
         let (generation, queues) = self.queues();
         let mut connection = amqp::connect(&settings.amqp, &self.queue.connection_name)?;
         amqp::ensure_topology(&mut connection, &settings.amqp)?;
-        let mut channels = Vec::with_capacity(queues.len());
-        for _ in &queues {
-            let channel = connection.open_channel(None)?;
-            channel.qos(0, settings.amqp.prefetch, false)?;
-            channels.push(channel);
-        }
+        let channels = consuming_channels(&mut connection, queues.len(), settings.amqp.prefetch)?;
         let mut dead_letters = ConfirmingChannel::new(connection.open_channel(None)?)?;
         let consumers = channels
             .iter()
@@ -330,19 +325,7 @@ impl<H: Handler> Consumer<'_, H> {
             }
             let receiver = consumers[first_queue].receiver();
             let first = operation.recv(receiver).map_err(|_| AmqpError::Closed)?;
-            // The first message's queue, then the others in turn, for what
-            // is waiting: each queue's own order is kept.
-            let mut batch = Batch::with_capacity(batch_size);
-            batch.take(first_queue, first, &queues)?;
-            let order = (first_queue..consumers.len()).chain(0..first_queue);
-            for (i, consumer) in order.map(|i| (i, &consumers[i])) {
-                while batch.deliveries.len() < batch_size {
-                    let Ok(message) = consumer.receiver().try_recv() else {
-                        break;
-                    };
-                    batch.take(i, message, &queues)?;
-                }
-            }
+            let batch = Batch::gather(first_queue, first, &consumers, &queues, batch_size)?;
             self.handle(batch, &channels, &mut dead_letters)?;
             if let (Some(retention), Some(conn)) = (self.queue.retention.as_mut(), &mut self.conn) {
                 retention.purge_if_due(conn);
@@ -562,6 +545,21 @@ impl<H: Handler> Consumer<'_, H> {
     }
 }
 
+/// `n` channels to consume on, each with the prefetch.
+fn consuming_channels(
+    connection: &mut amiquip::Connection,
+    n: usize,
+    prefetch: u16,
+) -> Result<Vec<amiquip::Channel>, Stop> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let channel = connection.open_channel(None)?;
+        channel.qos(0, prefetch, false)?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
 /// Deliveries taken for one batch, each with the index of its queue (and
 /// channel) in the session.
 struct Batch {
@@ -570,11 +568,31 @@ struct Batch {
 }
 
 impl Batch {
-    fn with_capacity(n: usize) -> Batch {
-        Batch {
-            deliveries: Vec::with_capacity(n),
-            queues: Vec::with_capacity(n),
+    /// Up to `size` deliveries: `first`, of queue `first_queue`, then what
+    /// is waiting in that queue, then in the others in turn (each queue's
+    /// own order kept).
+    fn gather(
+        first_queue: usize,
+        first: ConsumerMessage,
+        consumers: &[amiquip::Consumer<'_>],
+        names: &[String],
+        size: usize,
+    ) -> Result<Batch, Stop> {
+        let mut batch = Batch {
+            deliveries: Vec::with_capacity(size),
+            queues: Vec::with_capacity(size),
+        };
+        batch.take(first_queue, first, names)?;
+        let order = (first_queue..consumers.len()).chain(0..first_queue);
+        for i in order {
+            while batch.deliveries.len() < size {
+                let Ok(message) = consumers[i].receiver().try_recv() else {
+                    break;
+                };
+                batch.take(i, message, names)?;
+            }
         }
+        Ok(batch)
     }
 
     /// Adds a delivery of queue `queue`; anything else means its channel is
