@@ -727,13 +727,19 @@ async fn forged_line_events_neither_confirm_nor_refuse_an_order() {
 #[tokio::test]
 async fn a_deadline_reads_the_outcomes_already_written_before_refusing() {
     use diesel::RunQueryDsl;
-    let app = TestApp::build(false, short_deadline).await;
+    // A deadline long enough that the outcome below is written before it
+    // passes, even on a loaded machine (at 1.5 s, a CI run's parallel
+    // tests once delayed the write past it).
+    let app = TestApp::build(false, |s| {
+        short_deadline(s);
+        s.validation.timeout_ms = 5000;
+    })
+    .await;
     let p = app.create_product("p", 1.0, 10).await;
     let (applied, silent) = (app.create_order().await, app.create_order().await);
     app.create_line(applied, p, 2).await;
     let silent_line = id(&app.create_line(silent, p, 3).await);
     validate(&app.orders, applied).await;
-    validate(&app.orders, silent).await;
     // As the worker writes an outcome (for the version the validation
     // sent), with no event published.
     diesel::sql_query(format!(
@@ -741,6 +747,7 @@ async fn a_deadline_reads_the_outcomes_already_written_before_refusing() {
     ))
     .execute(&mut app.db.conn())
     .unwrap();
+    validate(&app.orders, silent).await;
     let done = finished(&app.orders, applied).await;
     assert_eq!(
         (&done["validation"], &done["statut"]),
@@ -751,6 +758,6 @@ async fn a_deadline_reads_the_outcomes_already_written_before_refusing() {
     let refused = finished(&app.orders, silent).await;
     assert_eq!(
         refused["motif"],
-        format!("timeout: no outcome within 1.5 s for line(s) {silent_line}")
+        format!("timeout: no outcome within 5.0 s for line(s) {silent_line}")
     );
 }
