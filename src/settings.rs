@@ -753,6 +753,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("worker.replicas"), "{err}");
+        for (key, value, named) in [
+            (
+                "ORDERSYS__AMQP__STOCK_PARTITIONS",
+                "257",
+                "amqp.stock_partitions",
+            ),
+            (
+                "ORDERSYS__AMQP__STOCK_PARTITIONS",
+                "-1",
+                "amqp.stock_partitions",
+            ),
+            (
+                "ORDERSYS__WORKER__PARTITION_LEASE_MS",
+                "999",
+                "worker.partition_lease_ms",
+            ),
+        ] {
+            let err = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+        assert_eq!(
+            load(&[("ORDERSYS__AMQP__STOCK_PARTITIONS", "256")])
+                .unwrap()
+                .amqp
+                .stock_partitions,
+            256
+        );
         let err = load(&[("DATABASE_URL", "mysql://x")])
             .unwrap_err()
             .to_string();

@@ -2,7 +2,7 @@
 //! system settles every product's stock equals its initial stock minus what
 //! its RESERVE lines hold, and no line is left waiting.
 
-use crate::common::load;
+use crate::common::load::{self, ids};
 use crate::common::process::Process;
 use crate::common::proxy::Proxy;
 use crate::common::{wait_for, Client, Running, TestApp};
@@ -12,12 +12,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(90);
-
-fn ids(initial: &std::collections::HashMap<i64, i64>) -> Vec<i64> {
-    let mut ids: Vec<i64> = initial.keys().copied().collect();
-    ids.sort();
-    ids
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing() {

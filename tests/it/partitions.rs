@@ -4,22 +4,18 @@
 //! on `product_queue` before is applied too. Every change reaches stock
 //! once whatever happens.
 
-use crate::common::load;
+use crate::common::load::{self, ids};
 use crate::common::process::Process;
 use crate::common::{wait_for, Running, TestApp};
-use ordersys::messages::{stock_queue, PRODUCT_QUEUE};
+use ordersys::messages::{
+    stock_queue, stock_routing_key, DEAD_LETTER_QUEUE, PRODUCT_EXCHANGE, PRODUCT_QUEUE,
+};
 use ordersys::Mode;
 use serde_json::json;
 use std::time::Duration;
 
 const PARTITIONS: u16 = 4;
 const SETTLE: Duration = Duration::from_secs(90);
-
-fn ids(initial: &std::collections::HashMap<i64, i64>) -> Vec<i64> {
-    let mut ids: Vec<i64> = initial.keys().copied().collect();
-    ids.sort();
-    ids
-}
 
 /// A worker process with 2 consumers sharing `PARTITIONS` partitions,
 /// holding a lease for a second; a frozen one is given up on by the broker
@@ -196,4 +192,39 @@ async fn changes_queued_before_the_partitions_are_applied_after_the_upgrade() {
     assert_eq!(app.broker.ready(PRODUCT_QUEUE), 0);
     assert_eq!(app.broker.ready(&stock_queue(k)), 0);
     upgraded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_message_in_a_partition_is_dead_lettered_with_its_reason() {
+    let app = TestApp::build(false, |s| s.amqp.stock_partitions = PARTITIONS).await;
+    let _worker = worker(&app.settings);
+    until_shared(&app, "the worker to hold every partition", 1, 4).await;
+    let p = app.create_product("p", 1.0, 10).await;
+    let k = ordersys::messages::stock_partition(ordersys::domain::ProductId(p), PARTITIONS);
+    for body in [
+        "not json".to_owned(),
+        json!({"action": "RESERVED?", "produit_id": p, "quantite": 1, "commande_id": 1})
+            .to_string(),
+    ] {
+        app.broker.publish(
+            PRODUCT_EXCHANGE,
+            &stock_routing_key(k),
+            body.as_bytes(),
+            None,
+        );
+    }
+    wait_for("two dead letters", Duration::from_secs(30), || async {
+        (app.broker.ready(DEAD_LETTER_QUEUE) == 2).then_some(())
+    })
+    .await;
+    let reasons = app.broker.dead_letter_reasons(DEAD_LETTER_QUEUE);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().all(|r| !r.is_empty()), "{reasons:?}");
+    assert_eq!(app.broker.ready(&stock_queue(k)), 0, "nothing left behind");
+    let stock = app
+        .products
+        .get(&format!("/produits/{p}"))
+        .await
+        .expect(200);
+    assert_eq!(stock.body["quantite_en_stock"], 10, "nothing applied");
 }

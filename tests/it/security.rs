@@ -868,6 +868,13 @@ fn each_service_role_may_not_touch_the_other_services_tables() {
             "UPDATE validation_lignes SET resultat = 'RESERVE'",
         ),
         ("ordersys_worker", "DELETE FROM evenements_traites"),
+        // The stock partitions' leases are the workers' alone: no API may
+        // take a partition away from them.
+        (
+            "ordersys_orders",
+            "UPDATE partitions_stock SET worker = NULL",
+        ),
+        ("ordersys_products", "DELETE FROM workers_stock"),
         (
             "ordersys_products",
             "SELECT count(*) FROM validation_lignes",

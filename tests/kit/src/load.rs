@@ -45,6 +45,13 @@ impl LoadReport {
     }
 }
 
+/// The product ids of `initial` ([`products`]), in order.
+pub fn ids(initial: &HashMap<i64, i64>) -> Vec<i64> {
+    let mut ids: Vec<i64> = initial.keys().copied().collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Creates `n` products with `stock` each; returns their initial stock by id.
 pub async fn products(app: &TestApp, n: usize, stock: i64) -> HashMap<i64, i64> {
     let mut initial = HashMap::new();
